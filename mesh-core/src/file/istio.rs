@@ -1,0 +1,1185 @@
+//! Istio `networking.istio.io` resources translated into the model.
+//!
+//! The translation produces what istiod would send a sidecar for the same
+//! objects:
+//!
+//! - per service port, an outbound listener `0.0.0.0_<port>` and a route
+//!   table named `<port>`, holding one virtual host per service with the
+//!   names a client may use for it (`reviews`, `reviews.default`,
+//!   `reviews.default.svc.cluster.local`, each with and without the port);
+//! - per service port, a cluster `outbound|<port>||<fqdn>` over every
+//!   endpoint, and one `outbound|<port>|<subset>|<fqdn>` per
+//!   DestinationRule subset over the endpoints its labels select;
+//! - a VirtualService's `http` routes, in order, on the virtual host of
+//!   each of its hosts (first match wins; a request that matches none gets
+//!   no route, as Envoy answers 404 `NR`); a service without a
+//!   VirtualService gets one catch-all route to its cluster.
+//!
+//! Short host names (without a dot) resolve within the namespace of the
+//! resource that names them, to `<name>.<namespace>.svc.<domain suffix>`.
+//! Istio applies that rule to VirtualService and DestinationRule hosts;
+//! this translation applies it to ServiceEntry hosts too, so that a file
+//! can declare the services that would be Kubernetes Services in a cluster
+//! (a documented choice; an FQDN is always taken as written).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde_json::Value;
+
+use super::duration;
+use super::yaml::{Fields, Obj, RawDocument};
+use crate::error::{FieldPath, InvalidConfig};
+use crate::model::{
+    Cluster, Endpoint, EndpointAddress, EndpointSet, ForwardAction, HeaderMatch, HeaderRule, Labels, LbPolicy,
+    Listener, PathMatch, Protocol, Regex, Route, RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost,
+    WeightedCluster, WeightedClusters,
+};
+use crate::snapshot::Resources;
+
+/// Where a problem is: the document and the resource in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DocRef {
+    pub(crate) index: usize,
+    /// `Kind name`, once known.
+    pub(crate) resource: Option<String>,
+}
+
+/// One error or warning, with its place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub(crate) doc: Option<DocRef>,
+    pub(crate) error: InvalidConfig,
+}
+
+pub(crate) struct Translator<'o> {
+    namespace: &'o str,
+    domain_suffix: &'o str,
+    pub(crate) errors: Vec<Problem>,
+    pub(crate) warnings: Vec<Problem>,
+    services: BTreeMap<String, Service>,
+    rules: BTreeMap<String, DestinationRule>,
+    virtual_services: BTreeMap<String, Arc<VirtualService>>,
+}
+
+struct Service {
+    doc: DocRef,
+    namespace: String,
+    ports: Vec<ServicePort>,
+    // Per port number: the endpoints on that port.
+    endpoints: BTreeMap<u16, Vec<Endpoint>>,
+}
+
+#[derive(Clone)]
+struct ServicePort {
+    number: u16,
+    protocol: Protocol,
+}
+
+#[derive(Default)]
+struct LbSettings {
+    simple: Option<LbPolicy>,
+    per_port: BTreeMap<u16, LbPolicy>,
+}
+
+struct DestinationRule {
+    doc: DocRef,
+    lb: LbSettings,
+    subsets: Vec<Subset>,
+}
+
+struct Subset {
+    name: String,
+    labels: Labels,
+    lb: LbSettings,
+}
+
+struct VirtualService {
+    doc: DocRef,
+    routes: Vec<HttpRoute>,
+}
+
+struct HttpRoute {
+    index: usize,
+    name: Option<Arc<str>>,
+    // (clause, port the clause is limited to)
+    matches: Vec<(RouteMatch, Option<u16>)>,
+    destinations: Vec<Destination>,
+    timeout: Option<Duration>,
+}
+
+struct Destination {
+    path: FieldPath,
+    host: String,
+    subset: Option<String>,
+    port: Option<u16>,
+    weight: u32,
+}
+
+const ISTIO_VERSIONS: &[&str] = &[
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+
+impl<'o> Translator<'o> {
+    pub(crate) fn new(namespace: &'o str, domain_suffix: &'o str) -> Self {
+        Self {
+            namespace,
+            domain_suffix,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            services: BTreeMap::new(),
+            rules: BTreeMap::new(),
+            virtual_services: BTreeMap::new(),
+        }
+    }
+
+    fn error(&mut self, doc: &DocRef, error: InvalidConfig) {
+        self.errors.push(Problem {
+            doc: Some(doc.clone()),
+            error,
+        });
+    }
+
+    fn collect(&mut self, doc: &DocRef, errors: Vec<InvalidConfig>, warnings: Vec<InvalidConfig>) {
+        for e in errors {
+            self.error(doc, e);
+        }
+        for w in warnings {
+            self.warnings.push(Problem {
+                doc: Some(doc.clone()),
+                error: w,
+            });
+        }
+    }
+
+    /// Reads one document.
+    pub(crate) fn read(&mut self, raw: &RawDocument<'_>) {
+        let mut doc = DocRef {
+            index: raw.index,
+            resource: None,
+        };
+        if super::yaml::is_blank(raw.text) {
+            return;
+        }
+        let value = match super::yaml::parse(raw) {
+            Ok(v) => v,
+            Err(msg) => return self.error(&doc, InvalidConfig::new(FieldPath::root(), msg)),
+        };
+        if value.is_null() {
+            return;
+        }
+        let root_path = FieldPath::root();
+        let root = match Obj::new(&value, &root_path) {
+            Ok(o) => o,
+            Err(e) => return self.error(&doc, e),
+        };
+        let meta_path = FieldPath::root().field("metadata");
+        let head = (|| -> Result<_, InvalidConfig> {
+            let api_version = root.req_str("apiVersion")?;
+            let kind = root.req_str("kind")?;
+            let meta = root
+                .obj("metadata", &meta_path)?
+                .ok_or_else(|| InvalidConfig::new(meta_path.clone(), "required"))?;
+            let name = meta.req_str("name")?;
+            let namespace = meta.str("namespace")?.unwrap_or(self.namespace).to_owned();
+            Ok((api_version, kind, name, namespace))
+        })();
+        let (api_version, kind, name, namespace) = match head {
+            Ok(h) => h,
+            Err(e) => return self.error(&doc, e),
+        };
+        doc.resource = Some(format!("{kind} {name}"));
+
+        let group = api_version.split('/').next().unwrap_or_default();
+        let supported_kind = matches!(kind, "ServiceEntry" | "VirtualService" | "DestinationRule");
+        if group != "networking.istio.io" || !supported_kind {
+            self.warnings.push(Problem {
+                doc: Some(doc),
+                error: InvalidConfig::new(
+                    FieldPath::root(),
+                    format!("kind {kind} ({api_version}) is not supported yet; document ignored"),
+                ),
+            });
+            return;
+        }
+        if !ISTIO_VERSIONS.contains(&api_version) {
+            return self.error(
+                &doc,
+                InvalidConfig::new(
+                    FieldPath::root().field("apiVersion"),
+                    format!("unsupported version {api_version:?} (expected one of {})", ISTIO_VERSIONS.join(", ")),
+                ),
+            );
+        }
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        root.check_fields(
+            &Fields {
+                supported: &["apiVersion", "kind", "metadata", "spec"],
+                unsupported: &[],
+                ignored: &["status"],
+            },
+            &mut errors,
+            &mut warnings,
+        );
+        self.collect(&doc, errors, warnings);
+        let spec_path = FieldPath::root();
+        let spec = match root.get("spec") {
+            Some(v) => match Obj::new(v, &spec_path) {
+                Ok(s) => s,
+                Err(_) => {
+                    return self.error(&doc, InvalidConfig::new(FieldPath::root().field("spec"), "expected a mapping"));
+                }
+            },
+            None => return self.error(&doc, InvalidConfig::new(FieldPath::root().field("spec"), "required")),
+        };
+        match kind {
+            "ServiceEntry" => self.service_entry(doc, &namespace, spec),
+            "VirtualService" => self.virtual_service(doc, &namespace, spec),
+            _ => self.destination_rule(doc, &namespace, spec),
+        }
+    }
+
+    /// The FQDN of a host named in a resource of `namespace`.
+    fn fqdn(&self, host: &str, namespace: &str, path: FieldPath) -> Result<String, InvalidConfig> {
+        let h = host.trim().to_ascii_lowercase();
+        if h.is_empty() {
+            return Err(InvalidConfig::new(path, "empty host"));
+        }
+        if h.contains('*') {
+            return Err(InvalidConfig::new(path, format!("wildcard host {host:?} is not supported yet")));
+        }
+        if !h
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(InvalidConfig::new(path, format!("invalid host {host:?}")));
+        }
+        Ok(if h.contains('.') {
+            h
+        } else {
+            format!("{h}.{namespace}.svc.{}", self.domain_suffix)
+        })
+    }
+
+    fn service_entry(&mut self, doc: DocRef, namespace: &str, spec: Obj<'_>) {
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        spec.check_fields(
+            &Fields {
+                supported: &["hosts", "ports", "resolution", "endpoints"],
+                unsupported: &["addresses", "exportTo", "location", "subjectAltNames", "workloadSelector"],
+                ignored: &[],
+            },
+            &mut errors,
+            &mut warnings,
+        );
+        let result = (|| -> Result<(), InvalidConfig> {
+            let hosts = spec.str_list("hosts")?;
+            if hosts.is_empty() {
+                return Err(InvalidConfig::new(FieldPath::root().field("hosts"), "at least one host is required"));
+            }
+            let resolution = spec.str("resolution")?;
+            let dns = match resolution {
+                Some("STATIC") => false,
+                Some("DNS") | Some("DNS_ROUND_ROBIN") => true,
+                Some("NONE") | None => {
+                    return Err(InvalidConfig::new(
+                        FieldPath::root().field("resolution"),
+                        format!(
+                            "{} is not supported: the mesh client needs endpoints to balance over; use STATIC or DNS",
+                            if resolution.is_some() { "NONE" } else { "the default, NONE," }
+                        ),
+                    ));
+                }
+                Some(other) => {
+                    return Err(InvalidConfig::new(
+                        FieldPath::root().field("resolution"),
+                        format!("unknown resolution {other:?} (expected STATIC, DNS or DNS_ROUND_ROBIN)"),
+                    ));
+                }
+            };
+
+            // Ports.
+            let mut ports: Vec<(ServicePort, String, Option<u16>)> = Vec::new();
+            let ports_path = FieldPath::root().field("ports");
+            let port_values = spec.list("ports")?;
+            if port_values.is_empty() {
+                return Err(InvalidConfig::new(ports_path, "at least one port is required"));
+            }
+            for (i, v) in port_values.iter().enumerate() {
+                let path = ports_path.index(i);
+                let p = Obj::new(v, &path)?;
+                p.check_fields(
+                    &Fields {
+                        supported: &["number", "name", "protocol", "targetPort"],
+                        unsupported: &[],
+                        ignored: &[],
+                    },
+                    &mut errors,
+                    &mut warnings,
+                );
+                let number = p
+                    .int("number", 1, 65535)?
+                    .ok_or_else(|| InvalidConfig::new(path.field("number"), "required"))? as u16;
+                let name = p.req_str("name")?.to_owned();
+                let target = p.int("targetPort", 1, 65535)?.map(|t| t as u16);
+                if ports.iter().any(|(q, n, _)| q.number == number || *n == name) {
+                    return Err(InvalidConfig::new(path, format!("duplicate port {number} or name {name:?}")));
+                }
+                let proto = p.str("protocol")?;
+                let protocol = match proto.map(str::to_ascii_uppercase).as_deref() {
+                    Some("HTTP") => Protocol::Http1,
+                    Some("HTTP2") | Some("GRPC") | Some("GRPC-WEB") => Protocol::Http2,
+                    Some(other @ ("TCP" | "HTTPS" | "TLS" | "MONGO" | "REDIS" | "MYSQL" | "UDP" | "THRIFT")) => {
+                        warnings.push(InvalidConfig::new(
+                            path.field("protocol"),
+                            format!("protocol {other} is not supported yet; port ignored"),
+                        ));
+                        continue;
+                    }
+                    Some(other) => {
+                        return Err(InvalidConfig::new(path.field("protocol"), format!("unknown protocol {other:?}")));
+                    }
+                    // Istio's protocol selection by port name: `<protocol>[-<suffix>]`.
+                    None => match name.split('-').next().unwrap_or_default() {
+                        "http2" | "grpc" | "grpc-web" => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    },
+                };
+                ports.push((ServicePort { number, protocol }, name, target));
+            }
+
+            // Endpoints.
+            let mut endpoints: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
+            let ep_values = spec.list("endpoints")?;
+            for (i, v) in ep_values.iter().enumerate() {
+                let path = FieldPath::root().field("endpoints").index(i);
+                let e = Obj::new(v, &path)?;
+                e.check_fields(
+                    &Fields {
+                        supported: &["address", "ports", "labels", "weight"],
+                        unsupported: &["locality", "network", "serviceAccount"],
+                        ignored: &[],
+                    },
+                    &mut errors,
+                    &mut warnings,
+                );
+                let address = e.req_str("address")?;
+                let ip: Option<IpAddr> = address.parse().ok();
+                if !dns && ip.is_none() {
+                    return Err(InvalidConfig::new(
+                        path.field("address"),
+                        format!("{address:?} is not an IP address, which resolution STATIC requires"),
+                    ));
+                }
+                let weight = e.int("weight", 1, i64::from(u32::MAX))?.unwrap_or(1) as u32;
+                let labels = Labels::new(e.str_map("labels")?);
+                let port_map_path = path.field("ports");
+                let port_map: BTreeMap<&str, u16> = match e.get("ports") {
+                    None => BTreeMap::new(),
+                    Some(Value::Object(m)) => m
+                        .iter()
+                        .map(|(k, v)| {
+                            super::yaml::int_value(v, &port_map_path.key(k), 1, 65535).map(|n| (k.as_str(), n as u16))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(_) => return Err(InvalidConfig::new(port_map_path, "expected a mapping of port names to numbers")),
+                };
+                for name in port_map.keys() {
+                    if !ports.iter().any(|(_, n, _)| n == name) {
+                        return Err(InvalidConfig::new(
+                            port_map_path.key(name),
+                            format!("no port named {name:?} in ports"),
+                        ));
+                    }
+                }
+                for (sp, name, target) in &ports {
+                    let port = port_map
+                        .get(name.as_str())
+                        .copied()
+                        .or(*target)
+                        .unwrap_or(sp.number);
+                    let address = match ip {
+                        Some(ip) => EndpointAddress::Socket(SocketAddr::new(ip, port)),
+                        None => EndpointAddress::Dns {
+                            host: address.to_ascii_lowercase().into(),
+                            port,
+                        },
+                    };
+                    endpoints.entry(sp.number).or_default().push(Endpoint {
+                        address,
+                        weight,
+                        health: Default::default(),
+                        labels: labels.clone(),
+                    });
+                }
+            }
+
+            for (hi, host) in hosts.iter().enumerate() {
+                let fqdn = self.fqdn(host, namespace, FieldPath::root().field("hosts").index(hi))?;
+                let mut eps = endpoints.clone();
+                if dns && ep_values.is_empty() {
+                    // DNS without endpoints: the host itself is resolved.
+                    for (sp, _, target) in &ports {
+                        eps.entry(sp.number).or_default().push(Endpoint::new(EndpointAddress::Dns {
+                            host: host.to_ascii_lowercase().into(),
+                            port: target.unwrap_or(sp.number),
+                        }));
+                    }
+                }
+                if let Some(other) = self.services.get(&fqdn) {
+                    return Err(InvalidConfig::new(
+                        FieldPath::root().field("hosts").index(hi),
+                        format!(
+                            "host {fqdn:?} is already declared by document {} ({})",
+                            other.doc.index,
+                            other.doc.resource.as_deref().unwrap_or("?")
+                        ),
+                    ));
+                }
+                self.services.insert(
+                    fqdn,
+                    Service {
+                        doc: doc.clone(),
+                        namespace: namespace.to_owned(),
+                        ports: ports.iter().map(|(p, _, _)| p.clone()).collect(),
+                        endpoints: eps,
+                    },
+                );
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            errors.push(e);
+        }
+        self.collect(&doc, errors, warnings);
+    }
+
+    fn lb_settings(
+        &self,
+        policy: Obj<'_>,
+        errors: &mut Vec<InvalidConfig>,
+        warnings: &mut Vec<InvalidConfig>,
+    ) -> Result<LbSettings, InvalidConfig> {
+        policy.check_fields(
+            &Fields {
+                supported: &["loadBalancer", "portLevelSettings"],
+                unsupported: &["connectionPool", "outlierDetection", "tls", "proxyProtocol", "tunnel", "retryBudget"],
+                ignored: &[],
+            },
+            errors,
+            warnings,
+        );
+        let mut settings = LbSettings::default();
+        let lb_path = policy.path.field("loadBalancer");
+        if let Some(lb) = policy.obj("loadBalancer", &lb_path)? {
+            settings.simple = load_balancer(lb, errors, warnings)?;
+        }
+        for (i, v) in policy.list("portLevelSettings")?.iter().enumerate() {
+            let path = policy.path.field("portLevelSettings").index(i);
+            let pls = Obj::new(v, &path)?;
+            pls.check_fields(
+                &Fields {
+                    supported: &["port", "loadBalancer"],
+                    unsupported: &["connectionPool", "outlierDetection", "tls"],
+                    ignored: &[],
+                },
+                errors,
+                warnings,
+            );
+            let port_path = path.field("port");
+            let port = pls
+                .obj("port", &port_path)?
+                .ok_or_else(|| InvalidConfig::new(port_path.clone(), "required"))?;
+            let number = port
+                .int("number", 1, 65535)?
+                .ok_or_else(|| InvalidConfig::new(port_path.field("number"), "required"))? as u16;
+            let lb_path = path.field("loadBalancer");
+            if let Some(lb) = pls.obj("loadBalancer", &lb_path)? {
+                if let Some(simple) = load_balancer(lb, errors, warnings)? {
+                    settings.per_port.insert(number, simple);
+                }
+            }
+        }
+        Ok(settings)
+    }
+
+    fn destination_rule(&mut self, doc: DocRef, namespace: &str, spec: Obj<'_>) {
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        spec.check_fields(
+            &Fields {
+                supported: &["host", "trafficPolicy", "subsets"],
+                unsupported: &["exportTo", "workloadSelector"],
+                ignored: &[],
+            },
+            &mut errors,
+            &mut warnings,
+        );
+        let result = (|| -> Result<(), InvalidConfig> {
+            let host = spec.req_str("host")?;
+            let fqdn = self.fqdn(host, namespace, FieldPath::root().field("host"))?;
+            let tp_path = FieldPath::root().field("trafficPolicy");
+            let lb = match spec.obj("trafficPolicy", &tp_path)? {
+                Some(tp) => self.lb_settings(tp, &mut errors, &mut warnings)?,
+                None => LbSettings::default(),
+            };
+            let mut subsets: Vec<Subset> = Vec::new();
+            for (i, v) in spec.list("subsets")?.iter().enumerate() {
+                let path = FieldPath::root().field("subsets").index(i);
+                let s = Obj::new(v, &path)?;
+                s.check_fields(
+                    &Fields {
+                        supported: &["name", "labels", "trafficPolicy"],
+                        unsupported: &[],
+                        ignored: &[],
+                    },
+                    &mut errors,
+                    &mut warnings,
+                );
+                let name = s.req_str("name")?;
+                if name.is_empty() || name.contains('|') {
+                    return Err(InvalidConfig::new(path.field("name"), format!("invalid subset name {name:?}")));
+                }
+                if subsets.iter().any(|o| o.name == name) {
+                    return Err(InvalidConfig::new(path.field("name"), format!("duplicate subset {name:?}")));
+                }
+                let tp_path = path.field("trafficPolicy");
+                let lb = match s.obj("trafficPolicy", &tp_path)? {
+                    Some(tp) => self.lb_settings(tp, &mut errors, &mut warnings)?,
+                    None => LbSettings::default(),
+                };
+                subsets.push(Subset {
+                    name: name.to_owned(),
+                    labels: Labels::new(s.str_map("labels")?),
+                    lb,
+                });
+            }
+            if let Some(other) = self.rules.get(&fqdn) {
+                return Err(InvalidConfig::new(
+                    FieldPath::root().field("host"),
+                    format!(
+                        "host {fqdn:?} already has a DestinationRule (document {}, {})",
+                        other.doc.index,
+                        other.doc.resource.as_deref().unwrap_or("?")
+                    ),
+                ));
+            }
+            self.rules.insert(
+                fqdn,
+                DestinationRule {
+                    doc: doc.clone(),
+                    lb,
+                    subsets,
+                },
+            );
+            Ok(())
+        })();
+        if let Err(e) = result {
+            errors.push(e);
+        }
+        self.collect(&doc, errors, warnings);
+    }
+
+    fn virtual_service(&mut self, doc: DocRef, namespace: &str, spec: Obj<'_>) {
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        spec.check_fields(
+            &Fields {
+                supported: &["hosts", "http", "gateways"],
+                unsupported: &["exportTo", "tcp", "tls"],
+                ignored: &[],
+            },
+            &mut errors,
+            &mut warnings,
+        );
+        let result = (|| -> Result<(), InvalidConfig> {
+            let gateways = spec.str_list("gateways")?;
+            if !gateways.is_empty() {
+                if !gateways.contains(&"mesh") {
+                    warnings.push(InvalidConfig::new(
+                        FieldPath::root().field("gateways"),
+                        "does not include \"mesh\": the VirtualService applies to gateways only; ignored",
+                    ));
+                    return Ok(());
+                }
+                if gateways.len() > 1 {
+                    warnings.push(InvalidConfig::new(
+                        FieldPath::root().field("gateways"),
+                        "gateways other than \"mesh\" are not supported; only the mesh routes apply",
+                    ));
+                }
+            }
+            let hosts = spec.str_list("hosts")?;
+            if hosts.is_empty() {
+                return Err(InvalidConfig::new(FieldPath::root().field("hosts"), "at least one host is required"));
+            }
+            let mut routes = Vec::new();
+            for (i, v) in spec.list("http")?.iter().enumerate() {
+                let path = FieldPath::root().field("http").index(i);
+                routes.push(self.http_route(i, v, &path, namespace, &mut errors, &mut warnings)?);
+            }
+            let vs = Arc::new(VirtualService {
+                doc: doc.clone(),
+                routes,
+            });
+            for (hi, host) in hosts.iter().enumerate() {
+                let path = FieldPath::root().field("hosts").index(hi);
+                let fqdn = self.fqdn(host, namespace, path.clone())?;
+                if let Some(other) = self.virtual_services.get(&fqdn) {
+                    return Err(InvalidConfig::new(
+                        path,
+                        format!(
+                            "host {fqdn:?} is already routed by document {} ({})",
+                            other.doc.index,
+                            other.doc.resource.as_deref().unwrap_or("?")
+                        ),
+                    ));
+                }
+                self.virtual_services.insert(fqdn, Arc::clone(&vs));
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            errors.push(e);
+        }
+        self.collect(&doc, errors, warnings);
+    }
+
+    fn http_route(
+        &self,
+        index: usize,
+        value: &Value,
+        path: &FieldPath,
+        namespace: &str,
+        errors: &mut Vec<InvalidConfig>,
+        warnings: &mut Vec<InvalidConfig>,
+    ) -> Result<HttpRoute, InvalidConfig> {
+        let h = Obj::new(value, path)?;
+        h.check_fields(
+            &Fields {
+                supported: &["name", "match", "route", "timeout"],
+                unsupported: &[
+                    "retries",
+                    "fault",
+                    "mirror",
+                    "mirrors",
+                    "mirrorPercentage",
+                    "mirrorPercent",
+                    "corsPolicy",
+                    "headers",
+                    "rewrite",
+                ],
+                ignored: &[],
+            },
+            errors,
+            warnings,
+        );
+        for key in ["redirect", "directResponse", "delegate"] {
+            if h.get(key).is_some() {
+                // Reported as an error, not a warning: without it the route
+                // would forward traffic the author meant to answer locally.
+                if let Some(e) = errors.iter_mut().find(|e| e.path() == &path.field(key)) {
+                    *e = InvalidConfig::new(path.field(key), "not supported yet");
+                }
+            }
+        }
+        let mut matches = Vec::new();
+        for (mi, mv) in h.list("match")?.iter().enumerate() {
+            let mpath = path.field("match").index(mi);
+            matches.push(http_match(mv, &mpath, errors, warnings)?);
+        }
+        let route_path = path.field("route");
+        let dests = h.list("route")?;
+        if dests.is_empty() {
+            return Err(InvalidConfig::new(route_path, "at least one destination is required"));
+        }
+        let mut destinations = Vec::new();
+        for (di, dv) in dests.iter().enumerate() {
+            let dpath = route_path.index(di);
+            let d = Obj::new(dv, &dpath)?;
+            d.check_fields(
+                &Fields {
+                    supported: &["destination", "weight"],
+                    unsupported: &["headers"],
+                    ignored: &[],
+                },
+                errors,
+                warnings,
+            );
+            let dest_path = dpath.field("destination");
+            let dest = d
+                .obj("destination", &dest_path)?
+                .ok_or_else(|| InvalidConfig::new(dest_path.clone(), "required"))?;
+            dest.check_fields(
+                &Fields {
+                    supported: &["host", "subset", "port"],
+                    unsupported: &[],
+                    ignored: &[],
+                },
+                errors,
+                warnings,
+            );
+            let host = self.fqdn(dest.req_str("host")?, namespace, dest_path.field("host"))?;
+            let subset = dest.str("subset")?.map(str::to_owned);
+            let port_path = dest_path.field("port");
+            let port = match dest.obj("port", &port_path)? {
+                Some(p) => Some(
+                    p.int("number", 1, 65535)?
+                        .ok_or_else(|| InvalidConfig::new(port_path.field("number"), "required"))? as u16,
+                ),
+                None => None,
+            };
+            let weight = d.int("weight", 0, 100)?;
+            destinations.push(Destination {
+                path: dest_path,
+                host,
+                subset,
+                port,
+                weight: weight.unwrap_or(if dests.len() == 1 { 100 } else { 0 }) as u32,
+            });
+        }
+        if destinations.len() > 1 {
+            // Istio: "The sum of weights across destinations should add up
+            // to 100." A single destination takes all traffic.
+            let sum: u32 = destinations.iter().map(|d| d.weight).sum();
+            if sum != 100 {
+                return Err(InvalidConfig::new(
+                    route_path.index(destinations.len() - 1).field("weight"),
+                    format!("weights sum to {sum}, expected 100"),
+                ));
+            }
+        }
+        let timeout = match h.str("timeout")? {
+            Some(t) => {
+                let d = duration::parse(t).map_err(|m| InvalidConfig::new(path.field("timeout"), m))?;
+                // Envoy: a zero timeout disables it.
+                (!d.is_zero()).then_some(d)
+            }
+            None => None,
+        };
+        Ok(HttpRoute {
+            index,
+            name: h.str("name")?.map(Arc::from),
+            matches,
+            destinations,
+            timeout,
+        })
+    }
+
+    /// Builds the resources, or returns every error found.
+    pub(crate) fn finish(mut self) -> Result<Resources, Vec<Problem>> {
+        if !self.errors.is_empty() {
+            // Document-level errors first; cross-document checks would
+            // only repeat them.
+            return Err(self.errors);
+        }
+        // Cross-document checks: every destination names a declared host,
+        // port and subset.
+        let mut problems = Vec::new();
+        for (fqdn, vs) in &self.virtual_services {
+            if !self.services.contains_key(fqdn) {
+                problems.push((
+                    vs.doc.clone(),
+                    InvalidConfig::new(
+                        FieldPath::root().field("hosts"),
+                        format!("no ServiceEntry declares host {fqdn:?}"),
+                    ),
+                ));
+            }
+            for r in &vs.routes {
+                for d in &r.destinations {
+                    if let Err(e) = self.check_destination(d) {
+                        problems.push((vs.doc.clone(), e));
+                    }
+                }
+            }
+        }
+        for (fqdn, dr) in &self.rules {
+            if !self.services.contains_key(fqdn) {
+                problems.push((
+                    dr.doc.clone(),
+                    InvalidConfig::new(FieldPath::root().field("host"), format!("no ServiceEntry declares host {fqdn:?}")),
+                ));
+            }
+        }
+        // A VirtualService named by several hosts is checked once.
+        problems.dedup();
+        for (doc, e) in problems {
+            self.error(&doc, e);
+        }
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+
+        let mut resources = Resources::new();
+        let mut vhosts_by_port: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
+        let mut seen_route_errors = BTreeSet::new();
+        for (fqdn, svc) in &self.services {
+            let rule = self.rules.get(fqdn);
+            for port in &svc.ports {
+                let endpoints = svc.endpoints.get(&port.number).cloned().unwrap_or_default();
+                let mut clusters = vec![(None, endpoints.clone(), lb_for(rule, None, port.number))];
+                if let Some(rule) = rule {
+                    for s in &rule.subsets {
+                        let selected = endpoints.iter().filter(|e| e.labels.matches(&s.labels)).cloned().collect();
+                        clusters.push((Some(s.name.as_str()), selected, lb_for(Some(rule), Some(s), port.number)));
+                    }
+                }
+                for (subset, eps, lb) in clusters {
+                    let name = cluster_name(port.number, subset, fqdn);
+                    resources.clusters.push(Cluster {
+                        name: name.as_str().into(),
+                        service: Some(fqdn.as_str().into()),
+                        subset: subset.map(Arc::from),
+                        lb_policy: lb,
+                        protocol: port.protocol,
+                        connect_timeout: Cluster::DEFAULT_CONNECT_TIMEOUT,
+                    });
+                    match EndpointSet::try_new(name.as_str(), eps) {
+                        Ok(set) => resources.endpoints.push(set),
+                        Err(e) => self.errors.push(Problem {
+                            doc: Some(svc.doc.clone()),
+                            error: e,
+                        }),
+                    }
+                }
+
+                let routes = match self.virtual_services.get(fqdn) {
+                    Some(vs) => match self.vs_routes(vs, port.number) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            if seen_route_errors.insert(e.to_string()) {
+                                self.errors.push(Problem {
+                                    doc: Some(vs.doc.clone()),
+                                    error: e,
+                                });
+                            }
+                            continue;
+                        }
+                    },
+                    None => vec![Route {
+                        name: Some("default".into()),
+                        matches: Arc::from([]),
+                        action: RouteAction::Forward(ForwardAction::to(cluster_name(port.number, None, fqdn))),
+                    }],
+                };
+                vhosts_by_port.entry(port.number).or_default().push(VirtualHost {
+                    name: format!("{fqdn}:{}", port.number).into(),
+                    domains: self
+                        .domains(fqdn, &svc.namespace, port.number)
+                        .into_iter()
+                        .map(Arc::from)
+                        .collect(),
+                    routes: routes.into(),
+                });
+            }
+        }
+        for (port, vhosts) in vhosts_by_port {
+            match RouteTable::try_new(port.to_string(), vhosts) {
+                Ok(t) => {
+                    resources.listeners.push(Listener::client(port, port.to_string()));
+                    resources.route_tables.push(t);
+                }
+                Err(e) => self.errors.push(Problem {
+                    doc: None,
+                    error: InvalidConfig::new(FieldPath::root(), format!("route table for port {port}: {e}")),
+                }),
+            }
+        }
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+        Ok(resources)
+    }
+
+    fn check_destination(&self, d: &Destination) -> Result<(), InvalidConfig> {
+        let Some(svc) = self.services.get(&d.host) else {
+            return Err(InvalidConfig::new(
+                d.path.field("host"),
+                format!("no ServiceEntry declares host {:?}", d.host),
+            ));
+        };
+        if let Some(port) = d.port {
+            if !svc.ports.iter().any(|p| p.number == port) {
+                return Err(InvalidConfig::new(
+                    d.path.field("port").field("number"),
+                    format!("host {:?} has no port {port}", d.host),
+                ));
+            }
+        }
+        if let Some(subset) = &d.subset {
+            let known = self
+                .rules
+                .get(&d.host)
+                .is_some_and(|r| r.subsets.iter().any(|s| &s.name == subset));
+            if !known {
+                return Err(InvalidConfig::new(
+                    d.path.field("subset"),
+                    format!("unknown subset {subset:?} for host {:?}", d.host),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The routes a VirtualService gives the virtual host on `port`.
+    fn vs_routes(&self, vs: &VirtualService, port: u16) -> Result<Vec<Route>, InvalidConfig> {
+        let mut routes = Vec::new();
+        for r in &vs.routes {
+            let matches: Vec<RouteMatch> = r
+                .matches
+                .iter()
+                .filter(|(_, p)| p.is_none_or(|p| p == port))
+                .map(|(m, _)| m.clone())
+                .collect();
+            if !r.matches.is_empty() && matches.is_empty() {
+                continue; // every clause is for other ports
+            }
+            let mut targets = Vec::new();
+            for d in &r.destinations {
+                let svc = &self.services[&d.host];
+                let dport = match d.port {
+                    Some(p) => p,
+                    None if svc.ports.iter().any(|p| p.number == port) => port,
+                    None if svc.ports.len() == 1 => svc.ports[0].number,
+                    None => {
+                        return Err(InvalidConfig::new(
+                            d.path.field("port"),
+                            format!(
+                                "required: host {:?} has several ports and none is {port}, the port of the request",
+                                d.host
+                            ),
+                        ));
+                    }
+                };
+                targets.push(WeightedCluster {
+                    cluster: cluster_name(dport, d.subset.as_deref(), &d.host).into(),
+                    weight: d.weight,
+                });
+            }
+            let clusters = WeightedClusters::try_new(targets)
+                .map_err(|e| e.within(&FieldPath::root().field("http").index(r.index).field("route")))?;
+            routes.push(Route {
+                name: r.name.clone(),
+                matches: matches.into(),
+                action: RouteAction::Forward(ForwardAction {
+                    clusters,
+                    timeout: r.timeout,
+                }),
+            });
+        }
+        Ok(routes)
+    }
+
+    /// The names a client in `self.namespace` may use for a service, as
+    /// istiod lists them in a sidecar's virtual host.
+    fn domains(&self, fqdn: &str, namespace: &str, port: u16) -> Vec<String> {
+        let mut names = vec![fqdn.to_owned()];
+        let suffix = format!(".svc.{}", self.domain_suffix);
+        if let Some(short) = fqdn.strip_suffix(&suffix) {
+            names.push(format!("{short}.svc"));
+            names.push(short.to_owned());
+            if namespace == self.namespace {
+                if let Some(name) = short.strip_suffix(&format!(".{namespace}")) {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(names.len() * 2);
+        for n in names {
+            out.push(format!("{n}:{port}"));
+            out.push(n);
+        }
+        out
+    }
+}
+
+/// Istio's cluster name: `outbound|<port>|<subset>|<fqdn>`.
+pub(crate) fn cluster_name(port: u16, subset: Option<&str>, fqdn: &str) -> String {
+    format!("outbound|{port}|{}|{fqdn}", subset.unwrap_or(""))
+}
+
+/// Istio's precedence: subset port-level, subset, rule port-level, rule.
+fn lb_for(rule: Option<&DestinationRule>, subset: Option<&Subset>, port: u16) -> LbPolicy {
+    let pick = |s: &LbSettings| s.per_port.get(&port).copied().or(s.simple);
+    subset
+        .and_then(|s| pick(&s.lb))
+        .or_else(|| rule.and_then(|r| pick(&r.lb)))
+        .unwrap_or_default()
+}
+
+fn load_balancer(
+    lb: Obj<'_>,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<Option<LbPolicy>, InvalidConfig> {
+    lb.check_fields(
+        &Fields {
+            supported: &["simple"],
+            unsupported: &["consistentHash", "localityLbSetting", "warmupDurationSecs", "warmup"],
+            ignored: &[],
+        },
+        errors,
+        warnings,
+    );
+    Ok(match lb.str("simple")? {
+        None | Some("UNSPECIFIED") => None,
+        Some("ROUND_ROBIN") => Some(LbPolicy::RoundRobin),
+        Some("RANDOM") => Some(LbPolicy::Random),
+        // LEAST_CONN is Istio's deprecated alias of LEAST_REQUEST.
+        Some("LEAST_REQUEST") | Some("LEAST_CONN") => Some(LbPolicy::LeastRequest { choice_count: 2 }),
+        Some("PASSTHROUGH") => {
+            return Err(InvalidConfig::new(
+                lb.path.field("simple"),
+                "PASSTHROUGH is not supported: the mesh client always picks an endpoint",
+            ));
+        }
+        Some(other) => {
+            return Err(InvalidConfig::new(
+                lb.path.field("simple"),
+                format!("unknown policy {other:?} (expected ROUND_ROBIN, LEAST_REQUEST or RANDOM)"),
+            ));
+        }
+    })
+}
+
+/// One `HTTPMatchRequest`.
+fn http_match(
+    value: &Value,
+    path: &FieldPath,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<(RouteMatch, Option<u16>), InvalidConfig> {
+    let m = Obj::new(value, path)?;
+    m.check_fields(
+        &Fields {
+            supported: &["name", "uri", "headers", "withoutHeaders", "method", "authority", "ignoreUriCase", "port"],
+            unsupported: &["statPrefix"],
+            ignored: &[],
+        },
+        errors,
+        warnings,
+    );
+    // Conditions that narrow a match cannot be ignored: the route would
+    // then take requests its author excluded.
+    for key in ["queryParams", "scheme", "sourceLabels", "sourceNamespace", "gateways"] {
+        if m.get(key).is_some() {
+            if let Some(e) = errors.iter_mut().find(|e| e.path() == &path.field(key)) {
+                *e = InvalidConfig::new(path.field(key), "not supported yet (a route cannot ignore a match condition)");
+            }
+        }
+    }
+    let ignore_case = m.bool("ignoreUriCase")?.unwrap_or(false);
+    let uri_path = path.field("uri");
+    let uri = match m.obj("uri", &uri_path)? {
+        Some(u) => match string_match(u, ignore_case, errors, warnings)? {
+            None => return Err(InvalidConfig::new(uri_path, "empty match: set exact, prefix or regex")),
+            Some(StringMatch::Exact(s)) => PathMatch::Exact(s),
+            Some(StringMatch::Prefix(s)) => PathMatch::Prefix(s),
+            Some(StringMatch::Regex(r)) => PathMatch::Regex(r),
+            Some(_) => return Err(InvalidConfig::new(uri_path, "unsupported match")),
+        },
+        None => PathMatch::Any,
+    };
+    let mut headers = Vec::new();
+    for (key, invert) in [("headers", false), ("withoutHeaders", true)] {
+        let hpath = path.field(key);
+        match m.get(key) {
+            None => {}
+            Some(Value::Object(map)) => {
+                for (name, v) in map {
+                    let npath = hpath.key(name);
+                    let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| InvalidConfig::new(npath.clone(), "invalid header name"))?;
+                    let rule = match string_match(Obj::new(v, &npath)?, false, errors, warnings)? {
+                        // Istio: a header named with an empty match checks presence.
+                        None => HeaderRule::Present(true),
+                        Some(sm) => HeaderRule::Value(sm),
+                    };
+                    headers.push(HeaderMatch {
+                        name: header,
+                        rule,
+                        invert,
+                    });
+                }
+            }
+            Some(_) => return Err(InvalidConfig::new(hpath, "expected a mapping of header names to matches")),
+        }
+    }
+    let method_path = path.field("method");
+    let method = match m.obj("method", &method_path)? {
+        Some(o) => Some(
+            string_match(o, false, errors, warnings)?
+                .ok_or_else(|| InvalidConfig::new(method_path.clone(), "empty match: set exact, prefix or regex"))?,
+        ),
+        None => None,
+    };
+    let auth_path = path.field("authority");
+    let authority = match m.obj("authority", &auth_path)? {
+        Some(o) => Some(
+            string_match(o, false, errors, warnings)?
+                .ok_or_else(|| InvalidConfig::new(auth_path.clone(), "empty match: set exact, prefix or regex"))?,
+        ),
+        None => None,
+    };
+    let port = m.int("port", 1, 65535)?.map(|p| p as u16);
+    Ok((
+        RouteMatch {
+            path: uri,
+            ignore_case,
+            headers: headers.into(),
+            method,
+            authority,
+        },
+        port,
+    ))
+}
+
+/// An Istio `StringMatch`: exactly one of `exact`, `prefix`, `regex`, or
+/// nothing (`None`).
+fn string_match(
+    o: Obj<'_>,
+    ignore_case: bool,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<Option<StringMatch>, InvalidConfig> {
+    o.check_fields(
+        &Fields {
+            supported: &["exact", "prefix", "regex"],
+            unsupported: &[],
+            ignored: &[],
+        },
+        errors,
+        warnings,
+    );
+    let set: Vec<&str> = ["exact", "prefix", "regex"]
+        .into_iter()
+        .filter(|k| o.get(k).is_some())
+        .collect();
+    if set.len() > 1 {
+        return Err(InvalidConfig::new(
+            o.path.clone(),
+            format!("only one of exact, prefix and regex may be set, found {}", set.join(" and ")),
+        ));
+    }
+    Ok(match set.first() {
+        None => None,
+        Some(&"exact") => Some(StringMatch::Exact(o.req_str("exact")?.into())),
+        Some(&"prefix") => Some(StringMatch::Prefix(o.req_str("prefix")?.into())),
+        Some(_) => {
+            let pattern = o.req_str("regex")?;
+            Some(StringMatch::Regex(
+                Regex::try_new(pattern, ignore_case).map_err(|e| e.within(&o.path.field("regex")))?,
+            ))
+        }
+    })
+}
+
+/// Groups problems by document for stable output.
+pub(crate) fn sort_problems(problems: &mut [Problem]) {
+    let key = |p: &Problem| p.doc.as_ref().map_or(usize::MAX, |d| d.index);
+    problems.sort_by_key(key);
+}

@@ -1,0 +1,610 @@
+//! Translation of Istio YAML, checked through the resources it produces
+//! and through offline route checks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+use crate::check::{CheckError, CheckRequest, check_route};
+use crate::model::{EndpointAddress, LbPolicy, Protocol};
+use crate::snapshot::NoRoute;
+
+const SERVICES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: reviews, namespace: default }
+spec:
+  hosts: [reviews]
+  ports:
+  - { number: 9080, name: http, protocol: HTTP }
+  resolution: STATIC
+  endpoints:
+  - { address: 10.0.0.1, labels: { app: reviews, version: v1 } }
+  - { address: 10.0.0.2, labels: { app: reviews, version: v2 } }
+  - { address: 10.0.0.3, labels: { app: reviews, version: v3 }, ports: { http: 9999 }, weight: 3 }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: ratings, namespace: default }
+spec:
+  hosts: [ratings]
+  ports:
+  - { number: 50051, name: grpc }
+  resolution: STATIC
+  endpoints:
+  - { address: 10.0.1.1 }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: reviews }
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: { simple: ROUND_ROBIN }
+  subsets:
+  - name: v1
+    labels: { version: v1 }
+  - name: v2
+    labels: { version: v2 }
+    trafficPolicy:
+      loadBalancer: { simple: RANDOM }
+  - name: v3
+    labels: { version: v3 }
+"#;
+
+fn with(extra: &str) -> String {
+    format!("{SERVICES}---\n{extra}")
+}
+
+fn parse(text: &str) -> Translation {
+    match FileSource::parse_str("mesh.yaml", text) {
+        Ok(t) => t,
+        Err(e) => panic!("unexpected error:\n{e}"),
+    }
+}
+
+fn error(text: &str) -> String {
+    FileSource::parse_str("mesh.yaml", text)
+        .expect_err("expected an error")
+        .to_string()
+}
+
+fn check(t: &Translation, req: CheckRequest) -> Result<crate::RouteCheck, CheckError> {
+    check_route(&t.snapshot().unwrap(), &req)
+}
+
+fn get(url: &str) -> CheckRequest {
+    CheckRequest::get(url).unwrap()
+}
+
+fn subsets(c: &crate::RouteCheck) -> Vec<(Option<&str>, u32)> {
+    c.destinations
+        .iter()
+        .map(|d| (d.subset.as_deref(), d.weight))
+        .collect()
+}
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+#[test]
+fn service_entries_become_listeners_tables_clusters_and_endpoints() {
+    let t = parse(SERVICES);
+    let snap = t.snapshot().unwrap();
+    assert!(snap.listener("0.0.0.0_9080").is_some());
+    assert!(snap.listener("0.0.0.0_50051").is_some());
+    let base = snap.cluster(&format!("outbound|9080||{REVIEWS}")).unwrap();
+    assert_eq!(base.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(base.protocol, Protocol::Http1);
+    assert_eq!(base.service.as_deref(), Some(REVIEWS));
+    assert_eq!(base.connect_timeout, Duration::from_secs(10));
+    let eps = snap.endpoints(&format!("outbound|9080||{REVIEWS}")).unwrap();
+    let addrs: Vec<String> = eps.endpoints().iter().map(|e| e.address.to_string()).collect();
+    assert_eq!(addrs, ["10.0.0.1:9080", "10.0.0.2:9080", "10.0.0.3:9999"]);
+    assert_eq!(eps.endpoints()[2].weight, 3);
+
+    let grpc = snap
+        .cluster("outbound|50051||ratings.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(grpc.protocol, Protocol::Http2, "port named grpc speaks HTTP/2");
+    assert_eq!(grpc.lb_policy, LbPolicy::LeastRequest { choice_count: 2 }, "Istio's default");
+}
+
+#[test]
+fn subsets_select_endpoints_by_labels_and_override_the_policy() {
+    let snap = parse(SERVICES).snapshot().unwrap();
+    let v1 = snap.endpoints(&format!("outbound|9080|v1|{REVIEWS}")).unwrap();
+    assert_eq!(
+        v1.endpoints()[0].address,
+        EndpointAddress::Socket(SocketAddr::from(([10, 0, 0, 1], 9080)))
+    );
+    assert_eq!(v1.endpoints().len(), 1);
+    let v2 = snap.cluster(&format!("outbound|9080|v2|{REVIEWS}")).unwrap();
+    assert_eq!(v2.lb_policy, LbPolicy::Random, "subset policy overrides the rule's");
+    assert_eq!(v2.subset.as_deref(), Some("v2"));
+    let v3 = snap.cluster(&format!("outbound|9080|v3|{REVIEWS}")).unwrap();
+    assert_eq!(v3.lb_policy, LbPolicy::RoundRobin, "inherits the rule's policy");
+}
+
+#[test]
+fn services_without_virtual_service_get_a_catch_all_route() {
+    let t = parse(SERVICES);
+    let c = check(&t, get("http://reviews:9080/anything")).unwrap();
+    assert_eq!(c.destinations[0].cluster.as_str(), format!("outbound|9080||{REVIEWS}"));
+    assert_eq!(c.destinations[0].endpoints, 3);
+    assert_eq!(c.route_name.as_deref(), Some("default"));
+}
+
+#[test]
+fn every_kubernetes_name_of_a_service_reaches_it() {
+    let t = parse(SERVICES);
+    for authority in [
+        "reviews",
+        "reviews:9080",
+        "reviews.default",
+        "reviews.default:9080",
+        "reviews.default.svc",
+        "reviews.default.svc.cluster.local:9080",
+        "REVIEWS.default.svc.cluster.local",
+    ] {
+        let c = check(&t, CheckRequest::get("/").unwrap().header("host", &format!("{authority}")).unwrap());
+        // Without a port the request is on port 80, which has no listener.
+        if authority.contains(':') {
+            assert!(c.is_ok(), "{authority}: {c:?}");
+        } else {
+            assert_eq!(
+                c.unwrap_err(),
+                CheckError::NoRoute(NoRoute::NoListener { port: 80 }),
+                "{authority}"
+            );
+        }
+    }
+    let c = check(&t, get("http://reviews.default.svc:9080/"));
+    assert!(c.is_ok());
+    let other = check(&t, get("http://details:9080/")).unwrap_err();
+    assert!(matches!(other, CheckError::NoRoute(NoRoute::NoVirtualHost { .. })));
+}
+
+#[test]
+fn short_names_resolve_only_in_the_clients_namespace() {
+    let text = SERVICES.replace("metadata: { name: reviews, namespace: default }", "metadata: { name: reviews, namespace: shop }");
+    let text = text.replace("metadata: { name: reviews }\nspec:\n  host: reviews", "metadata: { name: reviews, namespace: shop }\nspec:\n  host: reviews");
+    let t = parse(&text);
+    assert!(check(&t, get("http://reviews.shop:9080/")).is_ok());
+    assert!(check(&t, get("http://reviews.shop.svc.cluster.local:9080/")).is_ok());
+    assert!(check(&t, get("http://reviews:9080/")).is_err(), "the client runs in namespace default");
+    let in_shop = FileSource::new("mesh.yaml").with_namespace("shop").parse(&text).unwrap();
+    assert!(check(&in_shop, get("http://reviews:9080/")).is_ok());
+}
+
+#[test]
+fn weighted_split_translates_weights_and_subsets() {
+    let t = parse(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - { destination: { host: reviews, subset: v1 }, weight: 90 }
+    - { destination: { host: reviews, subset: v2 }, weight: 10 }
+"#,
+    ));
+    let c = check(&t, get("http://reviews:9080/")).unwrap();
+    assert_eq!(subsets(&c), [(Some("v1"), 90), (Some("v2"), 10)]);
+    assert_eq!(c.destinations[0].share, 0.9);
+    assert_eq!(c.destinations[1].endpoints, 1);
+}
+
+const ROUTES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - name: canary-header
+    match:
+    - headers: { x-canary: { exact: "true" } }
+    route: [{ destination: { host: reviews, subset: v2 } }]
+  - name: exact
+    match: [{ uri: { exact: /health } }]
+    route: [{ destination: { host: reviews, subset: v3 } }]
+    timeout: 1.5s
+  - name: regex
+    match: [{ uri: { regex: "/users/[0-9]+" } }]
+    route: [{ destination: { host: reviews, subset: v3 } }]
+  - name: prefix-and-method
+    match: [{ uri: { prefix: /api }, method: { exact: POST } }]
+    route: [{ destination: { host: reviews, subset: v2 } }]
+  - name: either
+    match:
+    - uri: { prefix: /a/ }
+    - uri: { prefix: /b/ }
+    route: [{ destination: { host: reviews, subset: v2 } }]
+  - name: present-and-absent
+    match:
+    - headers: { x-debug: {} }
+      withoutHeaders: { x-skip: {} }
+    route: [{ destination: { host: reviews, subset: v3 } }]
+  - name: header-prefix-and-regex
+    match:
+    - headers:
+        user-agent: { prefix: curl/ }
+        x-tenant: { regex: "t-[a-z]+" }
+    route: [{ destination: { host: reviews, subset: v3 } }]
+  - name: case-insensitive
+    match: [{ uri: { exact: /CamelCase }, ignoreUriCase: true }]
+    route: [{ destination: { host: reviews, subset: v3 } }]
+  - name: authority
+    match: [{ authority: { prefix: reviews.default } }]
+    route: [{ destination: { host: reviews, subset: v3 } }]
+  - name: fallback
+    match: [{ uri: { prefix: / } }]
+    route: [{ destination: { host: reviews, subset: v1 } }]
+"#;
+
+fn route_name(t: &Translation, req: CheckRequest) -> String {
+    check(t, req)
+        .map(|c| c.route_name.map(|n| n.to_string()).unwrap_or_default())
+        .unwrap_or_else(|e| format!("error: {e}"))
+}
+
+#[test]
+fn routes_match_in_order_and_first_match_wins() {
+    let t = parse(&with(ROUTES));
+    let h = |req: CheckRequest, name: &str, value: &str| req.header(name, value).unwrap();
+    assert_eq!(route_name(&t, h(get("http://reviews:9080/health"), "x-canary", "true")), "canary-header");
+    assert_eq!(route_name(&t, h(get("http://reviews:9080/health"), "x-canary", "false")), "exact");
+    assert_eq!(route_name(&t, get("http://reviews:9080/health")), "exact");
+    assert_eq!(route_name(&t, get("http://reviews:9080/health/x")), "fallback");
+    assert_eq!(route_name(&t, get("http://reviews:9080/health?probe=1")), "exact", "query excluded");
+    assert_eq!(route_name(&t, get("http://reviews:9080/users/42")), "regex");
+    assert_eq!(route_name(&t, get("http://reviews:9080/users/42/x")), "fallback", "regex matches whole paths");
+    assert_eq!(route_name(&t, get("http://reviews:9080/users/abc")), "fallback");
+    assert_eq!(route_name(&t, CheckRequest::new("POST", "http://reviews:9080/api/v1").unwrap()), "prefix-and-method");
+    assert_eq!(route_name(&t, get("http://reviews:9080/api/v1")), "fallback", "GET fails the method condition");
+    assert_eq!(route_name(&t, get("http://reviews:9080/a/1")), "either");
+    assert_eq!(route_name(&t, get("http://reviews:9080/b/1")), "either");
+    assert_eq!(route_name(&t, h(get("http://reviews:9080/x"), "x-debug", "")), "present-and-absent");
+    assert_eq!(
+        route_name(&t, h(h(get("http://reviews:9080/x"), "x-debug", "1"), "x-skip", "1")),
+        "fallback",
+        "withoutHeaders inverts"
+    );
+    assert_eq!(
+        route_name(&t, h(h(get("http://reviews:9080/x"), "user-agent", "curl/8.0"), "x-tenant", "t-abc")),
+        "header-prefix-and-regex"
+    );
+    assert_eq!(
+        route_name(&t, h(h(get("http://reviews:9080/x"), "user-agent", "curl/8.0"), "x-tenant", "t-ABC")),
+        "fallback",
+        "both header conditions must hold"
+    );
+    assert_eq!(route_name(&t, get("http://reviews:9080/camelcase")), "case-insensitive");
+    assert_eq!(route_name(&t, get("http://reviews.default:9080/zzz")), "authority");
+}
+
+#[test]
+fn route_timeouts_are_parsed() {
+    let t = parse(&with(ROUTES));
+    let c = check(&t, get("http://reviews:9080/health")).unwrap();
+    assert_eq!(c.timeout, Some(Duration::from_millis(1500)));
+    let c = check(&t, get("http://reviews:9080/other")).unwrap();
+    assert_eq!(c.timeout, None, "Istio: disabled by default");
+}
+
+#[test]
+fn no_matching_route_is_an_error_not_a_fallthrough() {
+    let t = parse(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{ uri: { prefix: /only } }]
+    route: [{ destination: { host: reviews } }]
+"#,
+    ));
+    assert!(check(&t, get("http://reviews:9080/only/x")).is_ok());
+    let err = check(&t, get("http://reviews:9080/other")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("no route of virtual host \"{REVIEWS}:9080\" (route table \"9080\") matches")
+    );
+}
+
+#[test]
+fn three_way_split_and_port_selection() {
+    let t = parse(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - { destination: { host: reviews, subset: v1, port: { number: 9080 } }, weight: 50 }
+    - { destination: { host: reviews, subset: v2 }, weight: 30 }
+    - { destination: { host: reviews, subset: v3 }, weight: 20 }
+"#,
+    ));
+    let c = check(&t, get("http://reviews:9080/")).unwrap();
+    assert_eq!(subsets(&c), [(Some("v1"), 50), (Some("v2"), 30), (Some("v3"), 20)]);
+}
+
+#[test]
+fn dns_resolution_keeps_host_names() {
+    let t = parse(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: external }
+spec:
+  hosts: [api.example.com]
+  ports: [{ number: 443, name: http-tls, protocol: HTTP }]
+  resolution: DNS
+"#,
+    );
+    let snap = t.snapshot().unwrap();
+    let eps = snap.endpoints("outbound|443||api.example.com").unwrap();
+    assert_eq!(
+        eps.endpoints()[0].address,
+        EndpointAddress::Dns {
+            host: "api.example.com".into(),
+            port: 443
+        }
+    );
+    assert!(check(&t, get("http://api.example.com:443/")).is_ok());
+}
+
+#[test]
+fn unsupported_fields_and_kinds_are_reported_not_dropped() {
+    let t = parse(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{ destination: { host: reviews } }]
+    retries: { attempts: 3 }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: deny-all }
+spec: {}
+"#,
+    ));
+    assert_eq!(
+        t.warnings(),
+        [
+            "mesh.yaml: document 4 (VirtualService reviews): http[0].retries: not supported yet; ignored",
+            "mesh.yaml: document 5 (AuthorizationPolicy deny-all): kind AuthorizationPolicy (security.istio.io/v1) is not supported yet; document ignored",
+        ]
+    );
+}
+
+// --- errors, by exact message ---
+
+#[test]
+fn malformed_yaml_names_file_document_and_line() {
+    let text = format!("{SERVICES}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: broken\nspec: {{}}\n");
+    let err = error(&text);
+    assert!(
+        err.starts_with("mesh.yaml: document 4: invalid YAML at line "),
+        "{err}"
+    );
+    let line: usize = err["mesh.yaml: document 4: invalid YAML at line ".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let doc_start = text.lines().position(|l| l.starts_with("kind: VirtualService")).unwrap();
+    assert!(line >= doc_start, "line {line} is in document 4, which starts at {doc_start}: {err}");
+}
+
+#[test]
+fn weights_must_sum_to_100() {
+    let err = error(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - { destination: { host: reviews, subset: v1 }, weight: 80 }
+    - { destination: { host: reviews, subset: v2 }, weight: 10 }
+"#,
+    ));
+    assert_eq!(
+        err,
+        "mesh.yaml: document 4 (VirtualService reviews): http[0].route[1].weight: weights sum to 90, expected 100"
+    );
+}
+
+#[test]
+fn unknown_subset_is_an_error() {
+    let err = error(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{ destination: { host: reviews, subset: v9 } }]
+"#,
+    ));
+    assert_eq!(
+        err,
+        format!("mesh.yaml: document 4 (VirtualService reviews): http[0].route[0].destination.subset: unknown subset \"v9\" for host \"{REVIEWS}\"")
+    );
+}
+
+#[test]
+fn negative_timeout_is_an_error() {
+    let err = error(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{ destination: { host: reviews } }]
+    timeout: -1s
+"#,
+    ));
+    assert_eq!(
+        err,
+        "mesh.yaml: document 4 (VirtualService reviews): http[0].timeout: invalid duration \"-1s\": must not be negative"
+    );
+}
+
+#[test]
+fn unknown_fields_are_errors_with_a_hint() {
+    let err = error(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{ destination: { host: reviews }, wieght: 100 }]
+"#,
+    ));
+    assert_eq!(
+        err,
+        "mesh.yaml: document 4 (VirtualService reviews): http[0].route[0].wieght: unknown field (did you mean \"weight\"?)"
+    );
+}
+
+#[test]
+fn unknown_destination_host_is_an_error() {
+    let err = error(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{ destination: { host: details } }]
+"#,
+    ));
+    assert_eq!(
+        err,
+        "mesh.yaml: document 4 (VirtualService reviews): http[0].route[0].destination.host: no ServiceEntry declares host \"details.default.svc.cluster.local\""
+    );
+}
+
+#[test]
+fn match_conditions_that_cannot_be_honoured_are_errors() {
+    let err = error(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{ queryParams: { debug: { exact: "1" } } }]
+    route: [{ destination: { host: reviews } }]
+"#,
+    ));
+    assert_eq!(
+        err,
+        "mesh.yaml: document 4 (VirtualService reviews): http[0].match[0].queryParams: not supported yet (a route cannot ignore a match condition)"
+    );
+}
+
+#[test]
+fn invalid_regex_and_several_errors_at_once() {
+    let err = error(&with(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{ uri: { regex: "a(" } }]
+    route: [{ destination: { host: reviews } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: ratings }
+spec:
+  host: ratings
+  trafficPolicy: { loadBalancer: { simple: FASTEST } }
+"#,
+    ));
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("mesh.yaml: document 4 (VirtualService reviews): http[0].match[0].uri.regex: invalid regex \"a(\""),
+        "{err}"
+    );
+    assert_eq!(
+        lines[1],
+        "mesh.yaml: document 5 (DestinationRule ratings): trafficPolicy.loadBalancer.simple: unknown policy \"FASTEST\" (expected ROUND_ROBIN, LEAST_REQUEST or RANDOM)"
+    );
+}
+
+#[test]
+fn missing_and_mistyped_fields() {
+    assert_eq!(
+        error("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nspec: {}\n"),
+        "mesh.yaml: document 1: metadata: required"
+    );
+    assert_eq!(
+        error("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  resolution: STATIC\n  ports: [{ number: \"80\", name: http }]\n"),
+        "mesh.yaml: document 1 (ServiceEntry x): ports[0].number: expected an integer, found a string"
+    );
+    assert_eq!(
+        error("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  resolution: STATIC\n  ports: [{ number: 70000, name: http }]\n"),
+        "mesh.yaml: document 1 (ServiceEntry x): ports[0].number: 70000 is out of range (1 to 65535)"
+    );
+    assert_eq!(
+        error("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  ports: [{ number: 80, name: http }]\n"),
+        "mesh.yaml: document 1 (ServiceEntry x): resolution: the default, NONE, is not supported: the mesh client needs endpoints to balance over; use STATIC or DNS"
+    );
+    assert_eq!(
+        error("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  resolution: STATIC\n  ports: [{ number: 80, name: http }]\n  endpoints: [{ address: example.com }]\n"),
+        "mesh.yaml: document 1 (ServiceEntry x): endpoints[0].address: \"example.com\" is not an IP address, which resolution STATIC requires"
+    );
+}
+
+#[test]
+fn duplicate_hosts_name_the_other_document() {
+    let err = error(&format!(
+        "{SERVICES}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{ name: again }}\nspec:\n  hosts: [reviews]\n  resolution: STATIC\n  ports: [{{ number: 80, name: http }}]\n"
+    ));
+    assert_eq!(
+        err,
+        format!("mesh.yaml: document 4 (ServiceEntry again): hosts[0]: host \"{REVIEWS}\" is already declared by document 1 (ServiceEntry reviews)")
+    );
+}
+
+#[test]
+fn empty_documents_count_in_the_numbering() {
+    let err = error("---\n# nothing here\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nspec: {}\n");
+    assert_eq!(err, "mesh.yaml: document 2: metadata: required");
+}
+
+#[test]
+fn an_empty_file_is_an_empty_config() {
+    let t = parse("# no services yet\n");
+    assert!(t.resources.clusters.is_empty());
+    assert!(t.warnings().is_empty());
+}

@@ -1,0 +1,95 @@
+//! Clusters: a named group of endpoints with the policies for reaching them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::name::ClusterName;
+
+/// How requests are spread over a cluster's endpoints.
+///
+/// The names are Istio's `DestinationRule.trafficPolicy.loadBalancer.simple`
+/// values; the semantics are Envoy's load balancers of the same names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LbPolicy {
+    /// Weighted round robin: endpoints take turns in proportion to their
+    /// weights (Envoy `ROUND_ROBIN`).
+    RoundRobin,
+    /// Weighted random choice (Envoy `RANDOM`).
+    Random,
+    /// Power of N choices: pick `choice_count` endpoints at random and send
+    /// to the one with the fewest requests in flight relative to its weight
+    /// (Envoy `LEAST_REQUEST`, `choice_count` default 2).
+    LeastRequest {
+        /// How many random candidates are compared (at least 2).
+        choice_count: u32,
+    },
+}
+
+impl Default for LbPolicy {
+    /// `LEAST_REQUEST` with two choices: Istio's default since 1.14
+    /// ("the default load balancing algorithm is LEAST_REQUEST",
+    /// istio.io DestinationRule reference, `LoadBalancerSettings.simple`).
+    fn default() -> Self {
+        Self::LeastRequest { choice_count: 2 }
+    }
+}
+
+/// The HTTP version spoken to a cluster's endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 with pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), one multiplexed connection per
+    /// endpoint. Istio selects it for ports declared `HTTP2` or `GRPC`.
+    Http2,
+}
+
+/// A cluster: where a route sends requests, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// The cluster name; its endpoints are the
+    /// [`EndpointSet`](crate::model::EndpointSet) of the same name.
+    pub name: ClusterName,
+    /// The service (FQDN) the cluster belongs to, when it came from one.
+    pub service: Option<Arc<str>>,
+    /// The subset of the service, when the cluster is one.
+    pub subset: Option<Arc<str>>,
+    /// The load-balancing policy.
+    pub lb_policy: LbPolicy,
+    /// The protocol spoken to endpoints.
+    pub protocol: Protocol,
+    /// How long to wait for a TCP connection to an endpoint.
+    pub connect_timeout: Duration,
+}
+
+impl Cluster {
+    /// Istio's default connect timeout, `connectionPool.tcp.connectTimeout`
+    /// = 10s (istio.io DestinationRule reference, `TCPSettings`).
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A cluster with Istio's defaults: `LEAST_REQUEST`, HTTP/1.1, 10 s
+    /// connect timeout.
+    pub fn new(name: impl Into<ClusterName>) -> Self {
+        Self {
+            name: name.into(),
+            service: None,
+            subset: None,
+            lb_policy: LbPolicy::default(),
+            protocol: Protocol::default(),
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Sets the load-balancing policy.
+    pub fn with_lb_policy(mut self, policy: LbPolicy) -> Self {
+        self.lb_policy = policy;
+        self
+    }
+
+    /// Sets the protocol.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+}

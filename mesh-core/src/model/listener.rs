@@ -1,0 +1,50 @@
+//! Listeners: the entry points that bind a port (or a target name) to a
+//! route table.
+
+use crate::name::{ListenerName, RouteTableName};
+
+/// What a listener does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListenerKind {
+    /// Outbound: requests this process sends to `port` are routed by the
+    /// route table. This is Istio's sidecar outbound listener
+    /// (`0.0.0.0_<port>` with RDS route config `<port>`), and the API
+    /// listener that proxyless gRPC resolves `xds:///<name>` to.
+    Client {
+        /// The route table that routes the listener's requests.
+        route_table: RouteTableName,
+    },
+}
+
+/// A listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// The listener name.
+    pub name: ListenerName,
+    /// The port requests are addressed to.
+    pub port: u16,
+    /// What the listener does.
+    pub kind: ListenerKind,
+}
+
+impl Listener {
+    /// An outbound listener for `port`, named as Istio names them
+    /// (`0.0.0.0_<port>`).
+    pub fn client(port: u16, route_table: impl Into<RouteTableName>) -> Self {
+        Self {
+            name: ListenerName::new(format!("0.0.0.0_{port}")),
+            port,
+            kind: ListenerKind::Client {
+                route_table: route_table.into(),
+            },
+        }
+    }
+
+    /// The route table of a client listener.
+    pub fn route_table(&self) -> Option<&RouteTableName> {
+        match &self.kind {
+            ListenerKind::Client { route_table } => Some(route_table),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The validated configuration model.
+//!
+//! Plain data that mirrors the xDS resources: [`Listener`] →
+//! [`RouteTable`] → [`Cluster`] → [`EndpointSet`]. Istio YAML, xDS and code
+//! all translate into these types, and nothing downstream knows which
+//! source a value came from. Every type is `Clone + Debug + PartialEq`;
+//! shared lists are `Arc<[T]>` so snapshots share structure cheaply.
+
+mod cluster;
+mod endpoint;
+mod listener;
+pub mod matcher;
+mod route;
+
+pub use cluster::{Cluster, LbPolicy, Protocol};
+pub use endpoint::{Endpoint, EndpointAddress, EndpointDiff, EndpointSet, Health, Labels};
+pub use listener::{Listener, ListenerKind};
+pub use matcher::{HeaderMatch, HeaderRule, PathMatch, Regex, StringMatch};
+pub use route::{
+    ForwardAction, Route, RouteAction, RouteMatch, RouteTable, VirtualHost, WeightedCluster,
+    WeightedClusters,
+};
