@@ -1,0 +1,70 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Response;
+use hyper::body::Incoming;
+
+use crate::body::ResponseBody;
+use crate::endpoint::InFlight;
+use crate::error::{BoxError, Error};
+
+/// The response future of [`Balance`](super::Balance).
+#[pin_project::pin_project]
+pub struct ResponseFuture {
+    #[pin]
+    state: State,
+}
+
+#[pin_project::pin_project(project = Proj)]
+enum State {
+    Failed(Option<Error>),
+    Sending {
+        #[pin]
+        fut: hyper_util::client::legacy::ResponseFuture,
+        in_flight: Option<InFlight>,
+    },
+}
+
+impl ResponseFuture {
+    pub(crate) fn failed(e: Error) -> Self {
+        Self {
+            state: State::Failed(Some(e)),
+        }
+    }
+
+    pub(crate) fn sending(fut: hyper_util::client::legacy::ResponseFuture, in_flight: InFlight) -> Self {
+        Self {
+            state: State::Sending {
+                fut,
+                in_flight: Some(in_flight),
+            },
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<ResponseBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            Proj::Failed(e) => Poll::Ready(Err(match e.take() {
+                Some(e) => Box::new(e),
+                None => "polled after completion".into(),
+            })),
+            Proj::Sending { fut, in_flight } => match fut.poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(res)) => {
+                    let Some(guard) = in_flight.take() else {
+                        return Poll::Ready(Err("polled after completion".into()));
+                    };
+                    Poll::Ready(Ok(res.map(|body: Incoming| ResponseBody::new(body, guard))))
+                }
+                Poll::Ready(Err(e)) => {
+                    in_flight.take();
+                    Poll::Ready(Err(Box::new(Error::from_upstream(Box::new(e)))))
+                }
+            },
+        }
+    }
+}

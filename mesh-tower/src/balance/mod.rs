@@ -1,0 +1,62 @@
+//! Load balancing: send each request to one endpoint of the cluster its
+//! route chose.
+//!
+//! [`Balance`] is the leaf of the client stack. It reads the cluster from
+//! the [`RouteDecision`](crate::route::RouteDecision), picks an endpoint with
+//! the cluster's policy (weighted round robin, weighted random, or power of
+//! two choices on requests in flight, from `mesh_core::lb`), and sends the
+//! request on that endpoint's pooled connection. The pick and the send
+//! happen in one `call`, so a request can never be sent to an endpoint
+//! other than the one picked (tower#856).
+
+mod future;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+
+pub use future::ResponseFuture;
+
+use crate::body::{BoxBody, ResponseBody};
+use crate::endpoint::InFlight;
+use crate::error::{BoxError, Error};
+use crate::route::RouteDecision;
+
+/// Sends each request to an endpoint of its routed cluster.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Balance {
+    _priv: (),
+}
+
+impl Balance {
+    /// The balancer. It keeps no state of its own: endpoint state lives in
+    /// the mesh runtime the route decision points into.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl tower::Service<Request<BoxBody>> for Balance {
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is per endpoint and the endpoint is known only per
+        // request; connection limits arrive with the circuit breaker.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<BoxBody>) -> ResponseFuture {
+        let Some(decision) = req.extensions().get::<RouteDecision>() else {
+            return ResponseFuture::failed(Error::invalid_request("no route decision: Balance must run below Route"));
+        };
+        let Some(endpoint) = decision.cluster.pick() else {
+            return ResponseFuture::failed(Error::no_endpoints(decision.cluster().name.as_str()));
+        };
+        let in_flight = InFlight::start(Arc::clone(endpoint));
+        let fut = in_flight.endpoint().client().request(req);
+        ResponseFuture::sending(fut, in_flight)
+    }
+}

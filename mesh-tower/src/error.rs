@@ -1,0 +1,231 @@
+//! The error type of the mesh client.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A boxed error, the error type of the individual layers (as in `tower`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request through the mesh failed.
+///
+/// Opaque, with predicates for each condition, as hyper's error is. Each
+/// condition maps to the HTTP status and gRPC code a proxy would answer
+/// with ([`http_status`](Self::http_status), [`grpc_code`](Self::grpc_code)).
+/// For a gRPC request the error carries a `tonic::Status` in its source
+/// chain, so a tonic client built on [`MeshClient`](crate::MeshClient)
+/// reports the right code without any glue.
+pub struct Error {
+    kind: Kind,
+    message: String,
+    cause: Option<BoxError>,
+    status: Option<Box<tonic::Status>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    NoRoute,
+    NoEndpoints,
+    Timeout,
+    Connect,
+    Upstream,
+    InvalidRequest,
+}
+
+impl Error {
+    pub(crate) fn no_route(message: impl fmt::Display) -> Self {
+        Self::new(Kind::NoRoute, format!("no route: {message}"), None)
+    }
+
+    pub(crate) fn no_endpoints(cluster: &str) -> Self {
+        Self::new(Kind::NoEndpoints, format!("no endpoints in cluster {cluster:?}"), None)
+    }
+
+    pub(crate) fn invalid_request(message: impl fmt::Display) -> Self {
+        Self::new(Kind::InvalidRequest, format!("invalid request: {message}"), None)
+    }
+
+    pub(crate) fn from_box(err: BoxError) -> Self {
+        match err.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(err) => match err.downcast::<Elapsed>() {
+                Ok(e) => Self::new(Kind::Timeout, e.to_string(), None),
+                Err(err) => Self::from_upstream(err),
+            },
+        }
+    }
+
+    pub(crate) fn from_upstream(err: BoxError) -> Self {
+        let connect = err
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|e| e.is_connect());
+        // Name the innermost cause: hyper-util's own message is generic.
+        let mut detail = err.to_string();
+        let mut source = err.source();
+        while let Some(s) = source {
+            detail = format!("{detail}: {s}");
+            source = s.source();
+        }
+        if connect {
+            Self::new(Kind::Connect, detail, Some(err))
+        } else {
+            Self::new(Kind::Upstream, format!("upstream error: {detail}"), Some(err))
+        }
+    }
+
+    fn new(kind: Kind, message: String, cause: Option<BoxError>) -> Self {
+        Self {
+            kind,
+            message,
+            cause,
+            status: None,
+        }
+    }
+
+    /// Attaches the gRPC status this error maps to, for tonic to find.
+    pub(crate) fn for_grpc(mut self) -> Self {
+        self.status = Some(Box::new(tonic::Status::new(self.grpc_code(), self.message.clone())));
+        self
+    }
+
+    /// No route matched the request (Envoy response flag `NR`).
+    pub fn is_no_route(&self) -> bool {
+        self.kind == Kind::NoRoute
+    }
+
+    /// The chosen cluster had no endpoint to send to (Envoy `UH`).
+    pub fn is_no_endpoints(&self) -> bool {
+        self.kind == Kind::NoEndpoints
+    }
+
+    /// The route timeout elapsed before response headers arrived (Envoy
+    /// `UT`).
+    pub fn is_timeout(&self) -> bool {
+        self.kind == Kind::Timeout
+    }
+
+    /// The connection to the endpoint could not be established (Envoy
+    /// `UF`).
+    pub fn is_connect(&self) -> bool {
+        self.kind == Kind::Connect
+    }
+
+    /// The endpoint's connection failed after the request was sent (reset,
+    /// protocol error; Envoy `UR`/`UC`).
+    pub fn is_upstream(&self) -> bool {
+        self.kind == Kind::Upstream
+    }
+
+    /// The request could not be sent as given (no authority, bad target).
+    pub fn is_invalid_request(&self) -> bool {
+        self.kind == Kind::InvalidRequest
+    }
+
+    /// The status a proxy answers with for this error: 404 for no route,
+    /// 503 for no endpoints or a failed connect, 504 for a timeout, 502 for
+    /// a failed upstream connection, 400 for an invalid request.
+    pub fn http_status(&self) -> StatusCode {
+        match self.kind {
+            Kind::NoRoute => StatusCode::NOT_FOUND,
+            Kind::NoEndpoints | Kind::Connect => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Upstream => StatusCode::BAD_GATEWAY,
+            Kind::InvalidRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The gRPC code for this error: `DEADLINE_EXCEEDED` for a timeout,
+    /// `INTERNAL` for an invalid request, `UNAVAILABLE` otherwise. A missing
+    /// route is `UNAVAILABLE` as gRFC A28 specifies, never `NOT_FOUND`
+    /// (gRFC A54: the library must not invent codes that look like the
+    /// application's).
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self.kind {
+            Kind::Timeout => tonic::Code::DeadlineExceeded,
+            Kind::InvalidRequest => tonic::Code::Internal,
+            _ => tonic::Code::Unavailable,
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        if let Some(status) = &self.status {
+            return Some(&**status);
+        }
+        self.cause.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A timeout elapsed. Returned (boxed) by [`Timeout`](crate::timeout::Timeout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Elapsed {
+    after: Duration,
+}
+
+impl Elapsed {
+    pub(crate) fn new(after: Duration) -> Self {
+        Self { after }
+    }
+
+    /// The timeout that elapsed.
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+}
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request timed out after {:?} (route timeout)", self.after)
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_map_to_proxy_statuses_and_grpc_codes() {
+        let e = Error::no_route("x");
+        assert_eq!((e.http_status(), e.grpc_code()), (StatusCode::NOT_FOUND, tonic::Code::Unavailable));
+        let e = Error::from_box(Box::new(Elapsed::new(Duration::from_millis(50))));
+        assert!(e.is_timeout());
+        assert_eq!(e.to_string(), "request timed out after 50ms (route timeout)");
+        assert_eq!((e.http_status(), e.grpc_code()), (StatusCode::GATEWAY_TIMEOUT, tonic::Code::DeadlineExceeded));
+        let e = Error::no_endpoints("c");
+        assert_eq!(e.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn grpc_errors_carry_a_status_tonic_finds() {
+        let e: BoxError = Box::new(Error::no_endpoints("c").for_grpc());
+        let status = tonic::Status::from_error(e);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "no endpoints in cluster \"c\"");
+    }
+
+    #[test]
+    fn boxed_mesh_errors_come_back_unchanged() {
+        let e = Error::from_box(Box::new(Error::no_route("nothing matched")));
+        assert!(e.is_no_route());
+        assert_eq!(e.to_string(), "no route: nothing matched");
+    }
+}

@@ -1,0 +1,159 @@
+//! The process-wide mesh handle.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use mesh_core::{ConfigStore, Version};
+use tokio::sync::watch;
+
+use crate::client::{InvalidTarget, MeshClient};
+use crate::runtime::Runtime;
+use crate::server::{MeshServerLayer, ServerStats};
+
+/// The mesh of one process: its config store and the runtime state every
+/// client and server shares.
+///
+/// Create one per process, from the process's [`ConfigStore`], and make
+/// every client and server from it: clients of the same cluster then share
+/// connection pools, load gauges and (in later layers) breakers and retry
+/// budgets, as a sidecar shares them across the application's calls.
+/// Cloning is cheap and gives another handle to the same mesh.
+///
+/// The mesh follows the store: a task owned by the mesh rebuilds the
+/// runtime for each new snapshot (keeping per-endpoint state, see the
+/// `runtime` module docs) and swaps it in atomically. The task ends when
+/// the last handle is dropped.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: ConfigStore,
+    runtime: Arc<ArcSwap<Runtime>>,
+    applied: watch::Receiver<Version>,
+    server_stats: Arc<ServerStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("applied_version", &self.applied_version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    /// A mesh following `store`.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a Tokio runtime, as `tokio::spawn` does.
+    pub fn new(store: ConfigStore) -> Self {
+        let mut changes = store.subscribe();
+        let first = Runtime::build(changes.borrow_and_update().clone(), &Runtime::empty());
+        let (applied_tx, applied) = watch::channel(first.version());
+        let runtime = Arc::new(ArcSwap::from_pointee(first));
+        let task = tokio::spawn({
+            let runtime = Arc::clone(&runtime);
+            async move {
+                // Ends when the store is gone or the mesh aborts the task.
+                while changes.changed().await.is_ok() {
+                    let snapshot = changes.borrow_and_update().clone();
+                    let next = Runtime::build(snapshot, &runtime.load());
+                    let version = next.version();
+                    runtime.store(Arc::new(next));
+                    tracing::debug!(%version, "mesh runtime updated");
+                    applied_tx.send_replace(version);
+                }
+            }
+        });
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                applied,
+                server_stats: Arc::default(),
+                task,
+            }),
+        }
+    }
+
+    /// The store the mesh follows.
+    pub fn store(&self) -> &ConfigStore {
+        &self.inner.store
+    }
+
+    /// The store version the mesh's clients currently route by.
+    pub fn applied_version(&self) -> Version {
+        *self.inner.applied.borrow()
+    }
+
+    /// Waits until the clients route by `version` or a later one.
+    pub async fn applied(&self, version: Version) {
+        let mut rx = self.inner.applied.clone();
+        // The sender lives in the mesh's task, which lives as long as `self`.
+        let _ = rx.wait_for(|v| *v >= version).await;
+    }
+
+    /// A client that routes each request by its own authority (`Host` or
+    /// the URI's), like an application behind a sidecar.
+    pub fn client(&self) -> MeshClient {
+        MeshClient::new(self.clone(), None)
+    }
+
+    /// A client for one target: `http://reviews:9080` (routed as if every
+    /// request were addressed there) or `xds:///<listener>` (routed through
+    /// the named listener, as gRPC's xDS resolver does). Use it as the
+    /// transport of a tonic client, whose requests carry no authority.
+    pub fn client_for(&self, target: &str) -> Result<MeshClient, InvalidTarget> {
+        Ok(MeshClient::new(self.clone(), Some(target.parse()?)))
+    }
+
+    /// The server-side layer, for `axum::Router::layer` and
+    /// `tonic::transport::Server::builder().layer(..)`.
+    pub fn server_layer(&self) -> MeshServerLayer {
+        MeshServerLayer::with_stats(Arc::clone(&self.inner.server_stats))
+    }
+
+    /// Request counts of every server layer made by [`server_layer`](Self::server_layer).
+    pub fn server_stats(&self) -> &ServerStats {
+        &self.inner.server_stats
+    }
+
+    pub(crate) fn runtime(&self) -> &ArcSwap<Runtime> {
+        &self.inner.runtime
+    }
+
+    /// Endpoint addresses and in-flight counts of a cluster, as the runtime
+    /// holds them now.
+    pub fn cluster_endpoints(&self, cluster: &str) -> Option<Vec<EndpointStatus>> {
+        let rt = self.inner.runtime.load();
+        let c = rt.clusters.get(cluster)?;
+        Some(
+            c.endpoints()
+                .iter()
+                .map(|e| EndpointStatus {
+                    address: e.address().to_string(),
+                    in_flight: e.in_flight(),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// An endpoint as the runtime sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointStatus {
+    /// The address.
+    pub address: String,
+    /// Requests whose responses have not finished.
+    pub in_flight: u64,
+}

@@ -1,0 +1,169 @@
+//! The runtime: a config snapshot joined with the state that outlives it.
+//!
+//! For every snapshot the store publishes, the mesh builds a [`Runtime`]:
+//! the snapshot plus, per cluster, the endpoints to balance over and their
+//! connection pools and load gauges. Building reuses everything that did
+//! not change:
+//!
+//! - a cluster whose config and endpoint set are the same `Arc`s as before
+//!   keeps its whole runtime;
+//! - otherwise each endpoint keeps its state (pool, in-flight count) when
+//!   its address, metadata and transport settings are unchanged (the
+//!   [`EndpointDiff`] of `mesh-core`), and only new or changed endpoints
+//!   get new state;
+//! - per-cluster counters (the round-robin position, and later breakers and
+//!   budgets) are kept by cluster name for as long as the cluster exists.
+//!
+//! The request path reads the runtime with one `ArcSwap` load, so a config
+//! push changes behaviour from the next request on and drops nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mesh_core::lb::{LeastRequest, RoundRobin, WeightedRandom};
+use mesh_core::model::{Cluster, EndpointDiff, EndpointSet, LbPolicy};
+use mesh_core::{ClusterName, Snapshot, Version};
+
+use crate::endpoint::{EndpointState, Transport};
+
+/// A snapshot with the runtime state of its clusters.
+pub(crate) struct Runtime {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) clusters: HashMap<ClusterName, Arc<ClusterRuntime>>,
+}
+
+/// Per-cluster state that lives as long as the cluster name does.
+#[derive(Default)]
+pub(crate) struct ClusterShared {
+    next: AtomicUsize,
+}
+
+/// One cluster as of one snapshot.
+pub(crate) struct ClusterRuntime {
+    pub(crate) config: Arc<Cluster>,
+    endpoint_set: Option<Arc<EndpointSet>>,
+    endpoints: Box<[Arc<EndpointState>]>,
+    // Indexes into `endpoints` that requests may go to.
+    candidates: Box<[u32]>,
+    picker: Picker,
+    shared: Arc<ClusterShared>,
+}
+
+enum Picker {
+    RoundRobin(RoundRobin),
+    Random(WeightedRandom),
+    LeastRequest(LeastRequest),
+}
+
+impl Runtime {
+    pub(crate) fn empty() -> Self {
+        Self {
+            snapshot: Arc::new(Snapshot::default()),
+            clusters: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn version(&self) -> Version {
+        self.snapshot.version()
+    }
+
+    /// The runtime for `snapshot`, reusing the state of `previous`.
+    pub(crate) fn build(snapshot: Arc<Snapshot>, previous: &Runtime) -> Self {
+        let clusters = snapshot
+            .clusters()
+            .map(|cluster| {
+                let endpoints = snapshot.endpoints(cluster.name.as_str()).cloned();
+                let rt = match previous.clusters.get(&cluster.name) {
+                    Some(old) if Arc::ptr_eq(&old.config, cluster) && same_set(&old.endpoint_set, &endpoints) => {
+                        Arc::clone(old)
+                    }
+                    old => Arc::new(ClusterRuntime::build(Arc::clone(cluster), endpoints, old.map(|o| &**o))),
+                };
+                (cluster.name.clone(), rt)
+            })
+            .collect();
+        Self { snapshot, clusters }
+    }
+}
+
+fn same_set(a: &Option<Arc<EndpointSet>>, b: &Option<Arc<EndpointSet>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl ClusterRuntime {
+    fn build(config: Arc<Cluster>, endpoint_set: Option<Arc<EndpointSet>>, previous: Option<&ClusterRuntime>) -> Self {
+        let transport = Transport::of(&config);
+        let new_eps = endpoint_set.as_ref().map_or(&[][..], |s| s.endpoints());
+        let old_configs: Vec<_> = previous
+            .map(|p| p.endpoints.iter().map(|e| endpoint_config(e)).collect())
+            .unwrap_or_default();
+        let diff = EndpointDiff::between(&old_configs, new_eps);
+        let endpoints: Box<[Arc<EndpointState>]> = new_eps
+            .iter()
+            .zip(&diff.kept)
+            .map(|(ep, kept)| match (kept, previous) {
+                (Some(i), Some(p)) if p.endpoints[*i].reusable_for(ep, &transport) => Arc::clone(&p.endpoints[*i]),
+                _ => EndpointState::new(ep, transport.clone()),
+            })
+            .collect();
+        if let Some(p) = previous {
+            for &i in &diff.removed {
+                tracing::debug!(cluster = %config.name, endpoint = %p.endpoints[i].address(), "endpoint removed; draining");
+            }
+        }
+
+        // Health: route to routable endpoints; when none is routable, to all
+        // of them rather than to none (Envoy's panic mode, in its simplest
+        // form: the threshold arrives with outlier detection).
+        let mut candidates: Vec<u32> = new_eps
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.health.is_routable())
+            .map(|(i, _)| i as u32)
+            .collect();
+        if candidates.is_empty() {
+            candidates = (0..new_eps.len() as u32).collect();
+        }
+        let weights: Vec<u32> = candidates.iter().map(|&i| new_eps[i as usize].weight).collect();
+        let picker = match config.lb_policy {
+            LbPolicy::RoundRobin => Picker::RoundRobin(RoundRobin::new(&weights)),
+            LbPolicy::Random => Picker::Random(WeightedRandom::new(&weights)),
+            LbPolicy::LeastRequest { choice_count } => Picker::LeastRequest(LeastRequest::new(&weights, choice_count)),
+        };
+        Self {
+            shared: previous.map(|p| Arc::clone(&p.shared)).unwrap_or_default(),
+            config,
+            endpoint_set,
+            endpoints,
+            candidates: candidates.into(),
+            picker,
+        }
+    }
+
+    /// Picks the endpoint for one request, or `None` when there is none.
+    pub(crate) fn pick(&self) -> Option<&Arc<EndpointState>> {
+        if self.candidates.is_empty() {
+            return None;
+        }
+        let k = match &self.picker {
+            Picker::RoundRobin(rr) => rr.pick(self.shared.next.fetch_add(1, Ordering::Relaxed)),
+            Picker::Random(w) => w.pick(),
+            Picker::LeastRequest(lr) => lr.pick(|k| self.endpoints[self.candidates[k] as usize].in_flight()),
+        };
+        Some(&self.endpoints[self.candidates[k] as usize])
+    }
+
+    /// All endpoints with their state, for status output and tests.
+    pub(crate) fn endpoints(&self) -> &[Arc<EndpointState>] {
+        &self.endpoints
+    }
+}
+
+fn endpoint_config(state: &EndpointState) -> mesh_core::model::Endpoint {
+    state.config().clone()
+}

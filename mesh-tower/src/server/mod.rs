@@ -1,0 +1,243 @@
+//! The server side: the layer every inbound request passes.
+//!
+//! [`MeshServer`] does the cheap, always-on part of a sidecar's inbound
+//! work: it gives each request an `x-request-id` (keeping a valid one the
+//! caller sent, generating one otherwise, and echoing it on the response),
+//! and counts requests and responses per route. The route is axum's
+//! `MatchedPath` (the route template, so `/reviews/{id}` and not every id)
+//! or, for gRPC, the method path; anything else counts as `unmatched`, and
+//! the table is capped so that request paths can never grow it without
+//! bound.
+//!
+//! Peer identity (mTLS), authorization, rate limits and telemetry are
+//! layers of their own that wrap this one.
+//!
+//! ```no_run
+//! # async fn f(mesh: mesh_tower::Mesh) {
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/reviews/{id}", axum::routing::get(|| async { "ok" }))
+//!     .layer(mesh.server_layer());
+//! # let _ = app;
+//! # }
+//! ```
+
+mod stats;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response};
+
+pub use stats::{MAX_ROUTES, RouteStats, ServerStats};
+
+use stats::RouteCounters;
+
+/// The request id header (Envoy and Istio's `x-request-id`).
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// Applies [`MeshServer`] to a service.
+#[derive(Clone, Debug, Default)]
+pub struct MeshServerLayer {
+    stats: Arc<ServerStats>,
+}
+
+impl MeshServerLayer {
+    /// A layer with its own counters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A layer that counts into `stats` (shared with a [`Mesh`](crate::Mesh)).
+    pub fn with_stats(stats: Arc<ServerStats>) -> Self {
+        Self { stats }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<ServerStats> {
+        &self.stats
+    }
+}
+
+impl<S> tower::Layer<S> for MeshServerLayer {
+    type Service = MeshServer<S>;
+
+    fn layer(&self, inner: S) -> MeshServer<S> {
+        MeshServer {
+            inner,
+            stats: Arc::clone(&self.stats),
+        }
+    }
+}
+
+/// Request ids and per-route counts for inbound requests; see the module
+/// docs.
+#[derive(Clone, Debug)]
+pub struct MeshServer<S> {
+    inner: S,
+    stats: Arc<ServerStats>,
+}
+
+impl<S> MeshServer<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn route_key<B>(req: &Request<B>) -> &str {
+    if let Some(p) = req.extensions().get::<axum::extract::MatchedPath>() {
+        return p.as_str();
+    }
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc { req.uri().path() } else { stats::UNMATCHED }
+}
+
+/// A request id in UUID v4 form, from a thread-local generator.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    // Version 4, variant 10xx.
+    n = (n & !(0xf << 76)) | (0x4 << 76);
+    n = (n & !(0x3 << 62)) | (0x2 << 62);
+    let mut buf = [0u8; 36];
+    let mut i = 0;
+    for (k, slot) in buf.iter_mut().enumerate() {
+        if matches!(k, 8 | 13 | 18 | 23) {
+            *slot = b'-';
+        } else {
+            *slot = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+            i += 1;
+        }
+    }
+    // Hex digits and dashes are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn valid_request_id(v: &HeaderValue) -> bool {
+    (1..=128).contains(&v.len())
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+impl<S, B, ResB> tower::Service<Request<B>> for MeshServer<S>
+where
+    S: tower::Service<Request<B>, Response = Response<ResB>>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = match req.headers().get(&REQUEST_ID) {
+            Some(v) if valid_request_id(v) => v.clone(),
+            // A missing or unusable id is replaced, never echoed as sent.
+            _ => {
+                let id = new_request_id();
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let counters = self.stats.counters(route_key(&req));
+        counters.request();
+        ResponseFuture {
+            inner: self.inner.call(req),
+            counters,
+            id: Some(id),
+        }
+    }
+}
+
+/// The response future of [`MeshServer`].
+#[pin_project::pin_project]
+pub struct ResponseFuture<F> {
+    #[pin]
+    inner: F,
+    counters: Arc<RouteCounters>,
+    id: Option<HeaderValue>,
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        match &result {
+            Ok(res) => this.counters.response(res.status()),
+            Err(_) => this.counters.failure(),
+        }
+        Poll::Ready(result.map(|mut res| {
+            if let Some(id) = this.id.take() {
+                res.headers_mut().entry(REQUEST_ID).or_insert(id);
+            }
+            res
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tower::{Layer, Service, ServiceExt};
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = new_request_id();
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[tokio::test]
+    async fn keeps_valid_ids_replaces_bad_ones_and_counts() {
+        let layer = MeshServerLayer::new();
+        let mut svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+            let id = req.headers().get(&REQUEST_ID).cloned().unwrap();
+            let status = if req.uri().path() == "/fail" { 500 } else { 200 };
+            let mut res = Response::builder().status(status).body(()).unwrap();
+            res.headers_mut().insert("x-seen-id", id);
+            Ok::<_, Infallible>(res)
+        }));
+        let req = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.headers()["x-request-id"], "abc-123");
+        assert_eq!(res.headers()["x-seen-id"], "abc-123");
+
+        let req = Request::builder().uri("/fail").header("x-request-id", "<script>").body(()).unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 36, "a bad id is replaced, not echoed");
+        assert_eq!(res.headers()["x-seen-id"], id.as_str());
+
+        let stats = layer.stats().routes();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].route, "unmatched");
+        assert_eq!((stats[0].requests, stats[0].success, stats[0].server_errors), (2, 1, 1));
+    }
+}
