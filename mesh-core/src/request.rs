@@ -53,11 +53,23 @@ impl<'a> RouteRequest<'a> {
 
 /// The explicit port of an authority (`host:port`, `[v6]:port`), if any.
 pub fn authority_port(authority: &str) -> Option<u16> {
-    let colon = authority.rfind(':')?;
-    if authority[colon..].contains(']') {
-        return None; // "[::1]" without a port
+    // Scan the trailing digits: they are a port only when a ':' precedes
+    // them ("[::1]" ends in ']', "host" has no ':').
+    let bytes = authority.as_bytes();
+    let digits = bytes
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits == 0 || digits > 5 || digits == bytes.len() || bytes[bytes.len() - digits - 1] != b':'
+    {
+        return None;
     }
-    authority[colon + 1..].parse().ok()
+    let mut port: u32 = 0;
+    for &b in &bytes[bytes.len() - digits..] {
+        port = port * 10 + u32::from(b - b'0');
+    }
+    u16::try_from(port).ok()
 }
 
 #[cfg(test)]
@@ -90,5 +102,10 @@ mod tests {
         assert_eq!(authority_port("[::1]"), None);
         assert_eq!(authority_port("[::1]:8080"), Some(8080));
         assert_eq!(authority_port("a:notaport"), None);
+        assert_eq!(authority_port("a:"), None);
+        assert_eq!(authority_port("a:65536"), None);
+        assert_eq!(authority_port("a:123456"), None);
+        assert_eq!(authority_port("8080"), None, "a bare number is a host");
+        assert_eq!(authority_port("[::1]:443"), Some(443));
     }
 }

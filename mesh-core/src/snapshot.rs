@@ -1,8 +1,11 @@
 //! Snapshots: one complete, validated, immutable version of the config.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+
+// Keys are names from config, never from requests, so a fast hasher
+// without HashDoS resistance is safe here.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{Cluster, EndpointSet, Listener, Route, RouteAction, RouteTable, VirtualHost};
@@ -153,7 +156,10 @@ impl fmt::Display for NoRoute {
             Self::NoListener { port } => write!(f, "no client listener for port {port}"),
             Self::UnknownListener { listener } => write!(f, "listener {listener:?} does not exist"),
             Self::NoVirtualHost { route_table } => {
-                write!(f, "no virtual host in route table {route_table:?} serves this authority")
+                write!(
+                    f,
+                    "no virtual host in route table {route_table:?} serves this authority"
+                )
             }
             Self::NoMatchingRoute {
                 route_table,
@@ -281,13 +287,25 @@ impl Snapshot {
             let table = snap.route_tables.get(rt).ok_or_else(|| {
                 InvalidConfig::new(
                     FieldPath::root(),
-                    format!("listener {:?} names route table {:?}, which does not exist", l.name.as_str(), rt.as_str()),
+                    format!(
+                        "listener {:?} names route table {:?}, which does not exist",
+                        l.name.as_str(),
+                        rt.as_str()
+                    ),
                 )
             })?;
-            if snap.client_ports.insert(l.port, Arc::clone(table)).is_some() {
+            if snap
+                .client_ports
+                .insert(l.port, Arc::clone(table))
+                .is_some()
+            {
                 return Err(InvalidConfig::new(
                     FieldPath::root(),
-                    format!("listener {:?}: another client listener already uses port {}", l.name.as_str(), l.port),
+                    format!(
+                        "listener {:?}: another client listener already uses port {}",
+                        l.name.as_str(),
+                        l.port
+                    ),
                 ));
             }
         }
@@ -314,7 +332,7 @@ impl Snapshot {
         }
 
         // Provenance: a resource keeps the version at which it last changed.
-        let mut provenance = HashMap::new();
+        let mut provenance = HashMap::default();
         let mut record = |kind: ResourceKind, name: &str, unchanged: bool| {
             let key = (kind, Arc::<str>::from(name));
             let version = match previous.and_then(|p| p.provenance.get(&key)) {
@@ -325,20 +343,41 @@ impl Snapshot {
                 provenance.insert(key, Provenance { source, version });
             }
         };
-        fn same<N: Eq + std::hash::Hash, T>(prev: Option<&HashMap<N, Arc<T>>>, name: &N, v: &Arc<T>) -> bool {
-            prev.and_then(|p| p.get(name)).is_some_and(|o| Arc::ptr_eq(o, v))
+        fn same<N: Eq + std::hash::Hash, T>(
+            prev: Option<&HashMap<N, Arc<T>>>,
+            name: &N,
+            v: &Arc<T>,
+        ) -> bool {
+            prev.and_then(|p| p.get(name))
+                .is_some_and(|o| Arc::ptr_eq(o, v))
         }
         for (n, v) in &snap.listeners {
-            record(ResourceKind::Listener, n.as_str(), same(previous.map(|p| &p.listeners), n, v));
+            record(
+                ResourceKind::Listener,
+                n.as_str(),
+                same(previous.map(|p| &p.listeners), n, v),
+            );
         }
         for (n, v) in &snap.route_tables {
-            record(ResourceKind::RouteTable, n.as_str(), same(previous.map(|p| &p.route_tables), n, v));
+            record(
+                ResourceKind::RouteTable,
+                n.as_str(),
+                same(previous.map(|p| &p.route_tables), n, v),
+            );
         }
         for (n, v) in &snap.clusters {
-            record(ResourceKind::Cluster, n.as_str(), same(previous.map(|p| &p.clusters), n, v));
+            record(
+                ResourceKind::Cluster,
+                n.as_str(),
+                same(previous.map(|p| &p.clusters), n, v),
+            );
         }
         for (n, v) in &snap.endpoints {
-            record(ResourceKind::EndpointSet, n.as_str(), same(previous.map(|p| &p.endpoints), n, v));
+            record(
+                ResourceKind::EndpointSet,
+                n.as_str(),
+                same(previous.map(|p| &p.endpoints), n, v),
+            );
         }
         snap.provenance = provenance;
         Ok(snap)
@@ -421,10 +460,17 @@ impl Snapshot {
 
     /// Routes a request through the named listener (a proxyless gRPC
     /// `xds:///<listener>` target).
-    pub fn route_via<'a>(&'a self, listener: &str, req: &RouteRequest<'_>) -> Result<RouteHit<'a>, NoRoute> {
-        let l = self.listeners.get(listener).ok_or_else(|| NoRoute::UnknownListener {
-            listener: ListenerName::new(listener),
-        })?;
+    pub fn route_via<'a>(
+        &'a self,
+        listener: &str,
+        req: &RouteRequest<'_>,
+    ) -> Result<RouteHit<'a>, NoRoute> {
+        let l = self
+            .listeners
+            .get(listener)
+            .ok_or_else(|| NoRoute::UnknownListener {
+                listener: ListenerName::new(listener),
+            })?;
         let table = l
             .route_table()
             .and_then(|rt| self.route_tables.get(rt))
@@ -435,17 +481,21 @@ impl Snapshot {
     }
 
     /// Routes a request within one route table.
-    pub fn route_in<'a>(table: &'a Arc<RouteTable>, req: &RouteRequest<'_>) -> Result<RouteHit<'a>, NoRoute> {
+    pub fn route_in<'a>(
+        table: &'a Arc<RouteTable>,
+        req: &RouteRequest<'_>,
+    ) -> Result<RouteHit<'a>, NoRoute> {
         let vi = table
             .virtual_host_index(req.authority)
             .ok_or_else(|| NoRoute::NoVirtualHost {
                 route_table: table.name().clone(),
             })?;
-        let vh = &table.virtual_hosts()[vi];
-        let (ri, _) = vh.route(req).ok_or_else(|| NoRoute::NoMatchingRoute {
-            route_table: table.name().clone(),
-            virtual_host: Arc::clone(&vh.name),
-        })?;
+        let ri = table
+            .route_index(vi, req)
+            .ok_or_else(|| NoRoute::NoMatchingRoute {
+                route_table: table.name().clone(),
+                virtual_host: Arc::clone(&table.virtual_hosts()[vi].name),
+            })?;
         Ok(RouteHit {
             table,
             virtual_host_index: vi,
@@ -492,8 +542,11 @@ mod tests {
 
     #[test]
     fn listeners_must_name_existing_route_tables() {
-        let err = Snapshot::build(Version(1), Resources::new().with_listener(Listener::client(80, "80")))
-            .unwrap_err();
+        let err = Snapshot::build(
+            Version(1),
+            Resources::new().with_listener(Listener::client(80, "80")),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "listener \"0.0.0.0_80\" names route table \"80\", which does not exist"
@@ -504,7 +557,9 @@ mod tests {
     fn duplicate_names_are_rejected() {
         let err = Snapshot::build(
             Version(1),
-            Resources::new().with_cluster(Cluster::new("a")).with_cluster(Cluster::new("a")),
+            Resources::new()
+                .with_cluster(Cluster::new("a"))
+                .with_cluster(Cluster::new("a")),
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "cluster \"a\" is defined twice");
@@ -530,7 +585,10 @@ mod tests {
         };
         let hit = snap.route(&req("svc", 80)).unwrap();
         assert_eq!(hit.virtual_host().name.as_ref(), "svc");
-        assert_eq!(snap.route(&req("svc", 81)).unwrap_err(), NoRoute::NoListener { port: 81 });
+        assert_eq!(
+            snap.route(&req("svc", 81)).unwrap_err(),
+            NoRoute::NoListener { port: 81 }
+        );
         assert!(matches!(
             snap.route(&req("other", 80)).unwrap_err(),
             NoRoute::NoVirtualHost { .. }

@@ -17,8 +17,10 @@
 //! The request path reads the runtime with one `ArcSwap` load, so a config
 //! push changes behaviour from the next request on and drops nothing.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+// Keys are cluster names from config, so a fast hasher is safe.
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mesh_core::lb::{LeastRequest, RoundRobin, WeightedRandom};
@@ -60,7 +62,7 @@ impl Runtime {
     pub(crate) fn empty() -> Self {
         Self {
             snapshot: Arc::new(Snapshot::default()),
-            clusters: HashMap::new(),
+            clusters: HashMap::default(),
         }
     }
 
@@ -75,10 +77,17 @@ impl Runtime {
             .map(|cluster| {
                 let endpoints = snapshot.endpoints(cluster.name.as_str()).cloned();
                 let rt = match previous.clusters.get(&cluster.name) {
-                    Some(old) if Arc::ptr_eq(&old.config, cluster) && same_set(&old.endpoint_set, &endpoints) => {
+                    Some(old)
+                        if Arc::ptr_eq(&old.config, cluster)
+                            && same_set(&old.endpoint_set, &endpoints) =>
+                    {
                         Arc::clone(old)
                     }
-                    old => Arc::new(ClusterRuntime::build(Arc::clone(cluster), endpoints, old.map(|o| &**o))),
+                    old => Arc::new(ClusterRuntime::build(
+                        Arc::clone(cluster),
+                        endpoints,
+                        old.map(|o| &**o),
+                    )),
                 };
                 (cluster.name.clone(), rt)
             })
@@ -96,7 +105,11 @@ fn same_set(a: &Option<Arc<EndpointSet>>, b: &Option<Arc<EndpointSet>>) -> bool 
 }
 
 impl ClusterRuntime {
-    fn build(config: Arc<Cluster>, endpoint_set: Option<Arc<EndpointSet>>, previous: Option<&ClusterRuntime>) -> Self {
+    fn build(
+        config: Arc<Cluster>,
+        endpoint_set: Option<Arc<EndpointSet>>,
+        previous: Option<&ClusterRuntime>,
+    ) -> Self {
         let transport = Transport::of(&config);
         let new_eps = endpoint_set.as_ref().map_or(&[][..], |s| s.endpoints());
         let old_configs: Vec<_> = previous
@@ -107,7 +120,9 @@ impl ClusterRuntime {
             .iter()
             .zip(&diff.kept)
             .map(|(ep, kept)| match (kept, previous) {
-                (Some(i), Some(p)) if p.endpoints[*i].reusable_for(ep, &transport) => Arc::clone(&p.endpoints[*i]),
+                (Some(i), Some(p)) if p.endpoints[*i].reusable_for(ep, &transport) => {
+                    Arc::clone(&p.endpoints[*i])
+                }
                 _ => EndpointState::new(ep, transport.clone()),
             })
             .collect();
@@ -129,11 +144,16 @@ impl ClusterRuntime {
         if candidates.is_empty() {
             candidates = (0..new_eps.len() as u32).collect();
         }
-        let weights: Vec<u32> = candidates.iter().map(|&i| new_eps[i as usize].weight).collect();
+        let weights: Vec<u32> = candidates
+            .iter()
+            .map(|&i| new_eps[i as usize].weight)
+            .collect();
         let picker = match config.lb_policy {
             LbPolicy::RoundRobin => Picker::RoundRobin(RoundRobin::new(&weights)),
             LbPolicy::Random => Picker::Random(WeightedRandom::new(&weights)),
-            LbPolicy::LeastRequest { choice_count } => Picker::LeastRequest(LeastRequest::new(&weights, choice_count)),
+            LbPolicy::LeastRequest { choice_count } => {
+                Picker::LeastRequest(LeastRequest::new(&weights, choice_count))
+            }
         };
         Self {
             shared: previous.map(|p| Arc::clone(&p.shared)).unwrap_or_default(),
@@ -153,7 +173,9 @@ impl ClusterRuntime {
         let k = match &self.picker {
             Picker::RoundRobin(rr) => rr.pick(self.shared.next.fetch_add(1, Ordering::Relaxed)),
             Picker::Random(w) => w.pick(),
-            Picker::LeastRequest(lr) => lr.pick(|k| self.endpoints[self.candidates[k] as usize].in_flight()),
+            Picker::LeastRequest(lr) => {
+                lr.pick(|k| self.endpoints[self.candidates[k] as usize].in_flight())
+            }
         };
         Some(&self.endpoints[self.candidates[k] as usize])
     }
