@@ -37,7 +37,7 @@ impl Server {
     /// Serves `router`, behind a [`MeshServerLayer`], on an ephemeral
     /// loopback port.
     pub async fn start(router: axum::Router) -> std::io::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse().expect("valid address"), router).await
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), router).await
     }
 
     /// Serves `router` on `addr` (a port freed by a killed server can be
@@ -133,7 +133,7 @@ pub struct Reviews {
 impl Reviews {
     /// Starts an instance of `version`.
     pub async fn start(version: &str) -> std::io::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse().expect("valid address"), version).await
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), version).await
     }
 
     /// Starts an instance of `version` on `addr`.
@@ -182,7 +182,9 @@ impl Reviews {
 
     /// Makes every response wait `delay` first.
     pub fn set_delay(&self, delay: Duration) {
-        self.state.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Makes every response carry `status`.
@@ -201,7 +203,10 @@ impl Reviews {
     }
 }
 
-async fn review(State(state): State<Arc<ReviewsState>>, headers: http::HeaderMap) -> impl IntoResponse {
+async fn review(
+    State(state): State<Arc<ReviewsState>>,
+    headers: http::HeaderMap,
+) -> impl IntoResponse {
     state.hits.fetch_add(1, Ordering::Relaxed);
     let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     state.max_in_flight.fetch_max(now, Ordering::Relaxed);
@@ -213,8 +218,13 @@ async fn review(State(state): State<Arc<ReviewsState>>, headers: http::HeaderMap
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     state.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let status = http::StatusCode::from_u16(state.status.load(Ordering::Relaxed)).unwrap_or(http::StatusCode::OK);
-    (status, [(VERSION_HEADER, state.version.clone())], state.version.clone())
+    let status = http::StatusCode::from_u16(state.status.load(Ordering::Relaxed))
+        .unwrap_or(http::StatusCode::OK);
+    (
+        status,
+        [(VERSION_HEADER, state.version.clone())],
+        state.version.clone(),
+    )
 }
 
 /// An instance of the `ratings` gRPC service, served by tonic inside an
@@ -233,7 +243,10 @@ struct RatingsImpl {
 
 #[tonic::async_trait]
 impl RatingsApi for RatingsImpl {
-    async fn get(&self, request: tonic::Request<RatingRequest>) -> Result<tonic::Response<RatingReply>, tonic::Status> {
+    async fn get(
+        &self,
+        request: tonic::Request<RatingRequest>,
+    ) -> Result<tonic::Response<RatingReply>, tonic::Status> {
         self.hits.fetch_add(1, Ordering::Relaxed);
         let product = request.into_inner().product;
         if product.is_empty() {

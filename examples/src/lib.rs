@@ -21,7 +21,12 @@ pub mod backends;
 pub mod yaml;
 
 /// The generated `ratings` gRPC client and server.
-#[allow(missing_docs, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 pub mod proto {
     tonic::include_proto!("ratings");
 }

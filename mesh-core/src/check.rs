@@ -134,7 +134,9 @@ pub enum CheckError {
 impl fmt::Display for CheckError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NoAuthority => f.write_str("the request names no authority (use an absolute URL or a host header)"),
+            Self::NoAuthority => {
+                f.write_str("the request names no authority (use an absolute URL or a host header)")
+            }
             Self::NoRoute(e) => e.fmt(f),
         }
     }
@@ -162,7 +164,8 @@ impl std::error::Error for CheckError {}
 /// assert_eq!(check.destinations[0].cluster.as_str(), "outbound|9080||reviews.default.svc.cluster.local");
 /// ```
 pub fn check_route(snapshot: &Snapshot, req: &CheckRequest) -> Result<RouteCheck, CheckError> {
-    let rr = RouteRequest::from_parts(&req.method, &req.uri, &req.headers).ok_or(CheckError::NoAuthority)?;
+    let rr = RouteRequest::from_parts(&req.method, &req.uri, &req.headers)
+        .ok_or(CheckError::NoAuthority)?;
     let hit = snapshot.route(&rr).map_err(CheckError::NoRoute)?;
     let route = hit.route();
     let RouteAction::Forward(fwd) = &route.action;

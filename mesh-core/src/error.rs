@@ -131,7 +131,10 @@ mod tests {
             .field("weight");
         assert_eq!(p.to_string(), "http[0].route[1].weight");
         assert_eq!(
-            FieldPath::root().field("headers").key("x-canary").to_string(),
+            FieldPath::root()
+                .field("headers")
+                .key("x-canary")
+                .to_string(),
             "headers[\"x-canary\"]"
         );
     }

@@ -202,7 +202,10 @@ mod tests {
     fn round_robin_caps_huge_schedules() {
         let rr = RoundRobin::new(&[1_000_000, 1]);
         assert!(rr.schedule.len() <= RoundRobin::MAX_SCHEDULE + 1);
-        assert!((0..rr.schedule.len()).any(|t| rr.pick(t) == 1), "every endpoint keeps a turn");
+        assert!(
+            (0..rr.schedule.len()).any(|t| rr.pick(t) == 1),
+            "every endpoint keeps a turn"
+        );
     }
 
     #[test]
@@ -229,7 +232,9 @@ mod tests {
         // has 1 for weight 1 (1.0 per unit): 0 wins every comparison, so 1 is
         // picked only when both weighted draws land on it (p = 0.2^2 = 4%).
         let lr = LeastRequest::new(&[4, 1], 2);
-        let zero = (0..1000).filter(|_| lr.pick(|i| if i == 0 { 3 } else { 1 }) == 0).count();
+        let zero = (0..1000)
+            .filter(|_| lr.pick(|i| if i == 0 { 3 } else { 1 }) == 0)
+            .count();
         assert!(zero > 900, "endpoint 0 picked {zero} times of 1000");
     }
 

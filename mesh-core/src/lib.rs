@@ -80,7 +80,9 @@ mod request;
 mod snapshot;
 mod store;
 
-pub use check::{CheckError, CheckRequest, CheckedDestination, InvalidCheckRequest, RouteCheck, check_route};
+pub use check::{
+    CheckError, CheckRequest, CheckedDestination, InvalidCheckRequest, RouteCheck, check_route,
+};
 pub use error::{FieldPath, InvalidConfig};
 pub use name::{ClusterName, ListenerName, RouteTableName};
 pub use request::{RouteRequest, authority_port};

@@ -269,16 +269,19 @@ impl ConfigStore {
         let reason = reason.into();
         tracing::warn!(%source, %reason, "config rejected; keeping the last good config");
         let mut w = self.writers();
-        let entry = w.sources.entry(source.clone()).or_insert_with(|| SourceEntry {
-            resources: Resources::default(),
-            status: SourceStatus {
-                source,
-                accepted_version: None,
-                accepted_at: None,
-                last_rejection: None,
-                warnings: Arc::from([]),
-            },
-        });
+        let entry = w
+            .sources
+            .entry(source.clone())
+            .or_insert_with(|| SourceEntry {
+                resources: Resources::default(),
+                status: SourceStatus {
+                    source,
+                    accepted_version: None,
+                    accepted_at: None,
+                    last_rejection: None,
+                    warnings: Arc::from([]),
+                },
+            });
         entry.status.last_rejection = Some(Rejection {
             at: SystemTime::now(),
             reason,
@@ -312,7 +315,11 @@ impl ConfigStore {
 
     /// The status of every source, by name.
     pub fn status(&self) -> Vec<SourceStatus> {
-        self.writers().sources.values().map(|e| e.status.clone()).collect()
+        self.writers()
+            .sources
+            .values()
+            .map(|e| e.status.clone())
+            .collect()
     }
 
     /// The status of one source.
@@ -375,17 +382,18 @@ fn merge(
 ) -> Result<Snapshot, InvalidConfig> {
     let mut merged = Resources::default();
     let mut owner: HashMap<(ResourceKind, String), SourceId> = HashMap::new();
-    let mut claim = |kind: ResourceKind, name: &str, source: &SourceId| -> Result<(), InvalidConfig> {
-        if let Some(other) = owner.insert((kind, name.to_owned()), source.clone()) {
-            if &other != source {
+    let mut claim =
+        |kind: ResourceKind, name: &str, source: &SourceId| -> Result<(), InvalidConfig> {
+            if let Some(other) = owner.insert((kind, name.to_owned()), source.clone())
+                && &other != source
+            {
                 return Err(InvalidConfig::new(
                     crate::error::FieldPath::root(),
                     format!("{kind} {name:?} is defined by both {other} and {source}"),
                 ));
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     for (id, entry) in sources {
         let r = &entry.resources;
         for l in &r.listeners {
@@ -426,7 +434,11 @@ pub struct ResourceWatch<T> {
 }
 
 impl<T: PartialEq> ResourceWatch<T> {
-    fn new(mut rx: watch::Receiver<Arc<Snapshot>>, name: &str, get: fn(&Snapshot, &str) -> Option<Arc<T>>) -> Self {
+    fn new(
+        mut rx: watch::Receiver<Arc<Snapshot>>,
+        name: &str,
+        get: fn(&Snapshot, &str) -> Option<Arc<T>>,
+    ) -> Self {
         let last = get(&rx.borrow_and_update(), name);
         Self {
             rx,
@@ -499,7 +511,10 @@ mod tests {
         let status = store.source_status(&"file".into()).unwrap();
         assert_eq!(status.accepted_version, Some(v1));
         assert_eq!(status.last_rejection.unwrap().reason, err.reason());
-        assert!(err.to_string().starts_with("file: route table \"80\""), "{err}");
+        assert!(
+            err.to_string().starts_with("file: route table \"80\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -524,7 +539,13 @@ mod tests {
         let prov = after.provenance(ResourceKind::Cluster, "c").unwrap();
         assert_eq!(prov.version, Version(1), "c last changed at version 1");
         assert_eq!(prov.source.as_str(), "a");
-        assert_eq!(after.provenance(ResourceKind::Cluster, "d").unwrap().version, Version(2));
+        assert_eq!(
+            after
+                .provenance(ResourceKind::Cluster, "d")
+                .unwrap()
+                .version,
+            Version(2)
+        );
     }
 
     #[test]
@@ -536,7 +557,10 @@ mod tests {
         let err = store
             .publish("b".into(), Resources::new().with_cluster(Cluster::new("c")))
             .unwrap_err();
-        assert_eq!(err.to_string(), "b: cluster \"c\" is defined by both a and b");
+        assert_eq!(
+            err.to_string(),
+            "b: cluster \"c\" is defined by both a and b"
+        );
         assert!(store.source_status(&"b".into()).is_none());
     }
 
@@ -563,7 +587,9 @@ mod tests {
         store
             .publish(
                 "a".into(),
-                Resources::new().with_cluster(Cluster::new("c")).with_cluster(Cluster::new("d")),
+                Resources::new()
+                    .with_cluster(Cluster::new("c"))
+                    .with_cluster(Cluster::new("d")),
             )
             .unwrap();
         store

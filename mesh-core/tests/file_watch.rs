@@ -2,6 +2,8 @@
 //! editor-style renames, Kubernetes ConfigMap symlink swaps, and invalid
 //! edits that must leave the last good config in place.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -74,10 +76,18 @@ async fn edits_renames_and_invalid_edits() {
     assert_eq!(ev.result, Ok(Version(3)));
 
     // An invalid edit changes nothing and is reported.
-    write_atomically(&path, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: svc }\nspec: { hosts: [svc], resolution: STATIC, ports: [{ number: 0, name: http }] }\n");
+    write_atomically(
+        &path,
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: svc }\nspec: { hosts: [svc], resolution: STATIC, ports: [{ number: 0, name: http }] }\n",
+    );
     let ev = next_event(&mut events, ev.attempt).await;
     let reason = ev.result.unwrap_err();
-    assert!(reason.contains("document 1 (ServiceEntry svc): ports[0].number: 0 is out of range (1 to 65535)"), "{reason}");
+    assert!(
+        reason.contains(
+            "document 1 (ServiceEntry svc): ports[0].number: 0 is out of range (1 to 65535)"
+        ),
+        "{reason}"
+    );
     assert_eq!(store.version(), Version(3));
     assert!(store.snapshot().cluster(&cluster(8003)).is_some());
     let status = store.source_status(&id).unwrap();
@@ -125,9 +135,15 @@ fn an_invalid_file_at_startup_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mesh.yaml");
     std::fs::write(&path, "kind: [").unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let store = ConfigStore::new();
     let err = rt.block_on(async { FileSource::new(&path).watch(store.clone()).unwrap_err() });
-    assert!(err.to_string().contains("document 1: invalid YAML"), "{err}");
+    assert!(
+        err.to_string().contains("document 1: invalid YAML"),
+        "{err}"
+    );
     assert_eq!(store.version(), Version(0));
 }

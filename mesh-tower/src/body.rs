@@ -24,7 +24,6 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-
 /// The body of a response received through the mesh.
 ///
 /// Counts as one request in flight at its endpoint until the body ends or
@@ -56,7 +55,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let res = this.inner.poll_frame(cx);
         if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {

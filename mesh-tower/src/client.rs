@@ -123,7 +123,8 @@ where
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        tower::Service::<Request<body::BoxBody>>::poll_ready(&mut self.inner, cx).map_err(Error::from_box)
+        tower::Service::<Request<body::BoxBody>>::poll_ready(&mut self.inner, cx)
+            .map_err(Error::from_box)
     }
 
     fn call(&mut self, req: Request<B>) -> ResponseFuture {

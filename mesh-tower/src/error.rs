@@ -39,11 +39,19 @@ impl Error {
     }
 
     pub(crate) fn no_endpoints(cluster: &str) -> Self {
-        Self::new(Kind::NoEndpoints, format!("no endpoints in cluster {cluster:?}"), None)
+        Self::new(
+            Kind::NoEndpoints,
+            format!("no endpoints in cluster {cluster:?}"),
+            None,
+        )
     }
 
     pub(crate) fn invalid_request(message: impl fmt::Display) -> Self {
-        Self::new(Kind::InvalidRequest, format!("invalid request: {message}"), None)
+        Self::new(
+            Kind::InvalidRequest,
+            format!("invalid request: {message}"),
+            None,
+        )
     }
 
     pub(crate) fn from_box(err: BoxError) -> Self {
@@ -70,7 +78,11 @@ impl Error {
         if connect {
             Self::new(Kind::Connect, detail, Some(err))
         } else {
-            Self::new(Kind::Upstream, format!("upstream error: {detail}"), Some(err))
+            Self::new(
+                Kind::Upstream,
+                format!("upstream error: {detail}"),
+                Some(err),
+            )
         }
     }
 
@@ -85,7 +97,10 @@ impl Error {
 
     /// Attaches the gRPC status this error maps to, for tonic to find.
     pub(crate) fn for_grpc(mut self) -> Self {
-        self.status = Some(Box::new(tonic::Status::new(self.grpc_code(), self.message.clone())));
+        self.status = Some(Box::new(tonic::Status::new(
+            self.grpc_code(),
+            self.message.clone(),
+        )));
         self
     }
 
@@ -169,7 +184,9 @@ impl std::error::Error for Error {
         if let Some(status) = &self.status {
             return Some(&**status);
         }
-        self.cause.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.cause
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -192,7 +209,11 @@ impl Elapsed {
 
 impl fmt::Display for Elapsed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request timed out after {:?} (route timeout)", self.after)
+        write!(
+            f,
+            "request timed out after {:?} (route timeout)",
+            self.after
+        )
     }
 }
 
@@ -205,11 +226,20 @@ mod tests {
     #[test]
     fn conditions_map_to_proxy_statuses_and_grpc_codes() {
         let e = Error::no_route("x");
-        assert_eq!((e.http_status(), e.grpc_code()), (StatusCode::NOT_FOUND, tonic::Code::Unavailable));
+        assert_eq!(
+            (e.http_status(), e.grpc_code()),
+            (StatusCode::NOT_FOUND, tonic::Code::Unavailable)
+        );
         let e = Error::from_box(Box::new(Elapsed::new(Duration::from_millis(50))));
         assert!(e.is_timeout());
-        assert_eq!(e.to_string(), "request timed out after 50ms (route timeout)");
-        assert_eq!((e.http_status(), e.grpc_code()), (StatusCode::GATEWAY_TIMEOUT, tonic::Code::DeadlineExceeded));
+        assert_eq!(
+            e.to_string(),
+            "request timed out after 50ms (route timeout)"
+        );
+        assert_eq!(
+            (e.http_status(), e.grpc_code()),
+            (StatusCode::GATEWAY_TIMEOUT, tonic::Code::DeadlineExceeded)
+        );
         let e = Error::no_endpoints("c");
         assert_eq!(e.http_status(), StatusCode::SERVICE_UNAVAILABLE);
     }

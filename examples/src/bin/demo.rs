@@ -13,6 +13,13 @@
 //! cargo run -p mesh-examples --bin demo -- --requests 5000 --keep
 //! ```
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,9 +53,17 @@ fn options() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--requests" => o.requests = args.next().and_then(|v| v.parse().ok()).ok_or("--requests needs a number")?,
+            "--requests" => {
+                o.requests = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--requests needs a number")?
+            }
             "--concurrency" => {
-                o.concurrency = args.next().and_then(|v| v.parse().ok()).ok_or("--concurrency needs a number")?
+                o.concurrency = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--concurrency needs a number")?
             }
             "--keep" => o.keep = true,
             "-h" | "--help" => {
@@ -92,9 +107,16 @@ struct Tally {
 const CANARY: &str = "x-canary";
 
 fn config(v1a: &Reviews, v1b: &Reviews, v2: &Reviews, ratings: &Ratings, step: &Step) -> String {
-    let reviews = yaml::reviews_with(&[(v1a, "v1"), (v1b, "v1"), (v2, "v2")], &step.split, step.timeout, "LEAST_REQUEST");
+    let reviews = yaml::reviews_with(
+        &[(v1a, "v1"), (v1b, "v1"), (v2, "v2")],
+        &step.split,
+        step.timeout,
+        "LEAST_REQUEST",
+    );
     let ratings = yaml::service_entry("ratings", 50051, "GRPC", &[(ratings.addr(), "v1")]);
-    format!("# written by the mesh demo; edit it while the demo runs to see the effect\n{reviews}---\n{ratings}")
+    format!(
+        "# written by the mesh demo; edit it while the demo runs to see the effect\n{reviews}---\n{ratings}"
+    )
 }
 
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
@@ -110,10 +132,15 @@ async fn send_reviews(client: MeshClient, tally: Arc<Tally>, n: u64, with_canary
         if canary {
             req = req.header(CANARY, "true");
         }
-        let Ok(req) = req.body(Empty::<Bytes>::new()) else { continue };
+        let Ok(req) = req.body(Empty::<Bytes>::new()) else {
+            continue;
+        };
         match client.clone().oneshot(req).await {
             Ok(res) => {
-                let version = res.headers().get(VERSION_HEADER).map(|v| v.as_bytes().to_vec());
+                let version = res
+                    .headers()
+                    .get(VERSION_HEADER)
+                    .map(|v| v.as_bytes().to_vec());
                 let slot = match (canary, version.as_deref()) {
                     (true, Some(b"v2")) => &tally.canary_v2,
                     (true, _) => &tally.canary_other,
@@ -221,23 +248,39 @@ async fn run(opts: Options) -> Result<bool, Box<dyn std::error::Error>> {
     let reviews = mesh.client();
     let mut ratings_client = RatingsClient::new(mesh.client_for("http://ratings:50051")?);
 
-    println!("mesh demo: reviews v1 at {} and {}, v2 at {}; ratings (gRPC) at {}", v1a.addr(), v1b.addr(), v2.addr(), ratings.addr());
-    println!("config: {} (edited live below; every step is a file edit)\n", path.display());
     println!(
-        "{:<32} {:>7} {:>6} {:>6} {:>6} {:>5} {:>6}  {:<26} {}",
-        "step", "version", "v1", "v2", "504", "err", "grpc", "expected", "check"
+        "mesh demo: reviews v1 at {} and {}, v2 at {}; ratings (gRPC) at {}",
+        v1a.addr(),
+        v1b.addr(),
+        v2.addr(),
+        ratings.addr()
+    );
+    println!(
+        "config: {} (edited live below; every step is a file edit)\n",
+        path.display()
+    );
+    println!(
+        "{:<32} {:>7} {:>6} {:>6} {:>6} {:>5} {:>6}  {:<26} check",
+        "step", "version", "v1", "v2", "504", "err", "grpc", "expected"
     );
 
     let mut all_ok = true;
     for (i, step) in steps.iter().enumerate() {
-        v2.set_delay(if step.slow_v2 { Duration::from_millis(300) } else { Duration::ZERO });
+        v2.set_delay(if step.slow_v2 {
+            Duration::from_millis(300)
+        } else {
+            Duration::ZERO
+        });
         if i > 0 {
             let before = reloads.borrow_and_update().attempt;
             write_atomically(&path, &config(&v1a, &v1b, &v2, &ratings, step))?;
-            let event = tokio::time::timeout(Duration::from_secs(10), reloads.wait_for(|e| e.attempt > before))
-                .await
-                .map_err(|_| "the file watcher did not pick up the edit within 10s")??
-                .clone();
+            let event = tokio::time::timeout(
+                Duration::from_secs(10),
+                reloads.wait_for(|e| e.attempt > before),
+            )
+            .await
+            .map_err(|_| "the file watcher did not pick up the edit within 10s")??
+            .clone();
             let version = event.result.map_err(|e| format!("edit rejected: {e}"))?;
             mesh.applied(version).await;
         }
@@ -249,7 +292,12 @@ async fn run(opts: Options) -> Result<bool, Box<dyn std::error::Error>> {
         let header_step = matches!(step.expect, Expect::Header);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..opts.concurrency.max(1) {
-            tasks.spawn(send_reviews(reviews.clone(), Arc::clone(&tally), per_task, header_step));
+            tasks.spawn(send_reviews(
+                reviews.clone(),
+                Arc::clone(&tally),
+                per_task,
+                header_step,
+            ));
         }
         // A live line while the batch runs, when someone is watching.
         let live = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -284,8 +332,14 @@ async fn run(opts: Options) -> Result<bool, Box<dyn std::error::Error>> {
 
         let t = &tally;
         let (v1n, v2n) = (t.v1.load(Ordering::Relaxed), t.v2.load(Ordering::Relaxed));
-        let (cv2, cother) = (t.canary_v2.load(Ordering::Relaxed), t.canary_other.load(Ordering::Relaxed));
-        let (timeouts, errors) = (t.timeouts.load(Ordering::Relaxed), t.errors.load(Ordering::Relaxed));
+        let (cv2, cother) = (
+            t.canary_v2.load(Ordering::Relaxed),
+            t.canary_other.load(Ordering::Relaxed),
+        );
+        let (timeouts, errors) = (
+            t.timeouts.load(Ordering::Relaxed),
+            t.errors.load(Ordering::Relaxed),
+        );
         let (expected, ok) = match step.expect {
             Expect::Share(p) => (
                 format!("v2 {:.0}% (±5σ), no errors", p * 100.0),
@@ -330,6 +384,13 @@ async fn run(opts: Options) -> Result<bool, Box<dyn std::error::Error>> {
         drop(watcher);
         let _ = std::fs::remove_dir_all(&dir);
     }
-    println!("{}", if all_ok { "all steps match their config" } else { "some steps did not match their config" });
+    println!(
+        "{}",
+        if all_ok {
+            "all steps match their config"
+        } else {
+            "some steps did not match their config"
+        }
+    );
     Ok(all_ok)
 }

@@ -16,7 +16,9 @@ pub(crate) fn parse(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     if t.is_empty() {
-        return Err("invalid duration \"\": expected a number with a unit such as 10s or 250ms".into());
+        return Err(
+            "invalid duration \"\": expected a number with a unit such as 10s or 250ms".into(),
+        );
     }
     let mut total: f64 = 0.0;
     let mut rest = t;
@@ -25,9 +27,9 @@ pub(crate) fn parse(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         let (num, after) = rest.split_at(num_len);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected a number with a unit such as 10s or 250ms"))?;
+        let value: f64 = num.parse().map_err(|_| {
+            format!("invalid duration {s:?}: expected a number with a unit such as 10s or 250ms")
+        })?;
         let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(after.len());
@@ -39,8 +41,16 @@ pub(crate) fn parse(s: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            "" => return Err(format!("invalid duration {s:?}: missing unit (ns, us, ms, s, m, h)")),
-            other => return Err(format!("invalid duration {s:?}: unknown unit {other:?} (ns, us, ms, s, m, h)")),
+            "" => {
+                return Err(format!(
+                    "invalid duration {s:?}: missing unit (ns, us, ms, s, m, h)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {other:?} (ns, us, ms, s, m, h)"
+                ));
+            }
         };
         total += value * scale;
         rest = next;
@@ -65,8 +75,14 @@ mod tests {
 
     #[test]
     fn bad_durations_say_why() {
-        assert_eq!(parse("-1s").unwrap_err(), "invalid duration \"-1s\": must not be negative");
-        assert_eq!(parse("10").unwrap_err(), "invalid duration \"10\": missing unit (ns, us, ms, s, m, h)");
+        assert_eq!(
+            parse("-1s").unwrap_err(),
+            "invalid duration \"-1s\": must not be negative"
+        );
+        assert_eq!(
+            parse("10").unwrap_err(),
+            "invalid duration \"10\": missing unit (ns, us, ms, s, m, h)"
+        );
         assert_eq!(
             parse("10sec").unwrap_err(),
             "invalid duration \"10sec\": unknown unit \"sec\" (ns, us, ms, s, m, h)"

@@ -34,9 +34,9 @@ use super::duration;
 use super::yaml::{Fields, Obj, RawDocument};
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
-    Cluster, Endpoint, EndpointAddress, EndpointSet, ForwardAction, HeaderMatch, HeaderRule, Labels, LbPolicy,
-    Listener, PathMatch, Protocol, Regex, Route, RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost,
-    WeightedCluster, WeightedClusters,
+    Cluster, Endpoint, EndpointAddress, EndpointSet, ForwardAction, HeaderMatch, HeaderRule,
+    Labels, LbPolicy, Listener, PathMatch, Protocol, Regex, Route, RouteAction, RouteMatch,
+    RouteTable, StringMatch, VirtualHost, WeightedCluster, WeightedClusters,
 };
 use crate::snapshot::Resources;
 
@@ -212,7 +212,10 @@ impl<'o> Translator<'o> {
                 &doc,
                 InvalidConfig::new(
                     FieldPath::root().field("apiVersion"),
-                    format!("unsupported version {api_version:?} (expected one of {})", ISTIO_VERSIONS.join(", ")),
+                    format!(
+                        "unsupported version {api_version:?} (expected one of {})",
+                        ISTIO_VERSIONS.join(", ")
+                    ),
                 ),
             );
         }
@@ -232,10 +235,18 @@ impl<'o> Translator<'o> {
             Some(v) => match Obj::new(v, &spec_path) {
                 Ok(s) => s,
                 Err(_) => {
-                    return self.error(&doc, InvalidConfig::new(FieldPath::root().field("spec"), "expected a mapping"));
+                    return self.error(
+                        &doc,
+                        InvalidConfig::new(FieldPath::root().field("spec"), "expected a mapping"),
+                    );
                 }
             },
-            None => return self.error(&doc, InvalidConfig::new(FieldPath::root().field("spec"), "required")),
+            None => {
+                return self.error(
+                    &doc,
+                    InvalidConfig::new(FieldPath::root().field("spec"), "required"),
+                );
+            }
         };
         match kind {
             "ServiceEntry" => self.service_entry(doc, &namespace, spec),
@@ -251,7 +262,10 @@ impl<'o> Translator<'o> {
             return Err(InvalidConfig::new(path, "empty host"));
         }
         if h.contains('*') {
-            return Err(InvalidConfig::new(path, format!("wildcard host {host:?} is not supported yet")));
+            return Err(InvalidConfig::new(
+                path,
+                format!("wildcard host {host:?} is not supported yet"),
+            ));
         }
         if !h
             .bytes()
@@ -271,7 +285,13 @@ impl<'o> Translator<'o> {
         spec.check_fields(
             &Fields {
                 supported: &["hosts", "ports", "resolution", "endpoints"],
-                unsupported: &["addresses", "exportTo", "location", "subjectAltNames", "workloadSelector"],
+                unsupported: &[
+                    "addresses",
+                    "exportTo",
+                    "location",
+                    "subjectAltNames",
+                    "workloadSelector",
+                ],
                 ignored: &[],
             },
             &mut errors,
@@ -280,7 +300,10 @@ impl<'o> Translator<'o> {
         let result = (|| -> Result<(), InvalidConfig> {
             let hosts = spec.str_list("hosts")?;
             if hosts.is_empty() {
-                return Err(InvalidConfig::new(FieldPath::root().field("hosts"), "at least one host is required"));
+                return Err(InvalidConfig::new(
+                    FieldPath::root().field("hosts"),
+                    "at least one host is required",
+                ));
             }
             let resolution = spec.str("resolution")?;
             let dns = match resolution {
@@ -291,14 +314,20 @@ impl<'o> Translator<'o> {
                         FieldPath::root().field("resolution"),
                         format!(
                             "{} is not supported: the mesh client needs endpoints to balance over; use STATIC or DNS",
-                            if resolution.is_some() { "NONE" } else { "the default, NONE," }
+                            if resolution.is_some() {
+                                "NONE"
+                            } else {
+                                "the default, NONE,"
+                            }
                         ),
                     ));
                 }
                 Some(other) => {
                     return Err(InvalidConfig::new(
                         FieldPath::root().field("resolution"),
-                        format!("unknown resolution {other:?} (expected STATIC, DNS or DNS_ROUND_ROBIN)"),
+                        format!(
+                            "unknown resolution {other:?} (expected STATIC, DNS or DNS_ROUND_ROBIN)"
+                        ),
                     ));
                 }
             };
@@ -308,7 +337,10 @@ impl<'o> Translator<'o> {
             let ports_path = FieldPath::root().field("ports");
             let port_values = spec.list("ports")?;
             if port_values.is_empty() {
-                return Err(InvalidConfig::new(ports_path, "at least one port is required"));
+                return Err(InvalidConfig::new(
+                    ports_path,
+                    "at least one port is required",
+                ));
             }
             for (i, v) in port_values.iter().enumerate() {
                 let path = ports_path.index(i);
@@ -324,17 +356,27 @@ impl<'o> Translator<'o> {
                 );
                 let number = p
                     .int("number", 1, 65535)?
-                    .ok_or_else(|| InvalidConfig::new(path.field("number"), "required"))? as u16;
+                    .ok_or_else(|| InvalidConfig::new(path.field("number"), "required"))?
+                    as u16;
                 let name = p.req_str("name")?.to_owned();
                 let target = p.int("targetPort", 1, 65535)?.map(|t| t as u16);
-                if ports.iter().any(|(q, n, _)| q.number == number || *n == name) {
-                    return Err(InvalidConfig::new(path, format!("duplicate port {number} or name {name:?}")));
+                if ports
+                    .iter()
+                    .any(|(q, n, _)| q.number == number || *n == name)
+                {
+                    return Err(InvalidConfig::new(
+                        path,
+                        format!("duplicate port {number} or name {name:?}"),
+                    ));
                 }
                 let proto = p.str("protocol")?;
                 let protocol = match proto.map(str::to_ascii_uppercase).as_deref() {
                     Some("HTTP") => Protocol::Http1,
                     Some("HTTP2") | Some("GRPC") | Some("GRPC-WEB") => Protocol::Http2,
-                    Some(other @ ("TCP" | "HTTPS" | "TLS" | "MONGO" | "REDIS" | "MYSQL" | "UDP" | "THRIFT")) => {
+                    Some(
+                        other @ ("TCP" | "HTTPS" | "TLS" | "MONGO" | "REDIS" | "MYSQL" | "UDP"
+                        | "THRIFT"),
+                    ) => {
                         warnings.push(InvalidConfig::new(
                             path.field("protocol"),
                             format!("protocol {other} is not supported yet; port ignored"),
@@ -342,7 +384,10 @@ impl<'o> Translator<'o> {
                         continue;
                     }
                     Some(other) => {
-                        return Err(InvalidConfig::new(path.field("protocol"), format!("unknown protocol {other:?}")));
+                        return Err(InvalidConfig::new(
+                            path.field("protocol"),
+                            format!("unknown protocol {other:?}"),
+                        ));
                     }
                     // Istio's protocol selection by port name: `<protocol>[-<suffix>]`.
                     None => match name.split('-').next().unwrap_or_default() {
@@ -373,7 +418,9 @@ impl<'o> Translator<'o> {
                 if !dns && ip.is_none() {
                     return Err(InvalidConfig::new(
                         path.field("address"),
-                        format!("{address:?} is not an IP address, which resolution STATIC requires"),
+                        format!(
+                            "{address:?} is not an IP address, which resolution STATIC requires"
+                        ),
                     ));
                 }
                 let weight = e.int("weight", 1, i64::from(u32::MAX))?.unwrap_or(1) as u32;
@@ -384,10 +431,16 @@ impl<'o> Translator<'o> {
                     Some(Value::Object(m)) => m
                         .iter()
                         .map(|(k, v)| {
-                            super::yaml::int_value(v, &port_map_path.key(k), 1, 65535).map(|n| (k.as_str(), n as u16))
+                            super::yaml::int_value(v, &port_map_path.key(k), 1, 65535)
+                                .map(|n| (k.as_str(), n as u16))
                         })
                         .collect::<Result<_, _>>()?,
-                    Some(_) => return Err(InvalidConfig::new(port_map_path, "expected a mapping of port names to numbers")),
+                    Some(_) => {
+                        return Err(InvalidConfig::new(
+                            port_map_path,
+                            "expected a mapping of port names to numbers",
+                        ));
+                    }
                 };
                 for name in port_map.keys() {
                     if !ports.iter().any(|(_, n, _)| n == name) {
@@ -420,15 +473,18 @@ impl<'o> Translator<'o> {
             }
 
             for (hi, host) in hosts.iter().enumerate() {
-                let fqdn = self.fqdn(host, namespace, FieldPath::root().field("hosts").index(hi))?;
+                let fqdn =
+                    self.fqdn(host, namespace, FieldPath::root().field("hosts").index(hi))?;
                 let mut eps = endpoints.clone();
                 if dns && ep_values.is_empty() {
                     // DNS without endpoints: the host itself is resolved.
                     for (sp, _, target) in &ports {
-                        eps.entry(sp.number).or_default().push(Endpoint::new(EndpointAddress::Dns {
-                            host: host.to_ascii_lowercase().into(),
-                            port: target.unwrap_or(sp.number),
-                        }));
+                        eps.entry(sp.number).or_default().push(Endpoint::new(
+                            EndpointAddress::Dns {
+                                host: host.to_ascii_lowercase().into(),
+                                port: target.unwrap_or(sp.number),
+                            },
+                        ));
                     }
                 }
                 if let Some(other) = self.services.get(&fqdn) {
@@ -468,7 +524,14 @@ impl<'o> Translator<'o> {
         policy.check_fields(
             &Fields {
                 supported: &["loadBalancer", "portLevelSettings"],
-                unsupported: &["connectionPool", "outlierDetection", "tls", "proxyProtocol", "tunnel", "retryBudget"],
+                unsupported: &[
+                    "connectionPool",
+                    "outlierDetection",
+                    "tls",
+                    "proxyProtocol",
+                    "tunnel",
+                    "retryBudget",
+                ],
                 ignored: &[],
             },
             errors,
@@ -497,12 +560,13 @@ impl<'o> Translator<'o> {
                 .ok_or_else(|| InvalidConfig::new(port_path.clone(), "required"))?;
             let number = port
                 .int("number", 1, 65535)?
-                .ok_or_else(|| InvalidConfig::new(port_path.field("number"), "required"))? as u16;
+                .ok_or_else(|| InvalidConfig::new(port_path.field("number"), "required"))?
+                as u16;
             let lb_path = path.field("loadBalancer");
-            if let Some(lb) = pls.obj("loadBalancer", &lb_path)? {
-                if let Some(simple) = load_balancer(lb, errors, warnings)? {
-                    settings.per_port.insert(number, simple);
-                }
+            if let Some(lb) = pls.obj("loadBalancer", &lb_path)?
+                && let Some(simple) = load_balancer(lb, errors, warnings)?
+            {
+                settings.per_port.insert(number, simple);
             }
         }
         Ok(settings)
@@ -542,10 +606,16 @@ impl<'o> Translator<'o> {
                 );
                 let name = s.req_str("name")?;
                 if name.is_empty() || name.contains('|') {
-                    return Err(InvalidConfig::new(path.field("name"), format!("invalid subset name {name:?}")));
+                    return Err(InvalidConfig::new(
+                        path.field("name"),
+                        format!("invalid subset name {name:?}"),
+                    ));
                 }
                 if subsets.iter().any(|o| o.name == name) {
-                    return Err(InvalidConfig::new(path.field("name"), format!("duplicate subset {name:?}")));
+                    return Err(InvalidConfig::new(
+                        path.field("name"),
+                        format!("duplicate subset {name:?}"),
+                    ));
                 }
                 let tp_path = path.field("trafficPolicy");
                 let lb = match s.obj("trafficPolicy", &tp_path)? {
@@ -614,7 +684,10 @@ impl<'o> Translator<'o> {
             }
             let hosts = spec.str_list("hosts")?;
             if hosts.is_empty() {
-                return Err(InvalidConfig::new(FieldPath::root().field("hosts"), "at least one host is required"));
+                return Err(InvalidConfig::new(
+                    FieldPath::root().field("hosts"),
+                    "at least one host is required",
+                ));
             }
             let mut routes = Vec::new();
             for (i, v) in spec.list("http")?.iter().enumerate() {
@@ -694,7 +767,10 @@ impl<'o> Translator<'o> {
         let route_path = path.field("route");
         let dests = h.list("route")?;
         if dests.is_empty() {
-            return Err(InvalidConfig::new(route_path, "at least one destination is required"));
+            return Err(InvalidConfig::new(
+                route_path,
+                "at least one destination is required",
+            ));
         }
         let mut destinations = Vec::new();
         for (di, dv) in dests.iter().enumerate() {
@@ -728,7 +804,8 @@ impl<'o> Translator<'o> {
             let port = match dest.obj("port", &port_path)? {
                 Some(p) => Some(
                     p.int("number", 1, 65535)?
-                        .ok_or_else(|| InvalidConfig::new(port_path.field("number"), "required"))? as u16,
+                        .ok_or_else(|| InvalidConfig::new(port_path.field("number"), "required"))?
+                        as u16,
                 ),
                 None => None,
             };
@@ -754,7 +831,8 @@ impl<'o> Translator<'o> {
         }
         let timeout = match h.str("timeout")? {
             Some(t) => {
-                let d = duration::parse(t).map_err(|m| InvalidConfig::new(path.field("timeout"), m))?;
+                let d =
+                    duration::parse(t).map_err(|m| InvalidConfig::new(path.field("timeout"), m))?;
                 // Envoy: a zero timeout disables it.
                 (!d.is_zero()).then_some(d)
             }
@@ -801,7 +879,10 @@ impl<'o> Translator<'o> {
             if !self.services.contains_key(fqdn) {
                 problems.push((
                     dr.doc.clone(),
-                    InvalidConfig::new(FieldPath::root().field("host"), format!("no ServiceEntry declares host {fqdn:?}")),
+                    InvalidConfig::new(
+                        FieldPath::root().field("host"),
+                        format!("no ServiceEntry declares host {fqdn:?}"),
+                    ),
                 ));
             }
         }
@@ -824,8 +905,16 @@ impl<'o> Translator<'o> {
                 let mut clusters = vec![(None, endpoints.clone(), lb_for(rule, None, port.number))];
                 if let Some(rule) = rule {
                     for s in &rule.subsets {
-                        let selected = endpoints.iter().filter(|e| e.labels.matches(&s.labels)).cloned().collect();
-                        clusters.push((Some(s.name.as_str()), selected, lb_for(Some(rule), Some(s), port.number)));
+                        let selected = endpoints
+                            .iter()
+                            .filter(|e| e.labels.matches(&s.labels))
+                            .cloned()
+                            .collect();
+                        clusters.push((
+                            Some(s.name.as_str()),
+                            selected,
+                            lb_for(Some(rule), Some(s), port.number),
+                        ));
                     }
                 }
                 for (subset, eps, lb) in clusters {
@@ -863,29 +952,41 @@ impl<'o> Translator<'o> {
                     None => vec![Route {
                         name: Some("default".into()),
                         matches: Arc::from([]),
-                        action: RouteAction::Forward(ForwardAction::to(cluster_name(port.number, None, fqdn))),
+                        action: RouteAction::Forward(ForwardAction::to(cluster_name(
+                            port.number,
+                            None,
+                            fqdn,
+                        ))),
                     }],
                 };
-                vhosts_by_port.entry(port.number).or_default().push(VirtualHost {
-                    name: format!("{fqdn}:{}", port.number).into(),
-                    domains: self
-                        .domains(fqdn, &svc.namespace, port.number)
-                        .into_iter()
-                        .map(Arc::from)
-                        .collect(),
-                    routes: routes.into(),
-                });
+                vhosts_by_port
+                    .entry(port.number)
+                    .or_default()
+                    .push(VirtualHost {
+                        name: format!("{fqdn}:{}", port.number).into(),
+                        domains: self
+                            .domains(fqdn, &svc.namespace, port.number)
+                            .into_iter()
+                            .map(Arc::from)
+                            .collect(),
+                        routes: routes.into(),
+                    });
             }
         }
         for (port, vhosts) in vhosts_by_port {
             match RouteTable::try_new(port.to_string(), vhosts) {
                 Ok(t) => {
-                    resources.listeners.push(Listener::client(port, port.to_string()));
+                    resources
+                        .listeners
+                        .push(Listener::client(port, port.to_string()));
                     resources.route_tables.push(t);
                 }
                 Err(e) => self.errors.push(Problem {
                     doc: None,
-                    error: InvalidConfig::new(FieldPath::root(), format!("route table for port {port}: {e}")),
+                    error: InvalidConfig::new(
+                        FieldPath::root(),
+                        format!("route table for port {port}: {e}"),
+                    ),
                 }),
             }
         }
@@ -902,13 +1003,13 @@ impl<'o> Translator<'o> {
                 format!("no ServiceEntry declares host {:?}", d.host),
             ));
         };
-        if let Some(port) = d.port {
-            if !svc.ports.iter().any(|p| p.number == port) {
-                return Err(InvalidConfig::new(
-                    d.path.field("port").field("number"),
-                    format!("host {:?} has no port {port}", d.host),
-                ));
-            }
+        if let Some(port) = d.port
+            && !svc.ports.iter().any(|p| p.number == port)
+        {
+            return Err(InvalidConfig::new(
+                d.path.field("port").field("number"),
+                format!("host {:?} has no port {port}", d.host),
+            ));
         }
         if let Some(subset) = &d.subset {
             let known = self
@@ -960,8 +1061,14 @@ impl<'o> Translator<'o> {
                     weight: d.weight,
                 });
             }
-            let clusters = WeightedClusters::try_new(targets)
-                .map_err(|e| e.within(&FieldPath::root().field("http").index(r.index).field("route")))?;
+            let clusters = WeightedClusters::try_new(targets).map_err(|e| {
+                e.within(
+                    &FieldPath::root()
+                        .field("http")
+                        .index(r.index)
+                        .field("route"),
+                )
+            })?;
             routes.push(Route {
                 name: r.name.clone(),
                 matches: matches.into(),
@@ -982,10 +1089,10 @@ impl<'o> Translator<'o> {
         if let Some(short) = fqdn.strip_suffix(&suffix) {
             names.push(format!("{short}.svc"));
             names.push(short.to_owned());
-            if namespace == self.namespace {
-                if let Some(name) = short.strip_suffix(&format!(".{namespace}")) {
-                    names.push(name.to_owned());
-                }
+            if namespace == self.namespace
+                && let Some(name) = short.strip_suffix(&format!(".{namespace}"))
+            {
+                names.push(name.to_owned());
             }
         }
         let mut out = Vec::with_capacity(names.len() * 2);
@@ -1019,7 +1126,12 @@ fn load_balancer(
     lb.check_fields(
         &Fields {
             supported: &["simple"],
-            unsupported: &["consistentHash", "localityLbSetting", "warmupDurationSecs", "warmup"],
+            unsupported: &[
+                "consistentHash",
+                "localityLbSetting",
+                "warmupDurationSecs",
+                "warmup",
+            ],
             ignored: &[],
         },
         errors,
@@ -1030,7 +1142,9 @@ fn load_balancer(
         Some("ROUND_ROBIN") => Some(LbPolicy::RoundRobin),
         Some("RANDOM") => Some(LbPolicy::Random),
         // LEAST_CONN is Istio's deprecated alias of LEAST_REQUEST.
-        Some("LEAST_REQUEST") | Some("LEAST_CONN") => Some(LbPolicy::LeastRequest { choice_count: 2 }),
+        Some("LEAST_REQUEST") | Some("LEAST_CONN") => {
+            Some(LbPolicy::LeastRequest { choice_count: 2 })
+        }
         Some("PASSTHROUGH") => {
             return Err(InvalidConfig::new(
                 lb.path.field("simple"),
@@ -1056,7 +1170,16 @@ fn http_match(
     let m = Obj::new(value, path)?;
     m.check_fields(
         &Fields {
-            supported: &["name", "uri", "headers", "withoutHeaders", "method", "authority", "ignoreUriCase", "port"],
+            supported: &[
+                "name",
+                "uri",
+                "headers",
+                "withoutHeaders",
+                "method",
+                "authority",
+                "ignoreUriCase",
+                "port",
+            ],
             unsupported: &["statPrefix"],
             ignored: &[],
         },
@@ -1065,18 +1188,32 @@ fn http_match(
     );
     // Conditions that narrow a match cannot be ignored: the route would
     // then take requests its author excluded.
-    for key in ["queryParams", "scheme", "sourceLabels", "sourceNamespace", "gateways"] {
-        if m.get(key).is_some() {
-            if let Some(e) = errors.iter_mut().find(|e| e.path() == &path.field(key)) {
-                *e = InvalidConfig::new(path.field(key), "not supported yet (a route cannot ignore a match condition)");
-            }
+    for key in [
+        "queryParams",
+        "scheme",
+        "sourceLabels",
+        "sourceNamespace",
+        "gateways",
+    ] {
+        if m.get(key).is_some()
+            && let Some(e) = errors.iter_mut().find(|e| e.path() == &path.field(key))
+        {
+            *e = InvalidConfig::new(
+                path.field(key),
+                "not supported yet (a route cannot ignore a match condition)",
+            );
         }
     }
     let ignore_case = m.bool("ignoreUriCase")?.unwrap_or(false);
     let uri_path = path.field("uri");
     let uri = match m.obj("uri", &uri_path)? {
         Some(u) => match string_match(u, ignore_case, errors, warnings)? {
-            None => return Err(InvalidConfig::new(uri_path, "empty match: set exact, prefix or regex")),
+            None => {
+                return Err(InvalidConfig::new(
+                    uri_path,
+                    "empty match: set exact, prefix or regex",
+                ));
+            }
             Some(StringMatch::Exact(s)) => PathMatch::Exact(s),
             Some(StringMatch::Prefix(s)) => PathMatch::Prefix(s),
             Some(StringMatch::Regex(r)) => PathMatch::Regex(r),
@@ -1106,23 +1243,29 @@ fn http_match(
                     });
                 }
             }
-            Some(_) => return Err(InvalidConfig::new(hpath, "expected a mapping of header names to matches")),
+            Some(_) => {
+                return Err(InvalidConfig::new(
+                    hpath,
+                    "expected a mapping of header names to matches",
+                ));
+            }
         }
     }
     let method_path = path.field("method");
     let method = match m.obj("method", &method_path)? {
-        Some(o) => Some(
-            string_match(o, false, errors, warnings)?
-                .ok_or_else(|| InvalidConfig::new(method_path.clone(), "empty match: set exact, prefix or regex"))?,
-        ),
+        Some(o) => Some(string_match(o, false, errors, warnings)?.ok_or_else(|| {
+            InvalidConfig::new(
+                method_path.clone(),
+                "empty match: set exact, prefix or regex",
+            )
+        })?),
         None => None,
     };
     let auth_path = path.field("authority");
     let authority = match m.obj("authority", &auth_path)? {
-        Some(o) => Some(
-            string_match(o, false, errors, warnings)?
-                .ok_or_else(|| InvalidConfig::new(auth_path.clone(), "empty match: set exact, prefix or regex"))?,
-        ),
+        Some(o) => Some(string_match(o, false, errors, warnings)?.ok_or_else(|| {
+            InvalidConfig::new(auth_path.clone(), "empty match: set exact, prefix or regex")
+        })?),
         None => None,
     };
     let port = m.int("port", 1, 65535)?.map(|p| p as u16);
@@ -1162,7 +1305,10 @@ fn string_match(
     if set.len() > 1 {
         return Err(InvalidConfig::new(
             o.path.clone(),
-            format!("only one of exact, prefix and regex may be set, found {}", set.join(" and ")),
+            format!(
+                "only one of exact, prefix and regex may be set, found {}",
+                set.join(" and ")
+            ),
         ));
     }
     Ok(match set.first() {
@@ -1172,7 +1318,8 @@ fn string_match(
         Some(_) => {
             let pattern = o.req_str("regex")?;
             Some(StringMatch::Regex(
-                Regex::try_new(pattern, ignore_case).map_err(|e| e.within(&o.path.field("regex")))?,
+                Regex::try_new(pattern, ignore_case)
+                    .map_err(|e| e.within(&o.path.field("regex")))?,
             ))
         }
     })

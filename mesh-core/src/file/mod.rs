@@ -142,7 +142,9 @@ impl FileSource {
                 istio::sort_problems(&mut problems);
                 Err(FileError {
                     file: self.name.clone(),
-                    kind: ErrorKind::Invalid(problems.iter().map(|p| render(&self.name, p)).collect()),
+                    kind: ErrorKind::Invalid(
+                        problems.iter().map(|p| render(&self.name, p)).collect(),
+                    ),
                 })
             }
         }
@@ -168,7 +170,11 @@ impl FileSource {
         self.publish_text(store, text)
     }
 
-    fn publish_text(&self, store: &ConfigStore, text: Result<String, FileError>) -> Result<Version, FileError> {
+    fn publish_text(
+        &self,
+        store: &ConfigStore,
+        text: Result<String, FileError>,
+    ) -> Result<Version, FileError> {
         let result = text.and_then(|t| self.parse(&t));
         match result {
             Ok(translation) => {

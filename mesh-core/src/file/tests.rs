@@ -97,39 +97,70 @@ fn service_entries_become_listeners_tables_clusters_and_endpoints() {
     assert_eq!(base.protocol, Protocol::Http1);
     assert_eq!(base.service.as_deref(), Some(REVIEWS));
     assert_eq!(base.connect_timeout, Duration::from_secs(10));
-    let eps = snap.endpoints(&format!("outbound|9080||{REVIEWS}")).unwrap();
-    let addrs: Vec<String> = eps.endpoints().iter().map(|e| e.address.to_string()).collect();
+    let eps = snap
+        .endpoints(&format!("outbound|9080||{REVIEWS}"))
+        .unwrap();
+    let addrs: Vec<String> = eps
+        .endpoints()
+        .iter()
+        .map(|e| e.address.to_string())
+        .collect();
     assert_eq!(addrs, ["10.0.0.1:9080", "10.0.0.2:9080", "10.0.0.3:9999"]);
     assert_eq!(eps.endpoints()[2].weight, 3);
 
     let grpc = snap
         .cluster("outbound|50051||ratings.default.svc.cluster.local")
         .unwrap();
-    assert_eq!(grpc.protocol, Protocol::Http2, "port named grpc speaks HTTP/2");
-    assert_eq!(grpc.lb_policy, LbPolicy::LeastRequest { choice_count: 2 }, "Istio's default");
+    assert_eq!(
+        grpc.protocol,
+        Protocol::Http2,
+        "port named grpc speaks HTTP/2"
+    );
+    assert_eq!(
+        grpc.lb_policy,
+        LbPolicy::LeastRequest { choice_count: 2 },
+        "Istio's default"
+    );
 }
 
 #[test]
 fn subsets_select_endpoints_by_labels_and_override_the_policy() {
     let snap = parse(SERVICES).snapshot().unwrap();
-    let v1 = snap.endpoints(&format!("outbound|9080|v1|{REVIEWS}")).unwrap();
+    let v1 = snap
+        .endpoints(&format!("outbound|9080|v1|{REVIEWS}"))
+        .unwrap();
     assert_eq!(
         v1.endpoints()[0].address,
         EndpointAddress::Socket(SocketAddr::from(([10, 0, 0, 1], 9080)))
     );
     assert_eq!(v1.endpoints().len(), 1);
-    let v2 = snap.cluster(&format!("outbound|9080|v2|{REVIEWS}")).unwrap();
-    assert_eq!(v2.lb_policy, LbPolicy::Random, "subset policy overrides the rule's");
+    let v2 = snap
+        .cluster(&format!("outbound|9080|v2|{REVIEWS}"))
+        .unwrap();
+    assert_eq!(
+        v2.lb_policy,
+        LbPolicy::Random,
+        "subset policy overrides the rule's"
+    );
     assert_eq!(v2.subset.as_deref(), Some("v2"));
-    let v3 = snap.cluster(&format!("outbound|9080|v3|{REVIEWS}")).unwrap();
-    assert_eq!(v3.lb_policy, LbPolicy::RoundRobin, "inherits the rule's policy");
+    let v3 = snap
+        .cluster(&format!("outbound|9080|v3|{REVIEWS}"))
+        .unwrap();
+    assert_eq!(
+        v3.lb_policy,
+        LbPolicy::RoundRobin,
+        "inherits the rule's policy"
+    );
 }
 
 #[test]
 fn services_without_virtual_service_get_a_catch_all_route() {
     let t = parse(SERVICES);
     let c = check(&t, get("http://reviews:9080/anything")).unwrap();
-    assert_eq!(c.destinations[0].cluster.as_str(), format!("outbound|9080||{REVIEWS}"));
+    assert_eq!(
+        c.destinations[0].cluster.as_str(),
+        format!("outbound|9080||{REVIEWS}")
+    );
     assert_eq!(c.destinations[0].endpoints, 3);
     assert_eq!(c.route_name.as_deref(), Some("default"));
 }
@@ -146,7 +177,13 @@ fn every_kubernetes_name_of_a_service_reaches_it() {
         "reviews.default.svc.cluster.local:9080",
         "REVIEWS.default.svc.cluster.local",
     ] {
-        let c = check(&t, CheckRequest::get("/").unwrap().header("host", &format!("{authority}")).unwrap());
+        let c = check(
+            &t,
+            CheckRequest::get("/")
+                .unwrap()
+                .header("host", authority)
+                .unwrap(),
+        );
         // Without a port the request is on port 80, which has no listener.
         if authority.contains(':') {
             assert!(c.is_ok(), "{authority}: {c:?}");
@@ -161,18 +198,33 @@ fn every_kubernetes_name_of_a_service_reaches_it() {
     let c = check(&t, get("http://reviews.default.svc:9080/"));
     assert!(c.is_ok());
     let other = check(&t, get("http://details:9080/")).unwrap_err();
-    assert!(matches!(other, CheckError::NoRoute(NoRoute::NoVirtualHost { .. })));
+    assert!(matches!(
+        other,
+        CheckError::NoRoute(NoRoute::NoVirtualHost { .. })
+    ));
 }
 
 #[test]
 fn short_names_resolve_only_in_the_clients_namespace() {
-    let text = SERVICES.replace("metadata: { name: reviews, namespace: default }", "metadata: { name: reviews, namespace: shop }");
-    let text = text.replace("metadata: { name: reviews }\nspec:\n  host: reviews", "metadata: { name: reviews, namespace: shop }\nspec:\n  host: reviews");
+    let text = SERVICES.replace(
+        "metadata: { name: reviews, namespace: default }",
+        "metadata: { name: reviews, namespace: shop }",
+    );
+    let text = text.replace(
+        "metadata: { name: reviews }\nspec:\n  host: reviews",
+        "metadata: { name: reviews, namespace: shop }\nspec:\n  host: reviews",
+    );
     let t = parse(&text);
     assert!(check(&t, get("http://reviews.shop:9080/")).is_ok());
     assert!(check(&t, get("http://reviews.shop.svc.cluster.local:9080/")).is_ok());
-    assert!(check(&t, get("http://reviews:9080/")).is_err(), "the client runs in namespace default");
-    let in_shop = FileSource::new("mesh.yaml").with_namespace("shop").parse(&text).unwrap();
+    assert!(
+        check(&t, get("http://reviews:9080/")).is_err(),
+        "the client runs in namespace default"
+    );
+    let in_shop = FileSource::new("mesh.yaml")
+        .with_namespace("shop")
+        .parse(&text)
+        .unwrap();
     assert!(check(&in_shop, get("http://reviews:9080/")).is_ok());
 }
 
@@ -255,35 +307,98 @@ fn route_name(t: &Translation, req: CheckRequest) -> String {
 fn routes_match_in_order_and_first_match_wins() {
     let t = parse(&with(ROUTES));
     let h = |req: CheckRequest, name: &str, value: &str| req.header(name, value).unwrap();
-    assert_eq!(route_name(&t, h(get("http://reviews:9080/health"), "x-canary", "true")), "canary-header");
-    assert_eq!(route_name(&t, h(get("http://reviews:9080/health"), "x-canary", "false")), "exact");
+    assert_eq!(
+        route_name(&t, h(get("http://reviews:9080/health"), "x-canary", "true")),
+        "canary-header"
+    );
+    assert_eq!(
+        route_name(
+            &t,
+            h(get("http://reviews:9080/health"), "x-canary", "false")
+        ),
+        "exact"
+    );
     assert_eq!(route_name(&t, get("http://reviews:9080/health")), "exact");
-    assert_eq!(route_name(&t, get("http://reviews:9080/health/x")), "fallback");
-    assert_eq!(route_name(&t, get("http://reviews:9080/health?probe=1")), "exact", "query excluded");
+    assert_eq!(
+        route_name(&t, get("http://reviews:9080/health/x")),
+        "fallback"
+    );
+    assert_eq!(
+        route_name(&t, get("http://reviews:9080/health?probe=1")),
+        "exact",
+        "query excluded"
+    );
     assert_eq!(route_name(&t, get("http://reviews:9080/users/42")), "regex");
-    assert_eq!(route_name(&t, get("http://reviews:9080/users/42/x")), "fallback", "regex matches whole paths");
-    assert_eq!(route_name(&t, get("http://reviews:9080/users/abc")), "fallback");
-    assert_eq!(route_name(&t, CheckRequest::new("POST", "http://reviews:9080/api/v1").unwrap()), "prefix-and-method");
-    assert_eq!(route_name(&t, get("http://reviews:9080/api/v1")), "fallback", "GET fails the method condition");
+    assert_eq!(
+        route_name(&t, get("http://reviews:9080/users/42/x")),
+        "fallback",
+        "regex matches whole paths"
+    );
+    assert_eq!(
+        route_name(&t, get("http://reviews:9080/users/abc")),
+        "fallback"
+    );
+    assert_eq!(
+        route_name(
+            &t,
+            CheckRequest::new("POST", "http://reviews:9080/api/v1").unwrap()
+        ),
+        "prefix-and-method"
+    );
+    assert_eq!(
+        route_name(&t, get("http://reviews:9080/api/v1")),
+        "fallback",
+        "GET fails the method condition"
+    );
     assert_eq!(route_name(&t, get("http://reviews:9080/a/1")), "either");
     assert_eq!(route_name(&t, get("http://reviews:9080/b/1")), "either");
-    assert_eq!(route_name(&t, h(get("http://reviews:9080/x"), "x-debug", "")), "present-and-absent");
     assert_eq!(
-        route_name(&t, h(h(get("http://reviews:9080/x"), "x-debug", "1"), "x-skip", "1")),
+        route_name(&t, h(get("http://reviews:9080/x"), "x-debug", "")),
+        "present-and-absent"
+    );
+    assert_eq!(
+        route_name(
+            &t,
+            h(
+                h(get("http://reviews:9080/x"), "x-debug", "1"),
+                "x-skip",
+                "1"
+            )
+        ),
         "fallback",
         "withoutHeaders inverts"
     );
     assert_eq!(
-        route_name(&t, h(h(get("http://reviews:9080/x"), "user-agent", "curl/8.0"), "x-tenant", "t-abc")),
+        route_name(
+            &t,
+            h(
+                h(get("http://reviews:9080/x"), "user-agent", "curl/8.0"),
+                "x-tenant",
+                "t-abc"
+            )
+        ),
         "header-prefix-and-regex"
     );
     assert_eq!(
-        route_name(&t, h(h(get("http://reviews:9080/x"), "user-agent", "curl/8.0"), "x-tenant", "t-ABC")),
+        route_name(
+            &t,
+            h(
+                h(get("http://reviews:9080/x"), "user-agent", "curl/8.0"),
+                "x-tenant",
+                "t-ABC"
+            )
+        ),
         "fallback",
         "both header conditions must hold"
     );
-    assert_eq!(route_name(&t, get("http://reviews:9080/camelcase")), "case-insensitive");
-    assert_eq!(route_name(&t, get("http://reviews.default:9080/zzz")), "authority");
+    assert_eq!(
+        route_name(&t, get("http://reviews:9080/camelcase")),
+        "case-insensitive"
+    );
+    assert_eq!(
+        route_name(&t, get("http://reviews.default:9080/zzz")),
+        "authority"
+    );
 }
 
 #[test]
@@ -334,7 +449,10 @@ spec:
 "#,
     ));
     let c = check(&t, get("http://reviews:9080/")).unwrap();
-    assert_eq!(subsets(&c), [(Some("v1"), 50), (Some("v2"), 30), (Some("v3"), 20)]);
+    assert_eq!(
+        subsets(&c),
+        [(Some("v1"), 50), (Some("v2"), 30), (Some("v3"), 20)]
+    );
 }
 
 #[test]
@@ -394,7 +512,9 @@ spec: {}
 
 #[test]
 fn malformed_yaml_names_file_document_and_line() {
-    let text = format!("{SERVICES}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: broken\nspec: {{}}\n");
+    let text = format!(
+        "{SERVICES}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: broken\nspec: {{}}\n"
+    );
     let err = error(&text);
     assert!(
         err.starts_with("mesh.yaml: document 4: invalid YAML at line "),
@@ -406,8 +526,14 @@ fn malformed_yaml_names_file_document_and_line() {
         .unwrap()
         .parse()
         .unwrap();
-    let doc_start = text.lines().position(|l| l.starts_with("kind: VirtualService")).unwrap();
-    assert!(line >= doc_start, "line {line} is in document 4, which starts at {doc_start}: {err}");
+    let doc_start = text
+        .lines()
+        .position(|l| l.starts_with("kind: VirtualService"))
+        .unwrap();
+    assert!(
+        line >= doc_start,
+        "line {line} is in document 4, which starts at {doc_start}: {err}"
+    );
 }
 
 #[test]
@@ -446,7 +572,9 @@ spec:
     ));
     assert_eq!(
         err,
-        format!("mesh.yaml: document 4 (VirtualService reviews): http[0].route[0].destination.subset: unknown subset \"v9\" for host \"{REVIEWS}\"")
+        format!(
+            "mesh.yaml: document 4 (VirtualService reviews): http[0].route[0].destination.subset: unknown subset \"v9\" for host \"{REVIEWS}\""
+        )
     );
 }
 
@@ -568,19 +696,27 @@ fn missing_and_mistyped_fields() {
         "mesh.yaml: document 1: metadata: required"
     );
     assert_eq!(
-        error("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  resolution: STATIC\n  ports: [{ number: \"80\", name: http }]\n"),
+        error(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  resolution: STATIC\n  ports: [{ number: \"80\", name: http }]\n"
+        ),
         "mesh.yaml: document 1 (ServiceEntry x): ports[0].number: expected an integer, found a string"
     );
     assert_eq!(
-        error("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  resolution: STATIC\n  ports: [{ number: 70000, name: http }]\n"),
+        error(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  resolution: STATIC\n  ports: [{ number: 70000, name: http }]\n"
+        ),
         "mesh.yaml: document 1 (ServiceEntry x): ports[0].number: 70000 is out of range (1 to 65535)"
     );
     assert_eq!(
-        error("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  ports: [{ number: 80, name: http }]\n"),
+        error(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  ports: [{ number: 80, name: http }]\n"
+        ),
         "mesh.yaml: document 1 (ServiceEntry x): resolution: the default, NONE, is not supported: the mesh client needs endpoints to balance over; use STATIC or DNS"
     );
     assert_eq!(
-        error("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  resolution: STATIC\n  ports: [{ number: 80, name: http }]\n  endpoints: [{ address: example.com }]\n"),
+        error(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: x }\nspec:\n  hosts: [x]\n  resolution: STATIC\n  ports: [{ number: 80, name: http }]\n  endpoints: [{ address: example.com }]\n"
+        ),
         "mesh.yaml: document 1 (ServiceEntry x): endpoints[0].address: \"example.com\" is not an IP address, which resolution STATIC requires"
     );
 }
@@ -592,13 +728,17 @@ fn duplicate_hosts_name_the_other_document() {
     ));
     assert_eq!(
         err,
-        format!("mesh.yaml: document 4 (ServiceEntry again): hosts[0]: host \"{REVIEWS}\" is already declared by document 1 (ServiceEntry reviews)")
+        format!(
+            "mesh.yaml: document 4 (ServiceEntry again): hosts[0]: host \"{REVIEWS}\" is already declared by document 1 (ServiceEntry reviews)"
+        )
     );
 }
 
 #[test]
 fn empty_documents_count_in_the_numbering() {
-    let err = error("---\n# nothing here\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nspec: {}\n");
+    let err = error(
+        "---\n# nothing here\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nspec: {}\n",
+    );
     assert_eq!(err, "mesh.yaml: document 2: metadata: required");
 }
 

@@ -93,11 +93,15 @@ impl FileSource {
         let (tx, rx) = mpsc::channel::<()>(1);
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let Ok(event) = res else { return };
-            let relevant = match event.kind {
-                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
-                EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write)) => true,
-                _ => false,
-            };
+            let relevant = matches!(
+                event.kind,
+                EventKind::Create(_)
+                    | EventKind::Modify(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Access(notify::event::AccessKind::Close(
+                        notify::event::AccessMode::Write
+                    ))
+            );
             if relevant {
                 // Full means a reload is already pending: coalesce.
                 let _ = tx.try_send(());
@@ -107,10 +111,12 @@ impl FileSource {
             file: self.name.clone(),
             kind: ErrorKind::Io(format!("cannot watch {}: {e}", dir.display())),
         })?;
-        watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| FileError {
-            file: self.name.clone(),
-            kind: ErrorKind::Io(format!("cannot watch {}: {e}", dir.display())),
-        })?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|e| FileError {
+                file: self.name.clone(),
+                kind: ErrorKind::Io(format!("cannot watch {}: {e}", dir.display())),
+            })?;
 
         let (events_tx, events) = watch::channel(ReloadEvent {
             attempt: 1,
@@ -163,7 +169,9 @@ async fn run(
         let result = source.publish_text(&store, text).map_err(|e| e.to_string());
         match &result {
             Ok(v) => tracing::info!(source = %source.source_id(), version = %v, "config reloaded"),
-            Err(e) => tracing::warn!(source = %source.source_id(), error = %e, "config reload rejected; keeping the last good config"),
+            Err(e) => {
+                tracing::warn!(source = %source.source_id(), error = %e, "config reload rejected; keeping the last good config")
+            }
         }
         events.send_replace(ReloadEvent { attempt, result });
     }

@@ -24,10 +24,9 @@ pub(crate) fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
     let mut docs = Vec::new();
     let mut start = 0;
     let mut first_line = 1;
-    let mut line_no = 1;
     let mut offset = 0;
     let mut explicit_start = false;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1..).zip(text.split_inclusive('\n')) {
         let bare = line.trim_end_matches(['\n', '\r']);
         let is_start = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
         let is_end = bare == "..." || bare.starts_with("... ");
@@ -35,7 +34,9 @@ pub(crate) fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
             // The text before the marker is a document unless it is the
             // (empty) preamble before a leading `---`.
             let before = &text[start..offset];
-            if !(docs.is_empty() && !explicit_start && before.trim().is_empty() && is_start) || is_end {
+            if !(docs.is_empty() && !explicit_start && before.trim().is_empty() && is_start)
+                || is_end
+            {
                 docs.push(RawDocument {
                     index: docs.len() + 1,
                     first_line,
@@ -44,11 +45,18 @@ pub(crate) fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
             }
             explicit_start = true;
             // Content after `--- ` on the same line belongs to the new document.
-            start = if is_start && bare.len() > 3 { offset + 4 } else { offset + line.len() };
-            first_line = if is_start && bare.len() > 3 { line_no } else { line_no + 1 };
+            start = if is_start && bare.len() > 3 {
+                offset + 4
+            } else {
+                offset + line.len()
+            };
+            first_line = if is_start && bare.len() > 3 {
+                line_no
+            } else {
+                line_no + 1
+            };
         }
         offset += line.len();
-        line_no += 1;
     }
     let rest = &text[start..];
     if !rest.trim().is_empty() || docs.is_empty() {
@@ -207,7 +215,11 @@ impl<'v> Obj<'v> {
         }
     }
 
-    pub(crate) fn obj(&self, key: &str, path: &'v FieldPath) -> Result<Option<Obj<'v>>, InvalidConfig> {
+    pub(crate) fn obj(
+        &self,
+        key: &str,
+        path: &'v FieldPath,
+    ) -> Result<Option<Obj<'v>>, InvalidConfig> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => Obj::new(v, path).map(Some),
@@ -264,7 +276,12 @@ impl<'v> Obj<'v> {
 }
 
 /// An integer value in `min..=max`.
-pub(crate) fn int_value(v: &Value, path: &FieldPath, min: i64, max: i64) -> Result<i64, InvalidConfig> {
+pub(crate) fn int_value(
+    v: &Value,
+    path: &FieldPath,
+    min: i64,
+    max: i64,
+) -> Result<i64, InvalidConfig> {
     let n = match v {
         Value::Number(n) => n.as_i64(),
         _ => None,
@@ -290,10 +307,12 @@ fn close(a: &str, b: &str) -> bool {
     }
     if a.len() == b.len() {
         let diff: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
-        if let [i, j] = diff[..] {
-            if j == i + 1 && a[i] == b[j] && a[j] == b[i] {
-                return true;
-            }
+        if let [i, j] = diff[..]
+            && j == i + 1
+            && a[i] == b[j]
+            && a[j] == b[i]
+        {
+            return true;
         }
     }
     let (mut i, mut j, mut edits) = (0, 0, 0);
@@ -328,10 +347,19 @@ mod tests {
         let text = "a: 1\n---\n---\nb: 2\n--- c: 3\n";
         let docs = split_documents(text);
         assert_eq!(docs.len(), 4);
-        assert_eq!((docs[0].index, docs[0].first_line, docs[0].text), (1, 1, "a: 1\n"));
+        assert_eq!(
+            (docs[0].index, docs[0].first_line, docs[0].text),
+            (1, 1, "a: 1\n")
+        );
         assert!(is_blank(docs[1].text), "an empty document still counts");
-        assert_eq!((docs[2].index, docs[2].first_line, docs[2].text), (3, 4, "b: 2\n"));
-        assert_eq!((docs[3].index, docs[3].first_line, docs[3].text), (4, 5, "c: 3\n"));
+        assert_eq!(
+            (docs[2].index, docs[2].first_line, docs[2].text),
+            (3, 4, "b: 2\n")
+        );
+        assert_eq!(
+            (docs[3].index, docs[3].first_line, docs[3].text),
+            (4, 5, "c: 3\n")
+        );
     }
 
     #[test]
@@ -348,7 +376,12 @@ mod tests {
         let docs = split_documents(text);
         let err = parse(&docs[1]).unwrap_err();
         assert!(err.starts_with("invalid YAML at line "), "{err}");
-        let line: usize = err["invalid YAML at line ".len()..].split(',').next().unwrap().parse().unwrap();
+        let line: usize = err["invalid YAML at line ".len()..]
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(line >= 3, "{err}");
     }
 

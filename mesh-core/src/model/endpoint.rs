@@ -61,9 +61,14 @@ pub struct Labels(Arc<BTreeMap<Arc<str>, Arc<str>>>);
 
 impl Labels {
     /// Labels from key/value pairs.
-    pub fn new<K: Into<Arc<str>>, V: Into<Arc<str>>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn new<K: Into<Arc<str>>, V: Into<Arc<str>>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         Self(Arc::new(
-            pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
         ))
     }
 
@@ -151,12 +156,18 @@ impl EndpointSet {
     ///
     /// Fails on a zero weight or a duplicate address, as gRPC's EDS
     /// validation does (grpc-go `unmarshal_eds.go`).
-    pub fn try_new(cluster: impl Into<ClusterName>, endpoints: Vec<Endpoint>) -> Result<Self, InvalidConfig> {
+    pub fn try_new(
+        cluster: impl Into<ClusterName>,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<Self, InvalidConfig> {
         let mut seen = HashMap::with_capacity(endpoints.len());
         for (i, ep) in endpoints.iter().enumerate() {
             let path = FieldPath::root().field("endpoints").index(i);
             if ep.weight == 0 {
-                return Err(InvalidConfig::new(path.field("weight"), "weight must be at least 1"));
+                return Err(InvalidConfig::new(
+                    path.field("weight"),
+                    "weight must be at least 1",
+                ));
             }
             if let Some(prev) = seen.insert(&ep.address, i) {
                 return Err(InvalidConfig::new(
@@ -211,8 +222,11 @@ impl EndpointDiff {
     /// diff that Linkerd's balancer does and that tonic-xds's address-only
     /// diff lacks.
     pub fn between(old: &[Endpoint], new: &[Endpoint]) -> Self {
-        let by_address: HashMap<&EndpointAddress, usize> =
-            old.iter().enumerate().map(|(i, e)| (&e.address, i)).collect();
+        let by_address: HashMap<&EndpointAddress, usize> = old
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (&e.address, i))
+            .collect();
         let mut used = vec![false; old.len()];
         let kept = new
             .iter()
@@ -263,7 +277,10 @@ mod tests {
     #[test]
     fn endpoint_sets_reject_zero_weights_and_duplicates() {
         let err = EndpointSet::try_new("c", vec![ep(1).with_weight(0)]).unwrap_err();
-        assert_eq!(err.to_string(), "endpoints[0].weight: weight must be at least 1");
+        assert_eq!(
+            err.to_string(),
+            "endpoints[0].weight: weight must be at least 1"
+        );
         let err = EndpointSet::try_new("c", vec![ep(1), ep(1)]).unwrap_err();
         assert_eq!(
             err.to_string(),

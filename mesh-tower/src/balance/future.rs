@@ -33,7 +33,10 @@ impl ResponseFuture {
         }
     }
 
-    pub(crate) fn sending(fut: hyper_util::client::legacy::ResponseFuture, in_flight: InFlight) -> Self {
+    pub(crate) fn sending(
+        fut: hyper_util::client::legacy::ResponseFuture,
+        in_flight: InFlight,
+    ) -> Self {
         Self {
             state: State::Sending {
                 fut,

@@ -2,7 +2,7 @@
 //! route chose.
 //!
 //! [`Balance`] is the leaf of the client stack. It reads the cluster from
-//! the [`RouteDecision`](crate::route::RouteDecision), picks an endpoint with
+//! the [`RouteDecision`], picks an endpoint with
 //! the cluster's policy (weighted round robin, weighted random, or power of
 //! two choices on requests in flight, from `mesh_core::lb`), and sends the
 //! request on that endpoint's pooled connection. The pick and the send
@@ -50,7 +50,9 @@ impl tower::Service<Request<BoxBody>> for Balance {
 
     fn call(&mut self, req: Request<BoxBody>) -> ResponseFuture {
         let Some(decision) = req.extensions().get::<RouteDecision>() else {
-            return ResponseFuture::failed(Error::invalid_request("no route decision: Balance must run below Route"));
+            return ResponseFuture::failed(Error::invalid_request(
+                "no route decision: Balance must run below Route",
+            ));
         };
         let Some(endpoint) = decision.cluster.pick() else {
             return ResponseFuture::failed(Error::no_endpoints(decision.cluster().name.as_str()));

@@ -34,7 +34,9 @@ impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             ConnectErrorKind::Io(e) => write!(f, "connect to {}: {e}", self.address),
-            ConnectErrorKind::Timeout(t) => write!(f, "connect to {}: timed out after {t:?}", self.address),
+            ConnectErrorKind::Timeout(t) => {
+                write!(f, "connect to {}: timed out after {t:?}", self.address)
+            }
         }
     }
 }
@@ -84,7 +86,9 @@ impl tower::Service<http::Uri> for Connector {
             let connect = async {
                 match &address {
                     EndpointAddress::Socket(addr) => TcpStream::connect(addr).await,
-                    EndpointAddress::Dns { host, port } => TcpStream::connect((&**host, *port)).await,
+                    EndpointAddress::Dns { host, port } => {
+                        TcpStream::connect((&**host, *port)).await
+                    }
                 }
             };
             let stream = tokio::time::timeout(timeout, connect)

@@ -60,7 +60,10 @@ impl EndpointState {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .http2_only(transport.protocol == Protocol::Http2);
-        let client = builder.build(Connector::new(endpoint.address.clone(), transport.connect_timeout));
+        let client = builder.build(Connector::new(
+            endpoint.address.clone(),
+            transport.connect_timeout,
+        ));
         Arc::new(Self {
             address: endpoint.address.clone(),
             endpoint: endpoint.clone(),

@@ -186,10 +186,12 @@ pub(crate) fn decide<B>(
         return Err(Error::no_route("the route's action is not supported"));
     };
     let target = &fwd.clusters.targets()[fwd.clusters.pick()];
-    let cluster = runtime
-        .clusters
-        .get(&target.cluster)
-        .ok_or_else(|| Error::no_route(format_args!("cluster {:?} has no runtime", target.cluster.as_str())))?;
+    let cluster = runtime.clusters.get(&target.cluster).ok_or_else(|| {
+        Error::no_route(format_args!(
+            "cluster {:?} has no runtime",
+            target.cluster.as_str()
+        ))
+    })?;
     Ok(RouteDecision {
         runtime: Arc::clone(runtime),
         table: Arc::clone(hit.table),

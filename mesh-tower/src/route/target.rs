@@ -42,7 +42,9 @@ impl FromStr for Target {
             if name.is_empty() {
                 return Err(bad("no listener name"));
             }
-            let authority: Authority = name.parse().map_err(|_| bad("the listener name is not a valid authority"))?;
+            let authority: Authority = name
+                .parse()
+                .map_err(|_| bad("the listener name is not a valid authority"))?;
             let port = mesh_core::authority_port(name).unwrap_or(80);
             return Ok(Self {
                 scheme: Scheme::HTTP,
@@ -52,13 +54,19 @@ impl FromStr for Target {
             });
         }
         let uri: Uri = s.parse().map_err(|_| bad("not a URI"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| bad("expected http://, https:// or xds:///"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| bad("expected http://, https:// or xds:///"))?;
         let default_port = match scheme.as_str() {
             "http" => 80,
             "https" => 443,
             _ => return Err(bad("expected http://, https:// or xds:///")),
         };
-        let authority = uri.authority().cloned().ok_or_else(|| bad("no authority"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| bad("no authority"))?;
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(bad("a target has no path"));
         }
@@ -109,11 +117,11 @@ pub(crate) fn ensure_absolute<B>(req: &mut Request<B>) -> Result<(), Error> {
         }
         return Ok(());
     }
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .ok_or_else(|| Error::invalid_request("the request names no authority (no URI authority, no Host header)"))?;
-    let authority = Authority::try_from(host.as_bytes()).map_err(|_| Error::invalid_request("invalid Host header"))?;
+    let host = req.headers().get(http::header::HOST).ok_or_else(|| {
+        Error::invalid_request("the request names no authority (no URI authority, no Host header)")
+    })?;
+    let authority = Authority::try_from(host.as_bytes())
+        .map_err(|_| Error::invalid_request("invalid Host header"))?;
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority);
@@ -134,8 +142,13 @@ mod tests {
         assert_eq!(t.authority_and_port(), ("reviews:9080", 9080));
         let t: Target = "http://reviews".parse().unwrap();
         assert_eq!(t.authority_and_port(), ("reviews", 80));
-        let t: Target = "xds:///ratings.default.svc.cluster.local:50051".parse().unwrap();
-        assert_eq!(t.listener(), Some("ratings.default.svc.cluster.local:50051"));
+        let t: Target = "xds:///ratings.default.svc.cluster.local:50051"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            t.listener(),
+            Some("ratings.default.svc.cluster.local:50051")
+        );
         assert_eq!(t.authority_and_port().1, 50051);
         assert_eq!(
             "ftp://x".parse::<Target>().unwrap_err().to_string(),
@@ -156,7 +169,11 @@ mod tests {
 
     #[test]
     fn host_headers_make_requests_absolute() {
-        let mut req = Request::builder().uri("/x?y=1").header("host", "reviews:9080").body(()).unwrap();
+        let mut req = Request::builder()
+            .uri("/x?y=1")
+            .header("host", "reviews:9080")
+            .body(())
+            .unwrap();
         ensure_absolute(&mut req).unwrap();
         assert_eq!(req.uri(), "http://reviews:9080/x?y=1");
         let mut req = Request::builder().uri("/x").body(()).unwrap();

@@ -4,8 +4,9 @@
 //! work: it gives each request an `x-request-id` (keeping a valid one the
 //! caller sent, generating one otherwise, and echoing it on the response),
 //! and counts requests and responses per route. The route is axum's
-//! `MatchedPath` (the route template, so `/reviews/{id}` and not every id)
-//! or, for gRPC, the method path; anything else counts as `unmatched`, and
+//! method path for gRPC, otherwise axum's `MatchedPath` (the route
+//! template, so `/reviews/{id}` and not every id); anything else counts as
+//! `unmatched`, and
 //! the table is capped so that request paths can never grow it without
 //! bound.
 //!
@@ -97,14 +98,19 @@ impl<S> MeshServer<S> {
 }
 
 fn route_key<B>(req: &Request<B>) -> &str {
-    if let Some(p) = req.extensions().get::<axum::extract::MatchedPath>() {
-        return p.as_str();
-    }
+    // gRPC first: tonic services inside axum match on a wildcard template
+    // (`/pkg.Service/{*rest}`), which would hide the method.
     let grpc = req
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc { req.uri().path() } else { stats::UNMATCHED }
+    if grpc {
+        return req.uri().path();
+    }
+    match req.extensions().get::<axum::extract::MatchedPath>() {
+        Some(p) => p.as_str(),
+        None => stats::UNMATCHED,
+    }
 }
 
 /// A request id in UUID v4 form, from a thread-local generator.
@@ -219,17 +225,28 @@ mod tests {
         let layer = MeshServerLayer::new();
         let mut svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
             let id = req.headers().get(&REQUEST_ID).cloned().unwrap();
-            let status = if req.uri().path() == "/fail" { 500 } else { 200 };
+            let status = if req.uri().path() == "/fail" {
+                500
+            } else {
+                200
+            };
             let mut res = Response::builder().status(status).body(()).unwrap();
             res.headers_mut().insert("x-seen-id", id);
             Ok::<_, Infallible>(res)
         }));
-        let req = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
+        let req = Request::builder()
+            .header("x-request-id", "abc-123")
+            .body(())
+            .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(res.headers()["x-request-id"], "abc-123");
         assert_eq!(res.headers()["x-seen-id"], "abc-123");
 
-        let req = Request::builder().uri("/fail").header("x-request-id", "<script>").body(()).unwrap();
+        let req = Request::builder()
+            .uri("/fail")
+            .header("x-request-id", "<script>")
+            .body(())
+            .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
         assert_eq!(id.len(), 36, "a bad id is replaced, not echoed");
@@ -238,6 +255,9 @@ mod tests {
         let stats = layer.stats().routes();
         assert_eq!(stats.len(), 1);
         assert_eq!(stats[0].route, "unmatched");
-        assert_eq!((stats[0].requests, stats[0].success, stats[0].server_errors), (2, 1, 1));
+        assert_eq!(
+            (stats[0].requests, stats[0].success, stats[0].server_errors),
+            (2, 1, 1)
+        );
     }
 }

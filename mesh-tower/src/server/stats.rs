@@ -80,7 +80,11 @@ impl ServerStats {
             if cur.contains_key(route) || (cur.len() >= MAX_ROUTES && cur.contains_key(OTHER)) {
                 return Arc::clone(cur);
             }
-            let key = if cur.len() >= MAX_ROUTES { OTHER } else { route };
+            let key = if cur.len() >= MAX_ROUTES {
+                OTHER
+            } else {
+                route
+            };
             let mut next = HashMap::clone(cur);
             next.insert(key.into(), Arc::clone(&fresh));
             Arc::new(next)

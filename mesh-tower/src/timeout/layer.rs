@@ -11,7 +11,9 @@ pub struct TimeoutLayer {
 impl TimeoutLayer {
     /// A timeout of `default` for requests whose route sets none.
     pub fn new(default: Duration) -> Self {
-        Self { default: Some(default) }
+        Self {
+            default: Some(default),
+        }
     }
 
     /// Only the route's timeout applies.

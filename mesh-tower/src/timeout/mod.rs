@@ -2,7 +2,7 @@
 //!
 //! [`Timeout`] bounds how long a request may take until its response
 //! headers arrive. The bound is the route's `timeout` from the
-//! [`RouteDecision`](crate::route::RouteDecision) when the route sets one
+//! [`RouteDecision`] when the route sets one
 //! (Istio `VirtualService.http[].timeout`, Envoy `RouteAction.timeout`),
 //! otherwise the layer's own default, otherwise none. Placed outside the
 //! retry layer it bounds the whole call including retries, as Envoy
@@ -55,7 +55,10 @@ impl<S> Timeout<S> {
 
     /// Only the route's timeout applies.
     pub fn from_route(inner: S) -> Self {
-        Self { inner, default: None }
+        Self {
+            inner,
+            default: None,
+        }
     }
 
     /// The inner service.
@@ -112,7 +115,13 @@ mod tests {
             }),
             Duration::from_secs(1),
         );
-        let err = svc.ready().await.unwrap().call(Request::new(())).await.unwrap_err();
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap_err();
         let elapsed = err.downcast::<crate::Elapsed>().unwrap();
         assert_eq!(elapsed.after(), Duration::from_secs(1));
     }
@@ -124,7 +133,13 @@ mod tests {
             Ok::<_, Infallible>("done")
         });
         let mut svc = Timeout::from_route(slow);
-        let res = svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
         assert_eq!(res, "done", "no route timeout and no default: no bound");
     }
 }
