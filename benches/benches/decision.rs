@@ -15,8 +15,6 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mesh_core::ConfigStore;
-use mesh_core::file::FileSource;
 use mesh_tower::Mesh;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
@@ -27,14 +25,8 @@ fn mesh(rt: &tokio::runtime::Runtime, lb: &str) -> Mesh {
     let endpoints: Vec<SocketAddr> = (1..=10)
         .map(|i| SocketAddr::from(([10, 0, 0, i], 8080)))
         .collect();
-    let yaml = mesh_examples::yaml::many_routes(50, &endpoints, lb);
-    let store = ConfigStore::new();
-    let t = FileSource::parse_str("bench.yaml", &yaml).expect("valid config");
-    store
-        .publish("bench".into(), t.resources)
-        .expect("accepted");
     let _guard = rt.enter();
-    Mesh::new(store)
+    mesh_examples::mesh_from_yaml(&mesh_examples::yaml::many_routes(50, &endpoints, lb))
 }
 
 fn decision(c: &mut Criterion) {

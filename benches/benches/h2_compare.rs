@@ -22,9 +22,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh_benches::{Report, closed_loop, fixed_rate, spawn_h2_server};
-use mesh_core::ConfigStore;
-use mesh_core::file::FileSource;
-use mesh_tower::Mesh;
 use tower::ServiceExt;
 
 fn median(mut reports: Vec<Report>) -> Report {
@@ -69,16 +66,7 @@ fn main() {
         };
 
         let yaml = mesh_examples::yaml::service_entry("bench", 8080, "HTTP2", &[(server, "v1")]);
-        let store = ConfigStore::new();
-        store
-            .publish(
-                "bench".into(),
-                FileSource::parse_str("bench.yaml", &yaml)
-                    .expect("valid")
-                    .resources,
-            )
-            .expect("accepted");
-        let mesh = Mesh::new(store);
+        let mesh = mesh_examples::mesh_from_yaml(&yaml);
         let client = mesh.client();
         let mesh_url: http::Uri = "http://bench:8080/".parse().expect("uri");
         // Both clients build their request the same way from a parsed URI.

@@ -19,12 +19,7 @@ fn main() {
         .map(|i| SocketAddr::from(([10, 0, 0, i], 8080)))
         .collect();
     let yaml = mesh_examples::yaml::many_routes(50, &endpoints, "LEAST_REQUEST");
-    let store = mesh_core::ConfigStore::new();
-    let t = mesh_core::file::FileSource::parse_str("bench.yaml", &yaml).expect("valid");
-    store
-        .publish("bench".into(), t.resources)
-        .expect("accepted");
-    let client = mesh_tower::Mesh::new(store).client();
+    let client = mesh_examples::mesh_from_yaml(&yaml).client();
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "/api/r25/x".into());

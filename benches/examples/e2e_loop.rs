@@ -40,10 +40,7 @@ fn main() {
         } else {
             let yaml =
                 mesh_examples::yaml::service_entry("bench", 8080, "HTTP2", &[(server, "v1")]);
-            let store = mesh_core::ConfigStore::new();
-            let t = mesh_core::file::FileSource::parse_str("b.yaml", &yaml).expect("valid");
-            store.publish("b".into(), t.resources).expect("accepted");
-            let client = mesh_tower::Mesh::new(store).client();
+            let client = mesh_examples::mesh_from_yaml(&yaml).client();
             let url: http::Uri = "http://bench:8080/".parse().expect("uri");
             for _ in 0..n {
                 let req = http::Request::get(url.clone())

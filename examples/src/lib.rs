@@ -20,6 +20,40 @@
 pub mod backends;
 pub mod yaml;
 
+use mesh_core::ConfigStore;
+use mesh_core::file::FileSource;
+use mesh_tower::Mesh;
+
+/// A mesh whose whole config is `yaml` (Istio kinds), published once as
+/// the source `file:mesh.yaml`. Must be called within a Tokio runtime.
+///
+/// # Panics
+///
+/// When the YAML is invalid: this is for tests, benches and examples whose
+/// config is part of the program.
+pub fn mesh_from_yaml(yaml: &str) -> Mesh {
+    let store = ConfigStore::new();
+    publish_yaml(&store, yaml);
+    Mesh::new(store)
+}
+
+/// Replaces the `file:mesh.yaml` source of `store` with `yaml` and returns
+/// the new version.
+///
+/// # Panics
+///
+/// When the YAML is invalid or the store rejects it.
+pub fn publish_yaml(store: &ConfigStore, yaml: &str) -> mesh_core::Version {
+    let translation = match FileSource::parse_str("mesh.yaml", yaml) {
+        Ok(t) => t,
+        Err(e) => panic!("invalid config:\n{e}"),
+    };
+    match store.publish("file:mesh.yaml".into(), translation.resources) {
+        Ok(v) => v,
+        Err(e) => panic!("config rejected: {e}"),
+    }
+}
+
 /// The generated `ratings` gRPC client and server.
 #[allow(
     missing_docs,

@@ -68,11 +68,15 @@ impl Error {
         let connect = err
             .downcast_ref::<hyper_util::client::legacy::Error>()
             .is_some_and(|e| e.is_connect());
-        // Name the innermost cause: hyper-util's own message is generic.
+        // Name the causes: hyper-util's own message is generic. Skip a
+        // cause whose text its parent already includes.
         let mut detail = err.to_string();
         let mut source = err.source();
         while let Some(s) = source {
-            detail = format!("{detail}: {s}");
+            let text = s.to_string();
+            if !detail.ends_with(&text) {
+                detail = format!("{detail}: {text}");
+            }
             source = s.source();
         }
         if connect {

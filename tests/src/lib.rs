@@ -12,31 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use mesh_core::ConfigStore;
-use mesh_core::file::FileSource;
 use mesh_tower::{Mesh, MeshClient};
 use tower::ServiceExt;
 
-/// A mesh whose config is `yaml` (Istio kinds), published once.
-pub fn mesh_from_yaml(yaml: &str) -> Mesh {
-    let store = ConfigStore::new();
-    let translation = FileSource::parse_str("mesh.yaml", yaml)
-        .unwrap_or_else(|e| panic!("invalid test config:\n{e}"));
-    store
-        .publish("file:mesh.yaml".into(), translation.resources)
-        .unwrap_or_else(|e| panic!("config rejected: {e}"));
-    Mesh::new(store)
-}
+pub use mesh_examples::mesh_from_yaml;
 
 /// Replaces the config of a mesh made by [`mesh_from_yaml`] and waits
 /// until its clients route by it.
 pub async fn republish(mesh: &Mesh, yaml: &str) {
-    let translation = FileSource::parse_str("mesh.yaml", yaml)
-        .unwrap_or_else(|e| panic!("invalid test config:\n{e}"));
-    let v = mesh
-        .store()
-        .publish("file:mesh.yaml".into(), translation.resources)
-        .unwrap_or_else(|e| panic!("config rejected: {e}"));
+    let v = mesh_examples::publish_yaml(mesh.store(), yaml);
     mesh.applied(v).await;
 }
 

@@ -515,24 +515,17 @@ fn malformed_yaml_names_file_document_and_line() {
     let text = format!(
         "{SERVICES}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: broken\nspec: {{}}\n"
     );
-    let err = error(&text);
-    assert!(
-        err.starts_with("mesh.yaml: document 4: invalid YAML at line "),
-        "{err}"
+    // The parser notices the unclosed mapping on the next line, 'spec'.
+    let line = text.lines().position(|l| l == "spec: {}").unwrap() + 1;
+    assert_eq!(
+        error(&text),
+        format!(
+            "mesh.yaml: document 4: invalid YAML at line {line}, column 5: while parsing a flow mapping, did not find expected ',' or '}}'"
+        )
     );
-    let line: usize = err["mesh.yaml: document 4: invalid YAML at line ".len()..]
-        .split(',')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let doc_start = text
-        .lines()
-        .position(|l| l.starts_with("kind: VirtualService"))
-        .unwrap();
-    assert!(
-        line >= doc_start,
-        "line {line} is in document 4, which starts at {doc_start}: {err}"
+    assert_eq!(
+        error("a: [1, 2\n"),
+        "mesh.yaml: document 1: invalid YAML at line 1, column 4: unclosed bracket '['"
     );
 }
 
@@ -747,4 +740,32 @@ fn an_empty_file_is_an_empty_config() {
     let t = parse("# no services yet\n");
     assert!(t.resources.clusters.is_empty());
     assert!(t.warnings().is_empty());
+}
+
+#[test]
+fn warnings_and_rejections_reach_the_store_status() {
+    let dir = std::env::temp_dir().join(format!("mesh-core-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("mesh.yaml");
+    std::fs::write(&path, with("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: ratings }\nspec:\n  host: ratings\n  trafficPolicy: { outlierDetection: { consecutive5xxErrors: 5 } }\n")).unwrap();
+    let store = crate::ConfigStore::new();
+    let source = FileSource::new(&path);
+    let v = source.publish(&store).unwrap();
+    let status = store.source_status(&source.source_id()).unwrap();
+    assert_eq!(status.accepted_version, Some(v));
+    assert_eq!(
+        &*status.warnings,
+        [format!(
+            "{}: document 4 (DestinationRule ratings): trafficPolicy.outlierDetection: not supported yet; ignored",
+            path.display()
+        )]
+    );
+
+    std::fs::write(&path, "kind: [").unwrap();
+    let err = source.publish(&store).unwrap_err();
+    assert_eq!(store.version(), v, "the last good config stays");
+    let status = store.source_status(&source.source_id()).unwrap();
+    assert_eq!(status.last_rejection.unwrap().reason, err.to_string());
+    assert_eq!(status.accepted_version, Some(v));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -149,24 +149,36 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let path = source.path.clone();
-        let text = match tokio::task::spawn_blocking(move || std::fs::read_to_string(path)).await {
-            Ok(Ok(text)) => Ok(text),
-            Ok(Err(e)) => Err(FileError {
-                file: source.name.clone(),
-                kind: ErrorKind::Io(e.to_string()),
-            }),
-            Err(_) => return, // runtime shutting down
-        };
-        if let Ok(t) = &text {
-            let h = content_hash(t);
-            if h == last_hash {
-                continue;
+        // Reading and translating a large file is CPU work: keep it off the
+        // async workers.
+        let outcome = tokio::task::spawn_blocking({
+            let (source, store) = (Arc::clone(&source), store.clone());
+            move || -> Option<(u64, Result<Version, String>)> {
+                let text = std::fs::read_to_string(&source.path);
+                let hash = text.as_ref().map(|t| content_hash(t)).unwrap_or(0);
+                if text.is_ok() && hash == last_hash {
+                    return None;
+                }
+                let text = text.map_err(|e| FileError {
+                    file: source.name.clone(),
+                    kind: ErrorKind::Io(e.to_string()),
+                });
+                Some((
+                    hash,
+                    source.publish_text(&store, text).map_err(|e| e.to_string()),
+                ))
             }
-            last_hash = h;
-        }
+        })
+        .await;
+        let result = match outcome {
+            Ok(Some((hash, result))) => {
+                last_hash = hash;
+                result
+            }
+            Ok(None) => continue, // same content as last time
+            Err(_) => return,     // runtime shutting down
+        };
         attempt += 1;
-        let result = source.publish_text(&store, text).map_err(|e| e.to_string());
         match &result {
             Ok(v) => tracing::info!(source = %source.source_id(), version = %v, "config reloaded"),
             Err(e) => {
