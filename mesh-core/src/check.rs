@@ -99,8 +99,12 @@ pub struct RouteCheck {
     pub route_name: Option<Arc<str>>,
     /// The route timeout.
     pub timeout: Option<Duration>,
-    /// The destinations, with their shares.
+    /// The destinations, with their shares (empty when the route answers
+    /// itself).
     pub destinations: Vec<CheckedDestination>,
+    /// The status the route answers with itself (a redirect or a direct
+    /// response), if it does not forward.
+    pub local_response: Option<u16>,
 }
 
 impl fmt::Display for RouteCheck {
@@ -117,6 +121,9 @@ impl fmt::Display for RouteCheck {
         }
         for d in &self.destinations {
             write!(f, "; {:.1}% -> {}", d.share * 100.0, d.cluster)?;
+        }
+        if let Some(status) = self.local_response {
+            write!(f, "; answered by the route with {status}")?;
         }
         Ok(())
     }
@@ -168,7 +175,11 @@ pub fn check_route(snapshot: &Snapshot, req: &CheckRequest) -> Result<RouteCheck
         .ok_or(CheckError::NoAuthority)?;
     let hit = snapshot.route(&rr).map_err(CheckError::NoRoute)?;
     let route = hit.route();
-    let RouteAction::Forward(fwd) = &route.action;
+    let fwd = match &route.action {
+        RouteAction::Forward(fwd) => fwd,
+        RouteAction::Redirect(r) => return Ok(local(&hit, r.status)),
+        RouteAction::DirectResponse(d) => return Ok(local(&hit, d.status)),
+    };
     let total = f64::from(fwd.clusters.total());
     let destinations = fwd
         .clusters
@@ -195,5 +206,18 @@ pub fn check_route(snapshot: &Snapshot, req: &CheckRequest) -> Result<RouteCheck
         route_name: route.name.clone(),
         timeout: fwd.timeout,
         destinations,
+        local_response: None,
     })
+}
+
+fn local(hit: &crate::RouteHit<'_>, status: u16) -> RouteCheck {
+    RouteCheck {
+        route_table: hit.table.name().clone(),
+        virtual_host: Arc::clone(&hit.virtual_host().name),
+        route_index: hit.route_index,
+        route_name: hit.route().name.clone(),
+        timeout: None,
+        destinations: Vec::new(),
+        local_response: Some(status),
+    }
 }

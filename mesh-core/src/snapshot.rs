@@ -314,15 +314,23 @@ impl Snapshot {
         for t in tables {
             for (vi, vh) in t.virtual_hosts().iter().enumerate() {
                 for (ri, route) in vh.routes.iter().enumerate() {
-                    let RouteAction::Forward(fwd) = &route.action;
-                    for (ci, wc) in fwd.clusters.targets().iter().enumerate() {
-                        if !snap.clusters.contains_key(&wc.cluster) {
+                    let RouteAction::Forward(fwd) = &route.action else {
+                        continue;
+                    };
+                    let targets = fwd
+                        .clusters
+                        .targets()
+                        .iter()
+                        .map(|t| (&t.cluster, "clusters"));
+                    let mirrors = fwd.mirrors.iter().map(|m| (&m.cluster, "mirrors"));
+                    for (ci, (cluster, field)) in targets.chain(mirrors).enumerate() {
+                        if !snap.clusters.contains_key(cluster) {
                             return Err(InvalidConfig::new(
                                 FieldPath::root(),
                                 format!(
-                                    "route table {:?}: virtual_hosts[{vi}].routes[{ri}].clusters[{ci}] names cluster {:?}, which does not exist",
+                                    "route table {:?}: virtual_hosts[{vi}].routes[{ri}].{field}[{ci}] names cluster {:?}, which does not exist",
                                     t.name().as_str(),
-                                    wc.cluster.as_str()
+                                    cluster.as_str()
                                 ),
                             ));
                         }
@@ -518,7 +526,7 @@ mod tests {
                 routes: Arc::from([Route {
                     name: None,
                     matches: Arc::from([RouteMatch::any()]),
-                    action: RouteAction::Forward(ForwardAction::to(cluster)),
+                    action: RouteAction::Forward(Box::new(ForwardAction::to(cluster))),
                 }]),
             }],
         )

@@ -492,7 +492,7 @@ mod tests {
                         routes: Arc::from([Route {
                             name: None,
                             matches: Arc::from([RouteMatch::any()]),
-                            action: RouteAction::Forward(ForwardAction::to(cluster)),
+                            action: RouteAction::Forward(Box::new(ForwardAction::to(cluster))),
                         }]),
                     }],
                 )

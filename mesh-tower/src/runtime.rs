@@ -148,11 +148,19 @@ impl ClusterRuntime {
             .iter()
             .map(|&i| new_eps[i as usize].weight)
             .collect();
-        let picker = match config.lb_policy {
+        let picker = match &config.lb_policy {
             LbPolicy::RoundRobin => Picker::RoundRobin(RoundRobin::new(&weights)),
             LbPolicy::Random => Picker::Random(WeightedRandom::new(&weights)),
+            other @ (LbPolicy::PeakEwma { .. }
+            | LbPolicy::RingHash { .. }
+            | LbPolicy::Maglev { .. }) => {
+                // Balancers in progress (issue 3); nothing translates to
+                // them yet.
+                tracing::warn!(cluster = %config.name, policy = ?other, "load balancer not implemented yet; using LEAST_REQUEST");
+                Picker::LeastRequest(LeastRequest::new(&weights, 2))
+            }
             LbPolicy::LeastRequest { choice_count } => {
-                Picker::LeastRequest(LeastRequest::new(&weights, choice_count))
+                Picker::LeastRequest(LeastRequest::new(&weights, *choice_count))
             }
         };
         Self {

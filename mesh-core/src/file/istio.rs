@@ -463,12 +463,11 @@ impl<'o> Translator<'o> {
                             port,
                         },
                     };
-                    endpoints.entry(sp.number).or_default().push(Endpoint {
-                        address,
-                        weight,
-                        health: Default::default(),
-                        labels: labels.clone(),
-                    });
+                    endpoints.entry(sp.number).or_default().push(
+                        Endpoint::new(address)
+                            .with_weight(weight)
+                            .with_labels(labels.clone()),
+                    );
                 }
             }
 
@@ -919,14 +918,12 @@ impl<'o> Translator<'o> {
                 }
                 for (subset, eps, lb) in clusters {
                     let name = cluster_name(port.number, subset, fqdn);
-                    resources.clusters.push(Cluster {
-                        name: name.as_str().into(),
-                        service: Some(fqdn.as_str().into()),
-                        subset: subset.map(Arc::from),
-                        lb_policy: lb,
-                        protocol: port.protocol,
-                        connect_timeout: Cluster::DEFAULT_CONNECT_TIMEOUT,
-                    });
+                    let mut cluster = Cluster::new(name.as_str())
+                        .with_lb_policy(lb)
+                        .with_protocol(port.protocol);
+                    cluster.service = Some(fqdn.as_str().into());
+                    cluster.subset = subset.map(Arc::from);
+                    resources.clusters.push(cluster);
                     match EndpointSet::try_new(name.as_str(), eps) {
                         Ok(set) => resources.endpoints.push(set),
                         Err(e) => self.errors.push(Problem {
@@ -936,29 +933,28 @@ impl<'o> Translator<'o> {
                     }
                 }
 
-                let routes = match self.virtual_services.get(fqdn) {
-                    Some(vs) => match self.vs_routes(vs, port.number) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            if seen_route_errors.insert(e.to_string()) {
-                                self.errors.push(Problem {
-                                    doc: Some(vs.doc.clone()),
-                                    error: e,
-                                });
+                let routes =
+                    match self.virtual_services.get(fqdn) {
+                        Some(vs) => match self.vs_routes(vs, port.number) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                if seen_route_errors.insert(e.to_string()) {
+                                    self.errors.push(Problem {
+                                        doc: Some(vs.doc.clone()),
+                                        error: e,
+                                    });
+                                }
+                                continue;
                             }
-                            continue;
-                        }
-                    },
-                    None => vec![Route {
-                        name: Some("default".into()),
-                        matches: Arc::from([]),
-                        action: RouteAction::Forward(ForwardAction::to(cluster_name(
-                            port.number,
-                            None,
-                            fqdn,
-                        ))),
-                    }],
-                };
+                        },
+                        None => vec![Route {
+                            name: Some("default".into()),
+                            matches: Arc::from([]),
+                            action: RouteAction::Forward(Box::new(ForwardAction::to(
+                                cluster_name(port.number, None, fqdn),
+                            ))),
+                        }],
+                    };
                 vhosts_by_port
                     .entry(port.number)
                     .or_default()
@@ -1072,10 +1068,9 @@ impl<'o> Translator<'o> {
             routes.push(Route {
                 name: r.name.clone(),
                 matches: matches.into(),
-                action: RouteAction::Forward(ForwardAction {
-                    clusters,
-                    timeout: r.timeout,
-                }),
+                action: RouteAction::Forward(Box::new(
+                    ForwardAction::new(clusters).with_timeout(r.timeout),
+                )),
             });
         }
         Ok(routes)
@@ -1111,7 +1106,7 @@ pub(crate) fn cluster_name(port: u16, subset: Option<&str>, fqdn: &str) -> Strin
 
 /// Istio's precedence: subset port-level, subset, rule port-level, rule.
 fn lb_for(rule: Option<&DestinationRule>, subset: Option<&Subset>, port: u16) -> LbPolicy {
-    let pick = |s: &LbSettings| s.per_port.get(&port).copied().or(s.simple);
+    let pick = |s: &LbSettings| s.per_port.get(&port).cloned().or_else(|| s.simple.clone());
     subset
         .and_then(|s| pick(&s.lb))
         .or_else(|| rule.and_then(|r| pick(&r.lb)))

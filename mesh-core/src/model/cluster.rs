@@ -3,13 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::model::policy::{
+    ConnectionLimits, HashKey, LocalityLbSetting, OutlierDetection, RetryBudget, SlowStart,
+    TokenBucket,
+};
 use crate::name::ClusterName;
 
 /// How requests are spread over a cluster's endpoints.
 ///
 /// The names are Istio's `DestinationRule.trafficPolicy.loadBalancer.simple`
 /// values; the semantics are Envoy's load balancers of the same names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LbPolicy {
     /// Weighted round robin: endpoints take turns in proportion to their
     /// weights (Envoy `ROUND_ROBIN`).
@@ -22,6 +26,33 @@ pub enum LbPolicy {
     LeastRequest {
         /// How many random candidates are compared (at least 2).
         choice_count: u32,
+    },
+    /// Power of two choices on a peak-sensitive EWMA of round-trip time
+    /// times requests in flight (Linkerd's default balancer, Finagle's
+    /// `p2cPeakEwma`).
+    PeakEwma {
+        /// The RTT assumed for an endpoint not yet measured (Linkerd: 30 ms).
+        default_rtt: Duration,
+        /// How fast old measurements fade (Linkerd: 10 s).
+        decay: Duration,
+    },
+    /// Consistent hashing on a ring (Envoy `RING_HASH`, Istio
+    /// `consistentHash.ringHash`).
+    RingHash {
+        /// What the hash is computed from.
+        key: HashKey,
+        /// The smallest ring (Istio `minimumRingSize`, default 1024).
+        minimum_ring_size: u64,
+        /// The largest ring (Envoy default 8M).
+        maximum_ring_size: u64,
+    },
+    /// Consistent hashing with a Maglev table (Envoy `MAGLEV`, Istio
+    /// `consistentHash.maglev`).
+    Maglev {
+        /// What the hash is computed from.
+        key: HashKey,
+        /// The table size, a prime (Istio `tableSize`, default 65537).
+        table_size: u64,
     },
 }
 
@@ -46,7 +77,7 @@ pub enum Protocol {
 }
 
 /// A cluster: where a route sends requests, and how.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Cluster {
     /// The cluster name; its endpoints are the
     /// [`EndpointSet`](crate::model::EndpointSet) of the same name.
@@ -61,6 +92,18 @@ pub struct Cluster {
     pub protocol: Protocol,
     /// How long to wait for a TCP connection to an endpoint.
     pub connect_timeout: Duration,
+    /// Connection and request limits across the process.
+    pub limits: ConnectionLimits,
+    /// Outlier detection, if enabled.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// The budget all retries to this cluster share.
+    pub retry_budget: RetryBudget,
+    /// Locality-weighted balancing and failover, if set.
+    pub locality_lb: Option<LocalityLbSetting>,
+    /// Slow start for new endpoints, if set.
+    pub slow_start: Option<SlowStart>,
+    /// A client-side rate limit on requests to the cluster, if set.
+    pub rate_limit: Option<TokenBucket>,
 }
 
 impl Cluster {
@@ -78,6 +121,12 @@ impl Cluster {
             lb_policy: LbPolicy::default(),
             protocol: Protocol::default(),
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            limits: ConnectionLimits::default(),
+            outlier_detection: None,
+            retry_budget: RetryBudget::default(),
+            locality_lb: None,
+            slow_start: None,
+            rate_limit: None,
         }
     }
 

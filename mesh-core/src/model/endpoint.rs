@@ -94,6 +94,42 @@ impl Labels {
     }
 }
 
+/// Where an endpoint runs (Envoy `Locality`; Kubernetes
+/// `topology.kubernetes.io/region` / `zone`, Istio `subzone`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    /// The region.
+    pub region: Arc<str>,
+    /// The zone.
+    pub zone: Arc<str>,
+    /// The sub-zone.
+    pub sub_zone: Arc<str>,
+}
+
+impl Locality {
+    /// Parses Istio's `region/zone/subzone` form (trailing parts optional).
+    pub fn parse(s: &str) -> Self {
+        let mut parts = s.splitn(3, '/');
+        let mut next = || Arc::from(parts.next().unwrap_or_default());
+        Self {
+            region: next(),
+            zone: next(),
+            sub_zone: next(),
+        }
+    }
+
+    /// Whether no part is set.
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.sub_zone.is_empty()
+    }
+}
+
+impl fmt::Display for Locality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.region, self.zone, self.sub_zone)
+    }
+}
+
 /// One endpoint of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -105,6 +141,10 @@ pub struct Endpoint {
     pub health: Health,
     /// Labels, used to select subsets and shown in status output.
     pub labels: Labels,
+    /// Where the endpoint runs.
+    pub locality: Locality,
+    /// The failover priority: 0 is used first (EDS `priority`).
+    pub priority: u32,
 }
 
 impl Endpoint {
@@ -115,6 +155,8 @@ impl Endpoint {
             weight: 1,
             health: Health::Unknown,
             labels: Labels::default(),
+            locality: Locality::default(),
+            priority: 0,
         }
     }
 
@@ -140,7 +182,9 @@ impl Endpoint {
     /// policy, not identity, so a change to them keeps connections and
     /// counters.
     pub fn same_identity(&self, other: &Endpoint) -> bool {
-        self.address == other.address && self.labels == other.labels
+        self.address == other.address
+            && self.labels == other.labels
+            && self.locality == other.locality
     }
 }
 

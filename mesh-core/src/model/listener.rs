@@ -1,6 +1,7 @@
 //! Listeners: the entry points that bind a port (or a target name) to a
 //! route table.
 
+use crate::model::policy::TokenBucket;
 use crate::name::{ListenerName, RouteTableName};
 
 /// What a listener does.
@@ -15,6 +16,16 @@ pub enum ListenerKind {
         /// The route table that routes the listener's requests.
         route_table: RouteTableName,
     },
+    /// Inbound: policies for requests this process serves on `port` (a
+    /// sidecar's inbound listener `inbound|<port>`).
+    Server(ServerPolicy),
+}
+
+/// What a server listener enforces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerPolicy {
+    /// A local rate limit on every request to the port.
+    pub rate_limit: Option<TokenBucket>,
 }
 
 /// A listener.
@@ -45,6 +56,7 @@ impl Listener {
     pub fn route_table(&self) -> Option<&RouteTableName> {
         match &self.kind {
             ListenerKind::Client { route_table } => Some(route_table),
+            ListenerKind::Server(_) => None,
         }
     }
 }

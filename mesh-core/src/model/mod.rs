@@ -10,12 +10,21 @@ mod cluster;
 mod endpoint;
 mod listener;
 pub mod matcher;
+pub mod policy;
 mod route;
 
 pub use cluster::{Cluster, LbPolicy, Protocol};
-pub use endpoint::{Endpoint, EndpointAddress, EndpointDiff, EndpointSet, Health, Labels};
-pub use listener::{Listener, ListenerKind};
+pub use endpoint::{
+    Endpoint, EndpointAddress, EndpointDiff, EndpointSet, Health, Labels, Locality,
+};
+pub use listener::{Listener, ListenerKind, ServerPolicy};
 pub use matcher::{HeaderMatch, HeaderRule, PathMatch, Regex, StringMatch};
+pub use policy::{
+    AbortStatus, Backoff, ConnectionLimits, DirectResponse, FailurePercentageEjection, FaultAbort,
+    FaultDelay, FaultPolicy, Fraction, HashKey, HeaderMutations, HedgeDelay, HedgePolicy,
+    LocalityLbSetting, LocalityWeights, Mirror, OutlierDetection, Redirect, RetryBudget,
+    RetryConditions, RetryOn, RetryPolicy, Rewrite, SlowStart, SuccessRateEjection, TokenBucket,
+};
 pub use route::{
     ForwardAction, Route, RouteAction, RouteMatch, RouteTable, VirtualHost, WeightedCluster,
     WeightedClusters,

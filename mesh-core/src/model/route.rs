@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::matcher::{HeaderMatch, PathMatch, StringMatch};
+use crate::model::policy::{
+    DirectResponse, FaultPolicy, HeaderMutations, HedgePolicy, Mirror, Redirect, RetryPolicy,
+    Rewrite,
+};
 use crate::name::{ClusterName, RouteTableName};
 use crate::request::RouteRequest;
 
@@ -71,7 +75,7 @@ impl RouteMatch {
 }
 
 /// One route of a virtual host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     /// A name for status output and metrics (Istio `http[].name`).
     pub name: Option<Arc<str>>,
@@ -90,15 +94,20 @@ impl Route {
 }
 
 /// What a route does with a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum RouteAction {
-    /// Forward to one of the route's weighted clusters.
-    Forward(ForwardAction),
+    /// Forward to one of the route's weighted clusters (boxed: it is by
+    /// far the largest action).
+    Forward(Box<ForwardAction>),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer with a fixed response.
+    DirectResponse(DirectResponse),
 }
 
 /// Forwarding to weighted clusters, with the route's policies.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ForwardAction {
     /// Where requests go, with their shares.
     pub clusters: WeightedClusters,
@@ -106,15 +115,53 @@ pub struct ForwardAction {
     /// headers arrive. `None` means no timeout, Istio's default for
     /// `VirtualService.http[].timeout` ("disabled by default").
     pub timeout: Option<Duration>,
+    /// Retries, if any.
+    pub retry: Option<RetryPolicy>,
+    /// Hedging, if any (a route has retries or hedging, gRFC A6).
+    pub hedge: Option<HedgePolicy>,
+    /// Fault injection, if any.
+    pub fault: Option<FaultPolicy>,
+    /// Rewrites before forwarding.
+    pub rewrite: Option<Rewrite>,
+    /// Edits of request headers.
+    pub request_headers: HeaderMutations,
+    /// Edits of response headers.
+    pub response_headers: HeaderMutations,
+    /// Copies sent elsewhere.
+    pub mirrors: Arc<[Mirror]>,
 }
 
 impl ForwardAction {
-    /// Forwarding to a single cluster with no timeout.
-    pub fn to(cluster: impl Into<ClusterName>) -> Self {
+    /// Forwarding to `clusters` with no other policy.
+    pub fn new(clusters: WeightedClusters) -> Self {
         Self {
-            clusters: WeightedClusters::single(cluster.into()),
+            clusters,
             timeout: None,
+            retry: None,
+            hedge: None,
+            fault: None,
+            rewrite: None,
+            request_headers: HeaderMutations::default(),
+            response_headers: HeaderMutations::default(),
+            mirrors: Arc::from([]),
         }
+    }
+
+    /// Forwarding to a single cluster with no other policy.
+    pub fn to(cluster: impl Into<ClusterName>) -> Self {
+        Self::new(WeightedClusters::single(cluster.into()))
+    }
+
+    /// Sets the route timeout.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: Option<RetryPolicy>) -> Self {
+        self.retry = retry;
+        self
     }
 }
 
@@ -211,7 +258,7 @@ impl WeightedClusters {
 
 /// A set of routes selected by the request authority (Envoy
 /// `VirtualHost`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct VirtualHost {
     /// A name for status output.
     pub name: Arc<str>,
@@ -247,8 +294,6 @@ impl PartialEq for RouteTable {
         self.name == other.name && self.virtual_hosts == other.virtual_hosts
     }
 }
-
-impl Eq for RouteTable {}
 
 impl RouteTable {
     /// A route table over `virtual_hosts`.
@@ -666,7 +711,7 @@ mod tests {
                     Route {
                         name: None,
                         matches: clauses,
-                        action: RouteAction::Forward(ForwardAction::to("c")),
+                        action: RouteAction::Forward(Box::new(ForwardAction::to("c"))),
                     }
                 })
                 .collect();
