@@ -18,6 +18,7 @@
 //! ```
 
 pub mod backends;
+pub mod scripted;
 pub mod yaml;
 
 use mesh_core::ConfigStore;

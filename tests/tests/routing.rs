@@ -367,3 +367,35 @@ async fn a_blackholed_endpoint_fails_at_the_connect_timeout() {
     );
     drop((listener, fillers));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_backends_follow_their_script() {
+    use mesh_examples::scripted::{Action, Scripted};
+    let b = Scripted::start("b1").await.unwrap();
+    b.push([Action::status(503), Action::Reset]);
+    let mesh = mesh_from_yaml(&yaml::service_entry(
+        "reviews",
+        9080,
+        "HTTP2",
+        &[(b.addr(), "v1")],
+    ));
+    let client = mesh.client();
+    assert_eq!(
+        get(&client, URL, &[]).await,
+        Outcome::Version("?".into(), 503)
+    );
+    let reset = get(&client, URL, &[]).await;
+    assert!(
+        matches!(&reset, Outcome::Error(e) if e.starts_with("upstream error")),
+        "{reset:?}"
+    );
+    assert_eq!(
+        get(&client, URL, &[("x-script", "status=418")]).await,
+        Outcome::Version("?".into(), 418)
+    );
+    assert_eq!(
+        get(&client, URL, &[]).await,
+        Outcome::Version("?".into(), 200)
+    );
+    assert_eq!(b.hits(), 4);
+}
