@@ -8,6 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
+use crate::breaker::Permit;
 use crate::endpoint::InFlight;
 use crate::error::BoxError;
 
@@ -34,6 +35,8 @@ pub struct ResponseBody {
     #[pin]
     inner: hyper::body::Incoming,
     in_flight: Option<InFlight>,
+    // The circuit breaker's place for this request, freed with the body.
+    permit: Option<Permit>,
 }
 
 impl ResponseBody {
@@ -41,7 +44,12 @@ impl ResponseBody {
         Self {
             inner,
             in_flight: Some(in_flight),
+            permit: None,
         }
+    }
+
+    pub(crate) fn keep_permit(&mut self, permit: Permit) {
+        self.permit = Some(permit);
     }
 }
 
@@ -63,6 +71,7 @@ impl Body for ResponseBody {
         let res = this.inner.poll_frame(cx);
         if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             this.in_flight.take();
+            this.permit.take();
         }
         res
     }

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use mesh_core::model::EndpointAddress;
 
-use crate::balance::{self, Balance};
+use crate::balance::Balance;
 use crate::body::{self, ResponseBody};
+use crate::breaker::{self, CircuitBreaker};
 use crate::endpoint::EndpointState;
 use crate::error::{BoxError, Error};
 use crate::mesh::Mesh;
@@ -23,8 +24,8 @@ use crate::timeout::{self, Timeout};
 ///
 /// The stack, outermost first, is the order Envoy applies the same
 /// policies in: [`Route`] (match, draw a cluster) → [`Timeout`] (the
-/// route's timeout) → [`Balance`] (pick an endpoint, send on its pooled
-/// connection). It is `Clone`, cheap to clone, and every clone shares the
+/// route's timeout) → [`CircuitBreaker`] (the cluster's limits) →
+/// [`Balance`] (pick an endpoint, send on its pooled connection). It is `Clone`, cheap to clone, and every clone shares the
 /// mesh's per-endpoint state.
 ///
 /// Accepts `http::Request<B>` for any body `B` of `Bytes` and answers
@@ -42,7 +43,7 @@ use crate::timeout::{self, Timeout};
 /// ```
 #[derive(Clone)]
 pub struct MeshClient {
-    inner: Route<Timeout<Balance>>,
+    inner: Route<Timeout<CircuitBreaker<Balance>>>,
 }
 
 impl std::fmt::Debug for MeshClient {
@@ -81,7 +82,7 @@ impl Decision {
 
 impl MeshClient {
     pub(crate) fn new(mesh: Mesh, target: Option<Target>) -> Self {
-        let leaf = Timeout::from_route(Balance::new());
+        let leaf = Timeout::from_route(CircuitBreaker::from_route(Balance::new()));
         let inner = match target {
             Some(t) => Route::with_target(leaf, mesh, t),
             None => Route::new(leaf, mesh),
@@ -143,7 +144,9 @@ where
 #[pin_project::pin_project]
 pub struct ResponseFuture {
     #[pin]
-    inner: route::ResponseFuture<timeout::ResponseFuture<balance::ResponseFuture>>,
+    inner: route::ResponseFuture<
+        timeout::ResponseFuture<breaker::ResponseFuture<Balance, http::Request<body::BoxBody>>>,
+    >,
     grpc: bool,
 }
 

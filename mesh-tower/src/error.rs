@@ -31,6 +31,7 @@ enum Kind {
     Connect,
     Upstream,
     InvalidRequest,
+    CircuitOpen,
 }
 
 impl Error {
@@ -42,6 +43,16 @@ impl Error {
         Self::new(
             Kind::NoEndpoints,
             format!("no endpoints in cluster {cluster:?}"),
+            None,
+        )
+    }
+
+    /// A circuit breaker limit of `cluster` is reached (Envoy response
+    /// flag `UO`, upstream overflow).
+    pub(crate) fn circuit_open(cluster: &str, what: fmt::Arguments<'_>) -> Self {
+        Self::new(
+            Kind::CircuitOpen,
+            format!("circuit open: cluster {cluster:?}: {what}"),
             None,
         )
     }
@@ -136,18 +147,26 @@ impl Error {
         self.kind == Kind::Upstream
     }
 
+    /// A circuit breaker limit of the cluster was reached and the request
+    /// was failed fast without being sent (Envoy `UO`). Never retried.
+    pub fn is_circuit_open(&self) -> bool {
+        self.kind == Kind::CircuitOpen
+    }
+
     /// The request could not be sent as given (no authority, bad target).
     pub fn is_invalid_request(&self) -> bool {
         self.kind == Kind::InvalidRequest
     }
 
     /// The status a proxy answers with for this error: 404 for no route,
-    /// 503 for no endpoints or a failed connect, 504 for a timeout, 502 for
+    /// 503 for no endpoints, an open circuit or a failed connect, 504 for a timeout, 502 for
     /// a failed upstream connection, 400 for an invalid request.
     pub fn http_status(&self) -> StatusCode {
         match self.kind {
             Kind::NoRoute => StatusCode::NOT_FOUND,
-            Kind::NoEndpoints | Kind::Connect => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::NoEndpoints | Kind::Connect | Kind::CircuitOpen => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Upstream => StatusCode::BAD_GATEWAY,
             Kind::InvalidRequest => StatusCode::BAD_REQUEST,
@@ -246,6 +265,12 @@ mod tests {
         );
         let e = Error::no_endpoints("c");
         assert_eq!(e.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        let e = Error::circuit_open("c", format_args!("10 requests in flight"));
+        assert!(e.is_circuit_open());
+        assert_eq!(
+            (e.http_status(), e.grpc_code()),
+            (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable)
+        );
     }
 
     #[test]

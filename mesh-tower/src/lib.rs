@@ -64,6 +64,7 @@
 
 pub mod balance;
 pub mod body;
+pub mod breaker;
 mod client;
 mod endpoint;
 mod error;
@@ -77,5 +78,5 @@ pub use body::{BoxBody, ResponseBody};
 pub use client::{Decision, InvalidTarget, MeshClient, ResponseFuture, Target};
 pub use endpoint::ConnectError;
 pub use error::{BoxError, Elapsed, Error};
-pub use mesh::{EndpointStatus, Mesh};
+pub use mesh::{ClusterStats, EndpointStatus, Mesh};
 pub use server::{MeshServerLayer, ServerStats};

@@ -149,6 +149,38 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// The counters of a cluster: requests in flight and waiting under its
+    /// circuit breaker, and the requests its limits failed fast.
+    pub fn cluster_stats(&self, cluster: &str) -> Option<ClusterStats> {
+        let rt = self.inner.runtime.load();
+        let c = rt.clusters.get(cluster)?;
+        let b = c.breaker();
+        Some(ClusterStats {
+            requests_in_flight: b.requests(),
+            requests_pending: b.pending(),
+            overflow_requests: b.stats().overflow_requests(),
+            overflow_pending: b.stats().overflow_pending(),
+        })
+    }
+}
+
+/// A cluster's counters, as [`Mesh::cluster_stats`] reads them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// Requests admitted by the circuit breaker whose responses have not
+    /// finished.
+    pub requests_in_flight: u64,
+    /// Requests waiting for an HTTP/1.1 connection.
+    pub requests_pending: u64,
+    /// Requests failed fast at `http2MaxRequests` (Envoy
+    /// `upstream_rq_pending_overflow`).
+    pub overflow_requests: u64,
+    /// Requests failed fast at `http1MaxPendingRequests`.
+    pub overflow_pending: u64,
+}
+
 /// An endpoint as the runtime sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointStatus {

@@ -27,6 +27,7 @@ use mesh_core::lb::{LeastRequest, RoundRobin, WeightedRandom};
 use mesh_core::model::{Cluster, EndpointDiff, EndpointSet, LbPolicy};
 use mesh_core::{ClusterName, Snapshot, Version};
 
+use crate::breaker::{BreakerState, BreakerStats};
 use crate::endpoint::{EndpointState, Transport};
 
 /// A snapshot with the runtime state of its clusters.
@@ -39,6 +40,7 @@ pub(crate) struct Runtime {
 #[derive(Default)]
 pub(crate) struct ClusterShared {
     next: AtomicUsize,
+    pub(crate) breaker_stats: Arc<BreakerStats>,
 }
 
 /// One cluster as of one snapshot.
@@ -50,6 +52,7 @@ pub(crate) struct ClusterRuntime {
     candidates: Box<[u32]>,
     picker: Picker,
     shared: Arc<ClusterShared>,
+    breaker: Arc<BreakerState>,
 }
 
 enum Picker {
@@ -163,8 +166,25 @@ impl ClusterRuntime {
                 Picker::LeastRequest(LeastRequest::new(&weights, *choice_count))
             }
         };
+        let shared: Arc<ClusterShared> =
+            previous.map(|p| Arc::clone(&p.shared)).unwrap_or_default();
+        // The breaker's counters survive a push that keeps the limits; new
+        // limits start new counters (requests admitted under the old ones
+        // finish under them), with the overflow counts carried over.
+        let breaker = match previous {
+            Some(p) if p.config.limits == config.limits && p.config.protocol == config.protocol => {
+                Arc::clone(&p.breaker)
+            }
+            _ => BreakerState::with_stats(
+                config.name.as_str(),
+                config.limits,
+                config.protocol,
+                Arc::clone(&shared.breaker_stats),
+            ),
+        };
         Self {
-            shared: previous.map(|p| Arc::clone(&p.shared)).unwrap_or_default(),
+            shared,
+            breaker,
             config,
             endpoint_set,
             endpoints,
@@ -186,6 +206,11 @@ impl ClusterRuntime {
             }
         };
         Some(&self.endpoints[self.candidates[k] as usize])
+    }
+
+    /// The circuit breaker state of the cluster.
+    pub(crate) fn breaker(&self) -> &Arc<BreakerState> {
+        &self.breaker
     }
 
     /// All endpoints with their state, for status output and tests.

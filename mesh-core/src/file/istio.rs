@@ -31,6 +31,7 @@ use http::HeaderName;
 use serde_json::Value;
 
 use super::duration;
+use super::traffic_policy::{self, TrafficPolicy};
 use super::yaml::{Fields, Obj, RawDocument};
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
@@ -79,22 +80,16 @@ struct ServicePort {
     protocol: Protocol,
 }
 
-#[derive(Default)]
-struct LbSettings {
-    simple: Option<LbPolicy>,
-    per_port: BTreeMap<u16, LbPolicy>,
-}
-
 struct DestinationRule {
     doc: DocRef,
-    lb: LbSettings,
+    policy: TrafficPolicy,
     subsets: Vec<Subset>,
 }
 
 struct Subset {
     name: String,
     labels: Labels,
-    lb: LbSettings,
+    policy: TrafficPolicy,
 }
 
 struct VirtualService {
@@ -514,63 +509,6 @@ impl<'o> Translator<'o> {
         self.collect(&doc, errors, warnings);
     }
 
-    fn lb_settings(
-        &self,
-        policy: Obj<'_>,
-        errors: &mut Vec<InvalidConfig>,
-        warnings: &mut Vec<InvalidConfig>,
-    ) -> Result<LbSettings, InvalidConfig> {
-        policy.check_fields(
-            &Fields {
-                supported: &["loadBalancer", "portLevelSettings"],
-                unsupported: &[
-                    "connectionPool",
-                    "outlierDetection",
-                    "tls",
-                    "proxyProtocol",
-                    "tunnel",
-                    "retryBudget",
-                ],
-                ignored: &[],
-            },
-            errors,
-            warnings,
-        );
-        let mut settings = LbSettings::default();
-        let lb_path = policy.path.field("loadBalancer");
-        if let Some(lb) = policy.obj("loadBalancer", &lb_path)? {
-            settings.simple = load_balancer(lb, errors, warnings)?;
-        }
-        for (i, v) in policy.list("portLevelSettings")?.iter().enumerate() {
-            let path = policy.path.field("portLevelSettings").index(i);
-            let pls = Obj::new(v, &path)?;
-            pls.check_fields(
-                &Fields {
-                    supported: &["port", "loadBalancer"],
-                    unsupported: &["connectionPool", "outlierDetection", "tls"],
-                    ignored: &[],
-                },
-                errors,
-                warnings,
-            );
-            let port_path = path.field("port");
-            let port = pls
-                .obj("port", &port_path)?
-                .ok_or_else(|| InvalidConfig::new(port_path.clone(), "required"))?;
-            let number = port
-                .int("number", 1, 65535)?
-                .ok_or_else(|| InvalidConfig::new(port_path.field("number"), "required"))?
-                as u16;
-            let lb_path = path.field("loadBalancer");
-            if let Some(lb) = pls.obj("loadBalancer", &lb_path)?
-                && let Some(simple) = load_balancer(lb, errors, warnings)?
-            {
-                settings.per_port.insert(number, simple);
-            }
-        }
-        Ok(settings)
-    }
-
     fn destination_rule(&mut self, doc: DocRef, namespace: &str, spec: Obj<'_>) {
         let (mut errors, mut warnings) = (Vec::new(), Vec::new());
         spec.check_fields(
@@ -586,9 +524,9 @@ impl<'o> Translator<'o> {
             let host = spec.req_str("host")?;
             let fqdn = self.fqdn(host, namespace, FieldPath::root().field("host"))?;
             let tp_path = FieldPath::root().field("trafficPolicy");
-            let lb = match spec.obj("trafficPolicy", &tp_path)? {
-                Some(tp) => self.lb_settings(tp, &mut errors, &mut warnings)?,
-                None => LbSettings::default(),
+            let policy = match spec.obj("trafficPolicy", &tp_path)? {
+                Some(tp) => traffic_policy::traffic_policy(tp, &mut errors, &mut warnings)?,
+                None => TrafficPolicy::default(),
             };
             let mut subsets: Vec<Subset> = Vec::new();
             for (i, v) in spec.list("subsets")?.iter().enumerate() {
@@ -617,14 +555,14 @@ impl<'o> Translator<'o> {
                     ));
                 }
                 let tp_path = path.field("trafficPolicy");
-                let lb = match s.obj("trafficPolicy", &tp_path)? {
-                    Some(tp) => self.lb_settings(tp, &mut errors, &mut warnings)?,
-                    None => LbSettings::default(),
+                let policy = match s.obj("trafficPolicy", &tp_path)? {
+                    Some(tp) => traffic_policy::traffic_policy(tp, &mut errors, &mut warnings)?,
+                    None => TrafficPolicy::default(),
                 };
                 subsets.push(Subset {
                     name: name.to_owned(),
                     labels: Labels::new(s.str_map("labels")?),
-                    lb,
+                    policy,
                 });
             }
             if let Some(other) = self.rules.get(&fqdn) {
@@ -641,7 +579,7 @@ impl<'o> Translator<'o> {
                 fqdn,
                 DestinationRule {
                     doc: doc.clone(),
-                    lb,
+                    policy,
                     subsets,
                 },
             );
@@ -901,7 +839,7 @@ impl<'o> Translator<'o> {
             let rule = self.rules.get(fqdn);
             for port in &svc.ports {
                 let endpoints = svc.endpoints.get(&port.number).cloned().unwrap_or_default();
-                let mut clusters = vec![(None, endpoints.clone(), lb_for(rule, None, port.number))];
+                let mut clusters = vec![(None, endpoints.clone(), None)];
                 if let Some(rule) = rule {
                     for s in &rule.subsets {
                         let selected = endpoints
@@ -909,18 +847,18 @@ impl<'o> Translator<'o> {
                             .filter(|e| e.labels.matches(&s.labels))
                             .cloned()
                             .collect();
-                        clusters.push((
-                            Some(s.name.as_str()),
-                            selected,
-                            lb_for(Some(rule), Some(s), port.number),
-                        ));
+                        clusters.push((Some(s.name.as_str()), selected, Some(&s.policy)));
                     }
                 }
-                for (subset, eps, lb) in clusters {
+                for (subset, eps, subset_policy) in clusters {
                     let name = cluster_name(port.number, subset, fqdn);
-                    let mut cluster = Cluster::new(name.as_str())
-                        .with_lb_policy(lb)
-                        .with_protocol(port.protocol);
+                    let mut cluster = Cluster::new(name.as_str()).with_protocol(port.protocol);
+                    traffic_policy::apply(
+                        &mut cluster,
+                        subset_policy,
+                        rule.map(|r| &r.policy),
+                        port.number,
+                    );
                     cluster.service = Some(fqdn.as_str().into());
                     cluster.subset = subset.map(Arc::from);
                     resources.clusters.push(cluster);
@@ -1104,16 +1042,7 @@ pub(crate) fn cluster_name(port: u16, subset: Option<&str>, fqdn: &str) -> Strin
     format!("outbound|{port}|{}|{fqdn}", subset.unwrap_or(""))
 }
 
-/// Istio's precedence: subset port-level, subset, rule port-level, rule.
-fn lb_for(rule: Option<&DestinationRule>, subset: Option<&Subset>, port: u16) -> LbPolicy {
-    let pick = |s: &LbSettings| s.per_port.get(&port).cloned().or_else(|| s.simple.clone());
-    subset
-        .and_then(|s| pick(&s.lb))
-        .or_else(|| rule.and_then(|r| pick(&r.lb)))
-        .unwrap_or_default()
-}
-
-fn load_balancer(
+pub(crate) fn load_balancer(
     lb: Obj<'_>,
     errors: &mut Vec<InvalidConfig>,
     warnings: &mut Vec<InvalidConfig>,

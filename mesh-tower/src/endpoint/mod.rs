@@ -23,9 +23,11 @@ pub(crate) use connect::Connector;
 
 use crate::body::BoxBody;
 
-/// How idle pooled connections may stay open. Below the 5 minute keep-alive
-/// most servers use, so the client closes first (hyper#3640).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The longest a pooled connection stays idle, whatever `http.idleTimeout`
+/// says (Istio's default is 1h): below the 5 minute keep-alive most
+/// servers use, so the client closes first rather than reusing a
+/// connection the server is closing (hyper#3640).
+const MAX_IDLE: Duration = Duration::from_secs(90);
 
 /// What decides whether an endpoint's connections can be reused after a
 /// config change.
@@ -33,6 +35,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) struct Transport {
     protocol: Protocol,
     connect_timeout: Duration,
+    idle_timeout: Duration,
+    reuse: bool,
 }
 
 impl Transport {
@@ -40,6 +44,10 @@ impl Transport {
         Self {
             protocol: cluster.protocol,
             connect_timeout: cluster.connect_timeout,
+            idle_timeout: cluster.limits.idle_timeout.min(MAX_IDLE),
+            // `maxRequestsPerConnection: 1` disables keep-alive (Istio
+            // `ConnectionPoolSettings.HTTPSettings`).
+            reuse: cluster.limits.max_requests_per_connection != Some(1),
         }
     }
 }
@@ -57,9 +65,12 @@ impl EndpointState {
     pub(crate) fn new(endpoint: &Endpoint, transport: Transport) -> Arc<Self> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_idle_timeout(transport.idle_timeout)
             .pool_timer(TokioTimer::new())
             .http2_only(transport.protocol == Protocol::Http2);
+        if !transport.reuse {
+            builder.pool_max_idle_per_host(0);
+        }
         let client = builder.build(Connector::new(
             endpoint.address.clone(),
             transport.connect_timeout,

@@ -1,0 +1,569 @@
+//! `DestinationRule.trafficPolicy` translated into cluster settings:
+//! `connectionPool`, `outlierDetection` and `loadBalancer`, at the top
+//! level, per subset and in `portLevelSettings`.
+//!
+//! Each setting is taken whole from the most specific place that sets it,
+//! in Istio's order: the subset's port-level settings, the subset, the
+//! rule's port-level settings, the rule (istio.io DestinationRule
+//! reference: "subset-level policies override the top-level ones";
+//! `portLevelSettings` "override the destination-level settings").
+//! Istio's protobuf defaults apply where a field is absent or 0, and each
+//! default is cited on the model type it lives on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::duration;
+use super::yaml::{Fields, Obj};
+use crate::error::InvalidConfig;
+use crate::model::{Cluster, ConnectionLimits, LbPolicy, OutlierDetection};
+
+/// The settings of one `trafficPolicy` (or one of its port-level
+/// entries); `None` where it says nothing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct PolicySettings {
+    pub(crate) lb: Option<LbPolicy>,
+    pub(crate) pool: Option<PoolSettings>,
+    pub(crate) outlier: Option<OutlierDetection>,
+}
+
+/// `connectionPool`: the limits and the connect timeout.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PoolSettings {
+    pub(crate) limits: ConnectionLimits,
+    pub(crate) connect_timeout: Duration,
+}
+
+/// A `trafficPolicy` with its `portLevelSettings`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TrafficPolicy {
+    pub(crate) top: PolicySettings,
+    pub(crate) per_port: BTreeMap<u16, PolicySettings>,
+}
+
+impl TrafficPolicy {
+    fn get<T: Clone>(&self, port: u16, f: impl Fn(&PolicySettings) -> Option<&T>) -> Option<T> {
+        self.per_port
+            .get(&port)
+            .and_then(&f)
+            .or_else(|| f(&self.top))
+            .cloned()
+    }
+}
+
+/// Applies the policies that cover `port` to `cluster`: the subset's
+/// first, then the rule's.
+pub(crate) fn apply(
+    cluster: &mut Cluster,
+    subset: Option<&TrafficPolicy>,
+    rule: Option<&TrafficPolicy>,
+    port: u16,
+) {
+    fn most_specific<T: Clone>(
+        subset: Option<&TrafficPolicy>,
+        rule: Option<&TrafficPolicy>,
+        port: u16,
+        f: impl Fn(&PolicySettings) -> Option<&T> + Copy,
+    ) -> Option<T> {
+        subset
+            .and_then(|s| s.get(port, f))
+            .or_else(|| rule.and_then(|r| r.get(port, f)))
+    }
+    if let Some(lb) = most_specific(subset, rule, port, |s| s.lb.as_ref()) {
+        cluster.lb_policy = lb;
+    }
+    if let Some(pool) = most_specific(subset, rule, port, |s| s.pool.as_ref()) {
+        cluster.limits = pool.limits;
+        cluster.connect_timeout = pool.connect_timeout;
+    }
+    cluster.outlier_detection = most_specific(subset, rule, port, |s| s.outlier.as_ref());
+}
+
+/// Reads a `trafficPolicy` object.
+pub(crate) fn traffic_policy(
+    policy: Obj<'_>,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<TrafficPolicy, InvalidConfig> {
+    policy.check_fields(
+        &Fields {
+            supported: &[
+                "loadBalancer",
+                "connectionPool",
+                "outlierDetection",
+                "portLevelSettings",
+            ],
+            unsupported: &["tls", "proxyProtocol", "tunnel", "retryBudget"],
+            ignored: &[],
+        },
+        errors,
+        warnings,
+    );
+    let mut out = TrafficPolicy {
+        top: settings(&policy, errors, warnings)?,
+        per_port: BTreeMap::new(),
+    };
+    for (i, v) in policy.list("portLevelSettings")?.iter().enumerate() {
+        let path = policy.path.field("portLevelSettings").index(i);
+        let pls = Obj::new(v, &path)?;
+        pls.check_fields(
+            &Fields {
+                supported: &["port", "loadBalancer", "connectionPool", "outlierDetection"],
+                unsupported: &["tls"],
+                ignored: &[],
+            },
+            errors,
+            warnings,
+        );
+        let port_path = path.field("port");
+        let port = pls
+            .obj("port", &port_path)?
+            .ok_or_else(|| InvalidConfig::new(port_path.clone(), "required"))?;
+        let number = port
+            .int("number", 1, 65535)?
+            .ok_or_else(|| InvalidConfig::new(port_path.field("number"), "required"))?
+            as u16;
+        if out.per_port.contains_key(&number) {
+            return Err(InvalidConfig::new(
+                port_path.field("number"),
+                format!("duplicate port {number}"),
+            ));
+        }
+        out.per_port
+            .insert(number, settings(&pls, errors, warnings)?);
+    }
+    Ok(out)
+}
+
+fn settings(
+    obj: &Obj<'_>,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<PolicySettings, InvalidConfig> {
+    let mut out = PolicySettings::default();
+    let lb_path = obj.path.field("loadBalancer");
+    if let Some(lb) = obj.obj("loadBalancer", &lb_path)? {
+        out.lb = super::istio::load_balancer(lb, errors, warnings)?;
+    }
+    let cp_path = obj.path.field("connectionPool");
+    if let Some(cp) = obj.obj("connectionPool", &cp_path)? {
+        out.pool = Some(connection_pool(cp, errors, warnings)?);
+    }
+    let od_path = obj.path.field("outlierDetection");
+    if let Some(od) = obj.obj("outlierDetection", &od_path)? {
+        out.outlier = Some(outlier_detection(od, errors, warnings)?);
+        // Translated and validated, not yet enforced by the client.
+        warnings.push(InvalidConfig::new(
+            od_path.clone(),
+            "not enforced yet; ignored",
+        ));
+    }
+    Ok(out)
+}
+
+/// The largest value of Istio's `int32` fields.
+const INT32_MAX: i64 = i32::MAX as i64;
+
+/// An `int32` limit where 0 (or absent) means Istio's default, 2^32-1.
+fn limit(obj: &Obj<'_>, key: &str) -> Result<u32, InvalidConfig> {
+    Ok(match obj.int(key, 0, INT32_MAX)? {
+        None | Some(0) => u32::MAX,
+        Some(n) => n as u32,
+    })
+}
+
+/// A positive duration.
+fn positive_duration(obj: &Obj<'_>, key: &str) -> Result<Option<Duration>, InvalidConfig> {
+    let Some(s) = obj.str(key)? else {
+        return Ok(None);
+    };
+    let path = obj.path.field(key);
+    let d = duration::parse(s).map_err(|m| InvalidConfig::new(path.clone(), m))?;
+    if d.is_zero() {
+        return Err(InvalidConfig::new(
+            path,
+            format!("invalid duration {s:?}: must be positive"),
+        ));
+    }
+    Ok(Some(d))
+}
+
+fn connection_pool(
+    cp: Obj<'_>,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<PoolSettings, InvalidConfig> {
+    cp.check_fields(
+        &Fields {
+            supported: &["tcp", "http"],
+            unsupported: &[],
+            ignored: &[],
+        },
+        errors,
+        warnings,
+    );
+    let mut out = PoolSettings {
+        limits: ConnectionLimits::default(),
+        connect_timeout: Cluster::DEFAULT_CONNECT_TIMEOUT,
+    };
+    let tcp_path = cp.path.field("tcp");
+    if let Some(tcp) = cp.obj("tcp", &tcp_path)? {
+        tcp.check_fields(
+            &Fields {
+                supported: &["maxConnections", "connectTimeout"],
+                unsupported: &["tcpKeepalive", "maxConnectionDuration", "idleTimeout"],
+                ignored: &[],
+            },
+            errors,
+            warnings,
+        );
+        out.limits.max_connections = limit(&tcp, "maxConnections")?;
+        if let Some(t) = positive_duration(&tcp, "connectTimeout")? {
+            out.connect_timeout = t;
+        }
+    }
+    let http_path = cp.path.field("http");
+    if let Some(http) = cp.obj("http", &http_path)? {
+        http.check_fields(
+            &Fields {
+                supported: &[
+                    "http1MaxPendingRequests",
+                    "http2MaxRequests",
+                    "maxRequestsPerConnection",
+                    "maxRetries",
+                    "idleTimeout",
+                ],
+                unsupported: &[
+                    "h2UpgradePolicy",
+                    "useClientProtocol",
+                    "maxConcurrentStreams",
+                ],
+                ignored: &[],
+            },
+            errors,
+            warnings,
+        );
+        out.limits.max_pending_requests = limit(&http, "http1MaxPendingRequests")?;
+        out.limits.max_requests = limit(&http, "http2MaxRequests")?;
+        out.limits.max_retries = limit(&http, "maxRetries")?;
+        out.limits.max_requests_per_connection =
+            match http.int("maxRequestsPerConnection", 0, INT32_MAX)? {
+                None | Some(0) => None,
+                Some(1) => Some(1),
+                Some(n) => {
+                    return Err(InvalidConfig::new(
+                        http.path.field("maxRequestsPerConnection"),
+                        format!(
+                            "{n} is not supported: only 0 (unlimited) and 1 (no keep-alive) are"
+                        ),
+                    ));
+                }
+            };
+        if let Some(t) = positive_duration(&http, "idleTimeout")? {
+            out.limits.idle_timeout = t;
+        }
+    }
+    Ok(out)
+}
+
+fn percent(obj: &Obj<'_>, key: &str) -> Result<Option<u32>, InvalidConfig> {
+    Ok(obj.int(key, 0, 100)?.map(|n| n as u32))
+}
+
+fn outlier_detection(
+    od: Obj<'_>,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<OutlierDetection, InvalidConfig> {
+    od.check_fields(
+        &Fields {
+            supported: &[
+                "consecutive5xxErrors",
+                "consecutiveGatewayErrors",
+                "consecutiveLocalOriginFailures",
+                "splitExternalLocalOriginErrors",
+                "interval",
+                "baseEjectionTime",
+                "maxEjectionPercent",
+                "minHealthPercent",
+            ],
+            unsupported: &["consecutiveErrors"],
+            ignored: &[],
+        },
+        errors,
+        warnings,
+    );
+    let mut out = OutlierDetection::default();
+    // UInt32Value fields: 0 disables the check (istio.io DestinationRule
+    // reference, `OutlierDetection.consecutive5xxErrors`).
+    let count = |key: &str, default: Option<u32>| -> Result<Option<u32>, InvalidConfig> {
+        Ok(match od.int(key, 0, i64::from(u32::MAX))? {
+            None => default,
+            Some(0) => None,
+            Some(n) => Some(n as u32),
+        })
+    };
+    out.consecutive_5xx = count("consecutive5xxErrors", out.consecutive_5xx)?;
+    out.consecutive_gateway_errors =
+        count("consecutiveGatewayErrors", out.consecutive_gateway_errors)?;
+    out.consecutive_local_origin_failures = count(
+        "consecutiveLocalOriginFailures",
+        out.consecutive_local_origin_failures,
+    )?;
+    if let Some(b) = od.bool("splitExternalLocalOriginErrors")? {
+        out.split_external_local_origin_errors = b;
+    }
+    if let Some(d) = positive_duration(&od, "interval")? {
+        out.interval = d;
+    }
+    if let Some(d) = positive_duration(&od, "baseEjectionTime")? {
+        out.base_ejection_time = d;
+    }
+    if let Some(p) = percent(&od, "maxEjectionPercent")? {
+        out.max_ejection_percent = p;
+    }
+    if let Some(p) = percent(&od, "minHealthPercent")? {
+        out.min_health_percent = p;
+    }
+    // Envoy: the longest ejection is max(base, max_ejection_time).
+    out.max_ejection_time = out.max_ejection_time.max(out.base_ejection_time);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::file::FileSource;
+    use crate::model::{Cluster, ConnectionLimits, LbPolicy, OutlierDetection};
+
+    const SERVICE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: reviews, namespace: default }
+spec:
+  hosts: [reviews]
+  ports:
+  - { number: 9080, name: http, protocol: HTTP }
+  - { number: 9090, name: http-admin, protocol: HTTP }
+  resolution: STATIC
+  endpoints:
+  - { address: 10.0.0.1, labels: { version: v1 } }
+  - { address: 10.0.0.2, labels: { version: v2 } }
+"#;
+
+    fn rule(spec: &str) -> String {
+        format!(
+            "{SERVICE}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: reviews }}\nspec:\n  host: reviews\n{spec}"
+        )
+    }
+
+    fn cluster(text: &str, port: u16, subset: &str) -> Cluster {
+        let t = match FileSource::parse_str("mesh.yaml", text) {
+            Ok(t) => t,
+            Err(e) => panic!("unexpected error:\n{e}"),
+        };
+        let name = format!("outbound|{port}|{subset}|reviews.default.svc.cluster.local");
+        t.snapshot()
+            .unwrap()
+            .cluster(&name)
+            .unwrap()
+            .as_ref()
+            .clone()
+    }
+
+    fn error(text: &str) -> String {
+        FileSource::parse_str("mesh.yaml", text)
+            .expect_err("expected an error")
+            .to_string()
+    }
+
+    const DOC: &str = "mesh.yaml: document 2 (DestinationRule reviews)";
+
+    #[test]
+    fn connection_pool_sets_limits_and_connect_timeout() {
+        let c = cluster(
+            &rule(
+                "  trafficPolicy:\n    connectionPool:\n      tcp: { maxConnections: 100, connectTimeout: 250ms }\n      http: { http1MaxPendingRequests: 7, http2MaxRequests: 10, maxRequestsPerConnection: 1, maxRetries: 3, idleTimeout: 30s }\n",
+            ),
+            9080,
+            "",
+        );
+        assert_eq!(
+            c.limits,
+            ConnectionLimits {
+                max_connections: 100,
+                max_pending_requests: 7,
+                max_requests: 10,
+                max_retries: 3,
+                max_requests_per_connection: Some(1),
+                idle_timeout: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(c.connect_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn connection_pool_defaults_are_istios() {
+        // istio.io DestinationRule reference, ConnectionPoolSettings:
+        // maxConnections, http1MaxPendingRequests, http2MaxRequests and
+        // maxRetries default to 2^32-1; maxRequestsPerConnection 0 means
+        // unlimited; idleTimeout 1h; connectTimeout 10s.
+        let c = cluster(
+            &rule("  trafficPolicy:\n    connectionPool: {}\n"),
+            9080,
+            "",
+        );
+        assert_eq!(c.limits.max_connections, u32::MAX);
+        assert_eq!(c.limits.max_pending_requests, u32::MAX);
+        assert_eq!(c.limits.max_requests, u32::MAX);
+        assert_eq!(c.limits.max_retries, u32::MAX);
+        assert_eq!(c.limits.max_requests_per_connection, None);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.connect_timeout, Duration::from_secs(10));
+        // 0 means "use the default" for every limit.
+        let zero = cluster(
+            &rule(
+                "  trafficPolicy:\n    connectionPool:\n      tcp: { maxConnections: 0 }\n      http: { http2MaxRequests: 0, maxRequestsPerConnection: 0 }\n",
+            ),
+            9080,
+            "",
+        );
+        assert_eq!(zero.limits, ConnectionLimits::default());
+    }
+
+    #[test]
+    fn outlier_detection_defaults_are_istios() {
+        // istio.io DestinationRule reference, OutlierDetection:
+        // consecutive5xxErrors 5, consecutiveGatewayErrors 0 (off),
+        // interval 10s, baseEjectionTime 30s, maxEjectionPercent 10,
+        // minHealthPercent 0; consecutiveLocalOriginFailures 5;
+        // splitExternalLocalOriginErrors false. Envoy
+        // cluster.OutlierDetection.max_ejection_time: 300s.
+        let c = cluster(
+            &rule("  trafficPolicy:\n    outlierDetection: {}\n"),
+            9080,
+            "",
+        );
+        let od = c.outlier_detection.unwrap();
+        assert_eq!(od, OutlierDetection::default());
+        assert_eq!(od.consecutive_5xx, Some(5));
+        assert_eq!(od.consecutive_gateway_errors, None);
+        assert_eq!(od.consecutive_local_origin_failures, Some(5));
+        assert!(!od.split_external_local_origin_errors);
+        assert_eq!(od.interval, Duration::from_secs(10));
+        assert_eq!(od.base_ejection_time, Duration::from_secs(30));
+        assert_eq!(od.max_ejection_time, Duration::from_secs(300));
+        assert_eq!(od.max_ejection_percent, 10);
+        assert_eq!(od.min_health_percent, 0);
+        assert_eq!((od.success_rate, od.failure_percentage), (None, None));
+        // Without outlierDetection there is none.
+        assert_eq!(cluster(&rule(""), 9080, "").outlier_detection, None);
+    }
+
+    #[test]
+    fn outlier_detection_fields_translate() {
+        let c = cluster(
+            &rule(
+                "  trafficPolicy:\n    outlierDetection:\n      consecutive5xxErrors: 0\n      consecutiveGatewayErrors: 3\n      consecutiveLocalOriginFailures: 2\n      splitExternalLocalOriginErrors: true\n      interval: 1s\n      baseEjectionTime: 400s\n      maxEjectionPercent: 50\n      minHealthPercent: 30\n",
+            ),
+            9080,
+            "",
+        );
+        let od = c.outlier_detection.unwrap();
+        assert_eq!(od.consecutive_5xx, None, "0 disables");
+        assert_eq!(od.consecutive_gateway_errors, Some(3));
+        assert_eq!(od.consecutive_local_origin_failures, Some(2));
+        assert!(od.split_external_local_origin_errors);
+        assert_eq!(od.interval, Duration::from_secs(1));
+        assert_eq!(od.base_ejection_time, Duration::from_secs(400));
+        assert_eq!(
+            od.max_ejection_time,
+            Duration::from_secs(400),
+            "Envoy: max(base, max_ejection_time)"
+        );
+        assert_eq!((od.max_ejection_percent, od.min_health_percent), (50, 30));
+    }
+
+    #[test]
+    fn the_most_specific_place_wins_per_setting() {
+        let text = rule(
+            "  trafficPolicy:\n    loadBalancer: { simple: ROUND_ROBIN }\n    connectionPool: { http: { http2MaxRequests: 1 } }\n    portLevelSettings:\n    - port: { number: 9090 }\n      connectionPool: { http: { http2MaxRequests: 2 } }\n  subsets:\n  - name: v1\n    labels: { version: v1 }\n    trafficPolicy:\n      outlierDetection: { interval: 1s }\n      portLevelSettings:\n      - port: { number: 9090 }\n        connectionPool: { http: { http2MaxRequests: 3 } }\n",
+        );
+        assert_eq!(cluster(&text, 9080, "").limits.max_requests, 1);
+        assert_eq!(cluster(&text, 9090, "").limits.max_requests, 2);
+        let v1 = cluster(&text, 9080, "v1");
+        assert_eq!(v1.limits.max_requests, 1, "inherited from the rule");
+        assert_eq!(
+            v1.lb_policy,
+            LbPolicy::RoundRobin,
+            "inherited from the rule"
+        );
+        assert_eq!(
+            v1.outlier_detection.unwrap().interval,
+            Duration::from_secs(1)
+        );
+        assert_eq!(cluster(&text, 9090, "v1").limits.max_requests, 3);
+        assert_eq!(cluster(&text, 9080, "").outlier_detection, None);
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_field() {
+        assert_eq!(
+            error(&rule(
+                "  trafficPolicy:\n    connectionPool: { tcp: { maxConnections: -1 } }\n"
+            )),
+            format!(
+                "{DOC}: trafficPolicy.connectionPool.tcp.maxConnections: -1 is out of range (0 to 2147483647)"
+            )
+        );
+        assert_eq!(
+            error(&rule(
+                "  trafficPolicy:\n    connectionPool: { tcp: { connectTimeout: 0s } }\n"
+            )),
+            format!(
+                "{DOC}: trafficPolicy.connectionPool.tcp.connectTimeout: invalid duration \"0s\": must be positive"
+            )
+        );
+        assert_eq!(
+            error(&rule(
+                "  trafficPolicy:\n    connectionPool: { http: { maxRequestsPerConnection: 5 } }\n"
+            )),
+            format!(
+                "{DOC}: trafficPolicy.connectionPool.http.maxRequestsPerConnection: 5 is not supported: only 0 (unlimited) and 1 (no keep-alive) are"
+            )
+        );
+        assert_eq!(
+            error(&rule(
+                "  trafficPolicy:\n    connectionPool: { http: { http2MaxRequest: 5 } }\n"
+            )),
+            format!(
+                "{DOC}: trafficPolicy.connectionPool.http.http2MaxRequest: unknown field (did you mean \"http2MaxRequests\"?)"
+            )
+        );
+        assert_eq!(
+            error(&rule(
+                "  trafficPolicy:\n    outlierDetection: { maxEjectionPercent: 101 }\n"
+            )),
+            format!(
+                "{DOC}: trafficPolicy.outlierDetection.maxEjectionPercent: 101 is out of range (0 to 100)"
+            )
+        );
+        assert_eq!(
+            error(&rule(
+                "  trafficPolicy:\n    outlierDetection: { interval: soon }\n"
+            )),
+            format!(
+                "{DOC}: trafficPolicy.outlierDetection.interval: invalid duration \"soon\": expected a number with a unit such as 10s or 250ms"
+            )
+        );
+        assert_eq!(
+            error(&rule(
+                "  subsets:\n  - name: v1\n    labels: { version: v1 }\n    trafficPolicy:\n      portLevelSettings:\n      - port: { number: 9080 }\n        outlierDetection: { consecutive5xxErrors: -2 }\n"
+            )),
+            format!(
+                "{DOC}: subsets[0].trafficPolicy.portLevelSettings[0].outlierDetection.consecutive5xxErrors: -2 is out of range (0 to 4294967295)"
+            )
+        );
+    }
+}
