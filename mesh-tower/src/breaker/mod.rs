@@ -35,7 +35,7 @@
 //! ```
 //!
 //! A request holds its place until its response body ends (the
-//! [`ResponseBody`](crate::ResponseBody) carries the [`Permit`]), as
+//! [`crate::ResponseBody`] carries the [`Permit`]), as
 //! Envoy counts a stream until it completes. Admission costs two relaxed
 //! atomic operations and allocates nothing; only a request that must wait
 //! for an HTTP/1.1 connection allocates its wait.
