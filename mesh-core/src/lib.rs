@@ -76,6 +76,7 @@ pub mod file;
 pub mod lb;
 pub mod model;
 mod name;
+pub mod outlier;
 mod request;
 mod snapshot;
 mod store;

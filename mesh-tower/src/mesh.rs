@@ -143,6 +143,7 @@ impl Mesh {
                 .map(|e| EndpointStatus {
                     address: e.address().to_string(),
                     in_flight: e.in_flight(),
+                    ejected: e.outlier().is_ejected(),
                 })
                 .collect(),
         )
@@ -156,11 +157,15 @@ impl Mesh {
         let rt = self.inner.runtime.load();
         let c = rt.clusters.get(cluster)?;
         let b = c.breaker();
+        let (detector, outliers) = c.outlier();
         Some(ClusterStats {
             requests_in_flight: b.requests(),
             requests_pending: b.pending(),
             overflow_requests: b.stats().overflow_requests(),
             overflow_pending: b.stats().overflow_pending(),
+            ejected: detector.map_or(0, |d| d.ejected()),
+            ejections_total: outliers.ejections_total(),
+            ejections_overflow: outliers.overflow(),
         })
     }
 }
@@ -179,6 +184,13 @@ pub struct ClusterStats {
     pub overflow_requests: u64,
     /// Requests failed fast at `http1MaxPendingRequests`.
     pub overflow_pending: u64,
+    /// Endpoints ejected by outlier detection now.
+    pub ejected: u32,
+    /// Ejections so far (Envoy `ejections_enforced_total`).
+    pub ejections_total: u64,
+    /// Ejections skipped at `maxEjectionPercent` (Envoy
+    /// `ejections_overflow`).
+    pub ejections_overflow: u64,
 }
 
 /// An endpoint as the runtime sees it.
@@ -188,4 +200,7 @@ pub struct EndpointStatus {
     pub address: String,
     /// Requests whose responses have not finished.
     pub in_flight: u64,
+    /// Whether outlier detection ejected it: the balancer skips it
+    /// (unless the cluster is in panic).
+    pub ejected: bool,
 }

@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mesh_core::lb::{LeastRequest, RoundRobin, WeightedRandom};
 use mesh_core::model::{Cluster, EndpointDiff, EndpointSet, LbPolicy};
+use mesh_core::outlier::{Outcome, OutlierDetector, OutlierStats};
 use mesh_core::{ClusterName, Snapshot, Version};
+use tokio::time::Instant;
 
 use crate::breaker::{BreakerState, BreakerStats};
 use crate::endpoint::{EndpointState, Transport};
@@ -34,6 +36,8 @@ use crate::endpoint::{EndpointState, Transport};
 pub(crate) struct Runtime {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) clusters: HashMap<ClusterName, Arc<ClusterRuntime>>,
+    // The zero of the outlier detectors' clocks, fixed for the mesh.
+    epoch: Instant,
 }
 
 /// Per-cluster state that lives as long as the cluster name does.
@@ -41,6 +45,7 @@ pub(crate) struct Runtime {
 pub(crate) struct ClusterShared {
     next: AtomicUsize,
     pub(crate) breaker_stats: Arc<BreakerStats>,
+    pub(crate) outlier_stats: OutlierStats,
 }
 
 /// One cluster as of one snapshot.
@@ -53,6 +58,8 @@ pub(crate) struct ClusterRuntime {
     picker: Picker,
     shared: Arc<ClusterShared>,
     breaker: Arc<BreakerState>,
+    outlier: Option<OutlierDetector>,
+    epoch: Instant,
 }
 
 enum Picker {
@@ -66,6 +73,7 @@ impl Runtime {
         Self {
             snapshot: Arc::new(Snapshot::default()),
             clusters: HashMap::default(),
+            epoch: Instant::now(),
         }
     }
 
@@ -90,12 +98,17 @@ impl Runtime {
                         Arc::clone(cluster),
                         endpoints,
                         old.map(|o| &**o),
+                        previous.epoch,
                     )),
                 };
                 (cluster.name.clone(), rt)
             })
             .collect();
-        Self { snapshot, clusters }
+        Self {
+            snapshot,
+            clusters,
+            epoch: previous.epoch,
+        }
     }
 }
 
@@ -112,6 +125,7 @@ impl ClusterRuntime {
         config: Arc<Cluster>,
         endpoint_set: Option<Arc<EndpointSet>>,
         previous: Option<&ClusterRuntime>,
+        epoch: Instant,
     ) -> Self {
         let transport = Transport::of(&config);
         let new_eps = endpoint_set.as_ref().map_or(&[][..], |s| s.endpoints());
@@ -182,9 +196,19 @@ impl ClusterRuntime {
                 Arc::clone(&shared.breaker_stats),
             ),
         };
+        let outlier = config.outlier_detection.map(|od| {
+            OutlierDetector::new(
+                od,
+                endpoints.iter().map(|e| e.outlier()),
+                nanos_since(epoch),
+                previous.and_then(|p| p.outlier.as_ref()),
+            )
+        });
         Self {
             shared,
             breaker,
+            outlier,
+            epoch,
             config,
             endpoint_set,
             endpoints,
@@ -195,17 +219,88 @@ impl ClusterRuntime {
 
     /// Picks the endpoint for one request, or `None` when there is none.
     pub(crate) fn pick(&self) -> Option<&Arc<EndpointState>> {
-        if self.candidates.is_empty() {
+        self.pick_avoiding(|_| false)
+    }
+
+    /// Picks an endpoint, skipping ejected ones (unless the cluster is in
+    /// panic) and those `avoid` names (e.g. hosts a retry already tried).
+    /// When the policy's pick is skipped, two uniform redraws follow, then
+    /// a scan from a random start; when every endpoint is skipped, the
+    /// policy's pick stands (Envoy's retry host predicates also give up
+    /// after a few attempts). Allocation-free.
+    pub(crate) fn pick_avoiding(
+        &self,
+        avoid: impl Fn(&EndpointState) -> bool,
+    ) -> Option<&Arc<EndpointState>> {
+        let n = self.candidates.len();
+        if n == 0 {
             return None;
         }
-        let k = match &self.picker {
+        let at = |k: usize| &self.endpoints[self.candidates[k] as usize];
+        let detector = self.outlier.as_ref().inspect(|d| {
+            d.maybe_sweep(
+                self.endpoints.iter().map(|e| e.outlier()),
+                nanos_since(self.epoch),
+                &self.shared.outlier_stats,
+            );
+        });
+        let total = self.endpoints.len();
+        let usable = |k: usize| {
+            let e = at(k);
+            !(detector.is_some_and(|d| d.skips(e.outlier(), total)) || avoid(e))
+        };
+        let first = self.pick_index();
+        if usable(first) {
+            return Some(at(first));
+        }
+        for _ in 0..2 {
+            let k = fastrand::usize(..n);
+            if usable(k) {
+                return Some(at(k));
+            }
+        }
+        let start = fastrand::usize(..n);
+        let found = (0..n).map(|i| (start + i) % n).find(|&k| usable(k));
+        Some(at(found.unwrap_or(first)))
+    }
+
+    fn pick_index(&self) -> usize {
+        match &self.picker {
             Picker::RoundRobin(rr) => rr.pick(self.shared.next.fetch_add(1, Ordering::Relaxed)),
             Picker::Random(w) => w.pick(),
             Picker::LeastRequest(lr) => {
                 lr.pick(|k| self.endpoints[self.candidates[k] as usize].in_flight())
             }
-        };
-        Some(&self.endpoints[self.candidates[k] as usize])
+        }
+    }
+
+    /// Records what an attempt at `endpoint` produced, for outlier
+    /// detection. A no-op without it.
+    pub(crate) fn record(&self, endpoint: &EndpointState, outcome: Outcome) {
+        if let Some(d) = &self.outlier {
+            let now = nanos_since(self.epoch);
+            let stats = &self.shared.outlier_stats;
+            if let Some(reason) = d.record(
+                endpoint.outlier(),
+                outcome,
+                now,
+                self.endpoints.len(),
+                stats,
+            ) {
+                tracing::debug!(cluster = %self.config.name, endpoint = %endpoint.address(), ?reason, "endpoint ejected");
+            }
+            d.maybe_sweep(self.endpoints.iter().map(|e| e.outlier()), now, stats);
+        }
+    }
+
+    /// Whether outlier detection is on.
+    pub(crate) fn detects_outliers(&self) -> bool {
+        self.outlier.is_some()
+    }
+
+    /// The outlier detector and its counts.
+    pub(crate) fn outlier(&self) -> (Option<&OutlierDetector>, &OutlierStats) {
+        (self.outlier.as_ref(), &self.shared.outlier_stats)
     }
 
     /// The circuit breaker state of the cluster.
@@ -217,6 +312,10 @@ impl ClusterRuntime {
     pub(crate) fn endpoints(&self) -> &[Arc<EndpointState>] {
         &self.endpoints
     }
+}
+
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn endpoint_config(state: &EndpointState) -> mesh_core::model::Endpoint {

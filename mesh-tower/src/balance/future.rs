@@ -1,13 +1,17 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Response;
 use hyper::body::Incoming;
 
 use crate::body::ResponseBody;
+use mesh_core::outlier::Outcome;
+
 use crate::endpoint::InFlight;
 use crate::error::{BoxError, Error};
+use crate::runtime::ClusterRuntime;
 
 /// The response future of [`Balance`](super::Balance).
 #[pin_project::pin_project]
@@ -23,6 +27,7 @@ enum State {
         #[pin]
         fut: hyper_util::client::legacy::ResponseFuture,
         in_flight: Option<InFlight>,
+        outliers: Option<Arc<ClusterRuntime>>,
     },
 }
 
@@ -36,11 +41,13 @@ impl ResponseFuture {
     pub(crate) fn sending(
         fut: hyper_util::client::legacy::ResponseFuture,
         in_flight: InFlight,
+        outliers: Option<Arc<ClusterRuntime>>,
     ) -> Self {
         Self {
             state: State::Sending {
                 fut,
                 in_flight: Some(in_flight),
+                outliers,
             },
         }
     }
@@ -55,15 +62,25 @@ impl Future for ResponseFuture {
                 Some(e) => Box::new(e),
                 None => "polled after completion".into(),
             })),
-            Proj::Sending { fut, in_flight } => match fut.poll(cx) {
+            Proj::Sending {
+                fut,
+                in_flight,
+                outliers,
+            } => match fut.poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(res)) => {
                     let Some(guard) = in_flight.take() else {
                         return Poll::Ready(Err("polled after completion".into()));
                     };
+                    if let Some(c) = outliers.take() {
+                        c.record(guard.endpoint(), Outcome::Response(res.status().as_u16()));
+                    }
                     Poll::Ready(Ok(res.map(|body: Incoming| ResponseBody::new(body, guard))))
                 }
                 Poll::Ready(Err(e)) => {
+                    if let (Some(c), Some(guard)) = (outliers.take(), in_flight.as_ref()) {
+                        c.record(guard.endpoint(), Outcome::LocalFailure);
+                    }
                     in_flight.take();
                     Poll::Ready(Err(Box::new(Error::from_upstream(Box::new(e)))))
                 }

@@ -8,6 +8,11 @@
 //! request on that endpoint's pooled connection. The pick and the send
 //! happen in one `call`, so a request can never be sent to an endpoint
 //! other than the one picked (tower#856).
+//!
+//! Ejected endpoints (outlier detection, `mesh_core::outlier`) are
+//! skipped unless the cluster is in panic; the response future records
+//! each attempt's outcome (the status, or a connect error or reset as a
+//! local-origin failure) at the endpoint it went to.
 
 mod future;
 
@@ -58,7 +63,13 @@ impl tower::Service<Request<BoxBody>> for Balance {
             return ResponseFuture::failed(Error::no_endpoints(decision.cluster().name.as_str()));
         };
         let in_flight = InFlight::start(Arc::clone(endpoint));
+        // Outcomes are recorded where the response (or the connect error
+        // or reset) is seen, for outlier detection.
+        let outliers = decision
+            .cluster
+            .detects_outliers()
+            .then(|| Arc::clone(&decision.cluster));
         let fut = in_flight.endpoint().client().request(req);
-        ResponseFuture::sending(fut, in_flight)
+        ResponseFuture::sending(fut, in_flight, outliers)
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_core::model::{Cluster, Endpoint, EndpointAddress, Protocol};
+use mesh_core::outlier::HostOutlier;
 
 pub use connect::ConnectError;
 pub(crate) use connect::Connector;
@@ -58,6 +59,7 @@ pub(crate) struct EndpointState {
     endpoint: Endpoint,
     transport: Transport,
     in_flight: AtomicU64,
+    outlier: HostOutlier,
     client: Client<Connector, BoxBody>,
 }
 
@@ -80,6 +82,7 @@ impl EndpointState {
             endpoint: endpoint.clone(),
             transport,
             in_flight: AtomicU64::new(0),
+            outlier: HostOutlier::default(),
             client,
         })
     }
@@ -103,6 +106,12 @@ impl EndpointState {
     /// Requests sent to this endpoint whose responses have not finished.
     pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint's outlier-detection state (kept with the endpoint
+    /// across config pushes).
+    pub(crate) fn outlier(&self) -> &HostOutlier {
+        &self.outlier
     }
 
     pub(crate) fn client(&self) -> &Client<Connector, BoxBody> {
