@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -27,23 +28,41 @@ where
 
 /// The body of a response received through the mesh.
 ///
-/// Counts as one request in flight at its endpoint until the body ends or
-/// is dropped, so that `LEAST_REQUEST` sees streams that are still open,
-/// as Envoy's active-request count does.
+/// Either the body of a response an endpoint sent, or the body of a
+/// response the mesh answered itself (a redirect, a direct response, an
+/// injected abort, a rate-limited request: Envoy's "local replies").
+///
+/// A received body counts as one request in flight at its endpoint until
+/// the body ends or is dropped, so that `LEAST_REQUEST` sees streams that
+/// are still open, as Envoy's active-request count does.
 #[pin_project::pin_project]
 pub struct ResponseBody {
     #[pin]
-    inner: hyper::body::Incoming,
-    in_flight: Option<InFlight>,
+    inner: Inner,
     // The circuit breaker's place for this request, freed with the body.
     permit: Option<Permit>,
+}
+
+#[pin_project::pin_project(project = InnerProj)]
+enum Inner {
+    Remote {
+        #[pin]
+        body: hyper::body::Incoming,
+        in_flight: Option<InFlight>,
+    },
+    Local {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
 }
 
 impl ResponseBody {
     pub(crate) fn new(inner: hyper::body::Incoming, in_flight: InFlight) -> Self {
         Self {
-            inner,
-            in_flight: Some(in_flight),
+            inner: Inner::Remote {
+                body: inner,
+                in_flight: Some(in_flight),
+            },
             permit: None,
         }
     }
@@ -51,11 +70,53 @@ impl ResponseBody {
     pub(crate) fn keep_permit(&mut self, permit: Permit) {
         self.permit = Some(permit);
     }
+
+    /// A local body holding `data` (nothing when empty).
+    pub fn local(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        Self {
+            inner: Inner::Local {
+                data: (!data.is_empty()).then_some(data),
+                trailers: None,
+            },
+            permit: None,
+        }
+    }
+
+    /// An empty local body.
+    pub fn empty() -> Self {
+        Self {
+            inner: Inner::Local {
+                data: None,
+                trailers: None,
+            },
+            permit: None,
+        }
+    }
+
+    /// Whether the mesh answered this response itself.
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner, Inner::Local { .. })
+    }
+}
+
+impl Default for ResponseBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(data: Bytes) -> Self {
+        Self::local(data)
+    }
 }
 
 impl std::fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseBody").finish_non_exhaustive()
+        f.debug_struct("ResponseBody")
+            .field("local", &self.is_local())
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,19 +129,53 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
-        let res = this.inner.poll_frame(cx);
-        if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.in_flight.take();
-            this.permit.take();
+        match this.inner.project() {
+            InnerProj::Remote { body, in_flight } => {
+                let res = body.poll_frame(cx);
+                if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    in_flight.take();
+                    this.permit.take();
+                }
+                res
+            }
+            InnerProj::Local { data, trailers } => {
+                if let Some(d) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
         }
-        res
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Remote { body, .. } => body.is_end_stream(),
+            Inner::Local { data, trailers } => data.is_none() && trailers.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Remote { body, .. } => body.size_hint(),
+            Inner::Local { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_bodies_yield_their_data_once() {
+        let body = ResponseBody::local(Bytes::from_static(b"hello"));
+        assert!(body.is_local());
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        let empty = ResponseBody::empty();
+        assert!(empty.is_end_stream());
     }
 }

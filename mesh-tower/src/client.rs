@@ -11,21 +11,33 @@ use mesh_core::model::EndpointAddress;
 
 use crate::balance::Balance;
 use crate::body::{self, ResponseBody};
-use crate::breaker::{self, CircuitBreaker};
+use crate::breaker::CircuitBreaker;
 use crate::endpoint::EndpointState;
 use crate::error::{BoxError, Error};
+use crate::fault::{self, Fault};
 use crate::mesh::Mesh;
 use crate::route::{self, Route, RouteDecision};
 pub use crate::route::{InvalidTarget, Target};
-use crate::timeout::{self, Timeout};
+use crate::shaping::{self, Shaping};
+use crate::timeout::Timeout;
+
+/// The stack below [`Shaping`]: fault injection, then the route timeout
+/// over everything below it.
+type Leaf = Fault<Timeout<CircuitBreaker<Balance>>>;
+
+type LeafFuture =
+    fault::ResponseFuture<Timeout<CircuitBreaker<Balance>>, body::BoxBody, ResponseBody>;
 
 /// A client whose requests are routed, split, bounded and balanced by the
 /// mesh config, live.
 ///
 /// The stack, outermost first, is the order Envoy applies the same
-/// policies in: [`Route`] (match, draw a cluster) → [`Timeout`] (the
-/// route's timeout) → [`CircuitBreaker`] (the cluster's limits) →
-/// [`Balance`] (pick an endpoint, send on its pooled connection). It is `Clone`, cheap to clone, and every clone shares the
+/// policies in: [`Route`] (match, draw a cluster) → [`Shaping`]
+/// (rewrites, header edits, mirrors, redirects and direct responses) →
+/// [`Fault`] (injected delays and aborts) → [`Timeout`] (the route's
+/// timeout) → [`CircuitBreaker`] (the cluster's limits) → [`Balance`]
+/// (pick an endpoint, send on its pooled connection). It is `Clone`,
+/// cheap to clone, and every clone shares the
 /// mesh's per-endpoint state.
 ///
 /// Accepts `http::Request<B>` for any body `B` of `Bytes` and answers
@@ -43,7 +55,7 @@ use crate::timeout::{self, Timeout};
 /// ```
 #[derive(Clone)]
 pub struct MeshClient {
-    inner: Route<Timeout<CircuitBreaker<Balance>>>,
+    inner: Route<Shaping<Leaf>>,
 }
 
 impl std::fmt::Debug for MeshClient {
@@ -82,7 +94,12 @@ impl Decision {
 
 impl MeshClient {
     pub(crate) fn new(mesh: Mesh, target: Option<Target>) -> Self {
-        let leaf = Timeout::from_route(CircuitBreaker::from_route(Balance::new()));
+        let leaf = Shaping::with_mirrors(
+            Fault::from_route(Timeout::from_route(CircuitBreaker::from_route(
+                Balance::new(),
+            ))),
+            mesh.mirrors().clone(),
+        );
         let inner = match target {
             Some(t) => Route::with_target(leaf, mesh, t),
             None => Route::new(leaf, mesh),
@@ -144,9 +161,7 @@ where
 #[pin_project::pin_project]
 pub struct ResponseFuture {
     #[pin]
-    inner: route::ResponseFuture<
-        timeout::ResponseFuture<breaker::ResponseFuture<Balance, http::Request<body::BoxBody>>>,
-    >,
+    inner: route::ResponseFuture<shaping::ResponseFuture<LeafFuture, ResponseBody>>,
     grpc: bool,
 }
 

@@ -68,10 +68,13 @@ pub mod breaker;
 mod client;
 mod endpoint;
 mod error;
+pub mod fault;
+mod local_reply;
 mod mesh;
 pub mod route;
 mod runtime;
 pub mod server;
+pub mod shaping;
 pub mod timeout;
 
 pub use body::{BoxBody, ResponseBody};

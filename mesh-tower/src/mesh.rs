@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use crate::client::{InvalidTarget, MeshClient};
 use crate::runtime::Runtime;
 use crate::server::{MeshServerLayer, ServerStats};
+use crate::shaping::{MirrorStats, Mirrors};
 
 /// The mesh of one process: its config store and the runtime state every
 /// client and server shares.
@@ -34,11 +35,14 @@ struct Inner {
     applied: watch::Receiver<Version>,
     server_stats: Arc<ServerStats>,
     task: tokio::task::JoinHandle<()>,
+    mirrors: Mirrors,
+    mirror_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.task.abort();
+        self.mirror_task.abort();
     }
 }
 
@@ -75,6 +79,7 @@ impl Mesh {
                 }
             }
         });
+        let (mirrors, mirror_task) = Mirrors::spawn();
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -82,6 +87,8 @@ impl Mesh {
                 applied,
                 server_stats: Arc::default(),
                 task,
+                mirrors,
+                mirror_task,
             }),
         }
     }
@@ -126,6 +133,17 @@ impl Mesh {
     /// Request counts of every server layer made by [`server_layer`](Self::server_layer).
     pub fn server_stats(&self) -> &ServerStats {
         &self.inner.server_stats
+    }
+
+    /// The mesh's mirror worker: where every client's mirrored copies go
+    /// (bounded, owned by the mesh; see [`shaping`](crate::shaping)).
+    pub fn mirrors(&self) -> &Mirrors {
+        &self.inner.mirrors
+    }
+
+    /// Counters of mirrored requests.
+    pub fn mirror_stats(&self) -> &MirrorStats {
+        self.inner.mirrors.stats()
     }
 
     pub(crate) fn runtime(&self) -> &ArcSwap<Runtime> {

@@ -30,14 +30,15 @@ use std::time::Duration;
 use http::HeaderName;
 use serde_json::Value;
 
-use super::duration;
 use super::traffic_policy::{self, TrafficPolicy};
 use super::yaml::{Fields, Obj, RawDocument};
+use super::{duration, traffic};
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
-    Cluster, Endpoint, EndpointAddress, EndpointSet, ForwardAction, HeaderMatch, HeaderRule,
-    Labels, LbPolicy, Listener, PathMatch, Protocol, Regex, Route, RouteAction, RouteMatch,
-    RouteTable, StringMatch, VirtualHost, WeightedCluster, WeightedClusters,
+    Cluster, Endpoint, EndpointAddress, EndpointSet, FaultPolicy, ForwardAction, Fraction,
+    HeaderMatch, HeaderMutations, HeaderRule, Labels, LbPolicy, Listener, Mirror, PathMatch,
+    Protocol, Regex, Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost,
+    WeightedCluster, WeightedClusters,
 };
 use crate::snapshot::Resources;
 
@@ -104,6 +105,19 @@ struct HttpRoute {
     matches: Vec<(RouteMatch, Option<u16>)>,
     destinations: Vec<Destination>,
     timeout: Option<Duration>,
+    // Traffic shaping (see `traffic.rs`).
+    shaping: Shaping,
+    mirrors: Vec<(Destination, Fraction)>,
+    // A redirect or direct response: the route answers itself.
+    local: Option<RouteAction>,
+}
+
+#[derive(Default)]
+struct Shaping {
+    fault: Option<FaultPolicy>,
+    rewrite: Option<Rewrite>,
+    request_headers: HeaderMutations,
+    response_headers: HeaderMutations,
 }
 
 struct Destination {
@@ -670,24 +684,28 @@ impl<'o> Translator<'o> {
         let h = Obj::new(value, path)?;
         h.check_fields(
             &Fields {
-                supported: &["name", "match", "route", "timeout"],
-                unsupported: &[
-                    "retries",
+                supported: &[
+                    "name",
+                    "match",
+                    "route",
+                    "timeout",
                     "fault",
+                    "rewrite",
+                    "headers",
                     "mirror",
                     "mirrors",
                     "mirrorPercentage",
                     "mirrorPercent",
-                    "corsPolicy",
-                    "headers",
-                    "rewrite",
+                    "redirect",
+                    "directResponse",
                 ],
+                unsupported: &["retries", "corsPolicy"],
                 ignored: &[],
             },
             errors,
             warnings,
         );
-        for key in ["redirect", "directResponse", "delegate"] {
+        for key in ["delegate"] {
             if h.get(key).is_some() {
                 // Reported as an error, not a warning: without it the route
                 // would forward traffic the author meant to answer locally.
@@ -703,7 +721,15 @@ impl<'o> Translator<'o> {
         }
         let route_path = path.field("route");
         let dests = h.list("route")?;
-        if dests.is_empty() {
+        let local = self.local_action(&h, errors, warnings)?;
+        if local.is_some() {
+            if !dests.is_empty() {
+                return Err(InvalidConfig::new(
+                    route_path,
+                    "cannot be combined with redirect or directResponse",
+                ));
+            }
+        } else if dests.is_empty() {
             return Err(InvalidConfig::new(
                 route_path,
                 "at least one destination is required",
@@ -716,45 +742,27 @@ impl<'o> Translator<'o> {
             d.check_fields(
                 &Fields {
                     supported: &["destination", "weight"],
-                    unsupported: &["headers"],
-                    ignored: &[],
-                },
-                errors,
-                warnings,
-            );
-            let dest_path = dpath.field("destination");
-            let dest = d
-                .obj("destination", &dest_path)?
-                .ok_or_else(|| InvalidConfig::new(dest_path.clone(), "required"))?;
-            dest.check_fields(
-                &Fields {
-                    supported: &["host", "subset", "port"],
                     unsupported: &[],
-                    ignored: &[],
+                    ignored: &["headers"],
                 },
                 errors,
                 warnings,
             );
-            let host = self.fqdn(dest.req_str("host")?, namespace, dest_path.field("host"))?;
-            let subset = dest.str("subset")?.map(str::to_owned);
-            let port_path = dest_path.field("port");
-            let port = match dest.obj("port", &port_path)? {
-                Some(p) => Some(
-                    p.int("number", 1, 65535)?
-                        .ok_or_else(|| InvalidConfig::new(port_path.field("number"), "required"))?
-                        as u16,
-                ),
-                None => None,
-            };
+            if d.get("headers").is_some() {
+                // Ignoring them would forward requests unedited.
+                return Err(InvalidConfig::new(
+                    dpath.field("headers"),
+                    "not supported per destination; set http[].headers",
+                ));
+            }
+            let dest_path = dpath.field("destination");
             let weight = d.int("weight", 0, 100)?;
-            destinations.push(Destination {
-                path: dest_path,
-                host,
-                subset,
-                port,
-                weight: weight.unwrap_or(if dests.len() == 1 { 100 } else { 0 }) as u32,
-            });
+            let weight = weight.unwrap_or(if dests.len() == 1 { 100 } else { 0 }) as u32;
+            destinations
+                .push(self.destination(&d, dest_path, namespace, weight, errors, warnings)?);
         }
+        let shaping = self.shaping(&h, errors, warnings)?;
+        let mirrors = self.mirrors(&h, namespace, errors, warnings)?;
         if destinations.len() > 1 {
             // Istio: "The sum of weights across destinations should add up
             // to 100." A single destination takes all traffic.
@@ -775,12 +783,185 @@ impl<'o> Translator<'o> {
             }
             None => None,
         };
+        if local.is_some() {
+            for key in [
+                "timeout", "fault", "rewrite", "headers", "mirror", "mirrors", "retries",
+            ] {
+                if h.get(key).is_some() {
+                    return Err(InvalidConfig::new(
+                        path.field(key),
+                        "applies to forwarded requests only; cannot be combined with redirect or directResponse",
+                    ));
+                }
+            }
+        }
         Ok(HttpRoute {
             index,
             name: h.str("name")?.map(Arc::from),
             matches,
             destinations,
             timeout,
+            shaping,
+            mirrors,
+            local,
+        })
+    }
+
+    /// `destination` of `d` at `dest_path`.
+    fn destination(
+        &self,
+        d: &Obj<'_>,
+        dest_path: FieldPath,
+        namespace: &str,
+        weight: u32,
+        errors: &mut Vec<InvalidConfig>,
+        warnings: &mut Vec<InvalidConfig>,
+    ) -> Result<Destination, InvalidConfig> {
+        let dest = d
+            .obj("destination", &dest_path)?
+            .ok_or_else(|| InvalidConfig::new(dest_path.clone(), "required"))?;
+        dest.check_fields(
+            &Fields {
+                supported: &["host", "subset", "port"],
+                unsupported: &[],
+                ignored: &[],
+            },
+            errors,
+            warnings,
+        );
+        let host = self.fqdn(dest.req_str("host")?, namespace, dest_path.field("host"))?;
+        let subset = dest.str("subset")?.map(str::to_owned);
+        let port_path = dest_path.field("port");
+        let port = match dest.obj("port", &port_path)? {
+            Some(p) => Some(
+                p.int("number", 1, 65535)?
+                    .ok_or_else(|| InvalidConfig::new(port_path.field("number"), "required"))?
+                    as u16,
+            ),
+            None => None,
+        };
+        Ok(Destination {
+            path: dest_path,
+            host,
+            subset,
+            port,
+            weight,
+        })
+    }
+
+    /// `fault`, `rewrite` and `headers` of an HTTP route.
+    fn shaping(
+        &self,
+        h: &Obj<'_>,
+        errors: &mut Vec<InvalidConfig>,
+        warnings: &mut Vec<InvalidConfig>,
+    ) -> Result<Shaping, InvalidConfig> {
+        let mut shaping = Shaping::default();
+        let fpath = h.path.field("fault");
+        if let Some(f) = h.obj("fault", &fpath)? {
+            shaping.fault = Some(traffic::fault(f, (errors, warnings))?);
+        }
+        let rpath = h.path.field("rewrite");
+        if let Some(r) = h.obj("rewrite", &rpath)? {
+            shaping.rewrite = Some(traffic::rewrite(r, (errors, warnings))?);
+        }
+        let hpath = h.path.field("headers");
+        if let Some(hd) = h.obj("headers", &hpath)? {
+            (shaping.request_headers, shaping.response_headers) =
+                traffic::headers(hd, (errors, warnings))?;
+        }
+        Ok(shaping)
+    }
+
+    /// `mirror` + `mirrorPercentage` (or the deprecated `mirrorPercent`),
+    /// and `mirrors`. Without a percentage every request is mirrored
+    /// (istio.io VirtualService reference, `HTTPRoute.mirrorPercentage`:
+    /// "If this field is absent, all the traffic (100%) will be
+    /// mirrored").
+    fn mirrors(
+        &self,
+        h: &Obj<'_>,
+        namespace: &str,
+        errors: &mut Vec<InvalidConfig>,
+        warnings: &mut Vec<InvalidConfig>,
+    ) -> Result<Vec<(Destination, Fraction)>, InvalidConfig> {
+        let mut out = Vec::new();
+        if let Some(v) = h.get("mirror") {
+            // `mirror` is a Destination itself; wrap it to reuse the parser.
+            let wrapped = serde_json::json!({ "destination": v });
+            let wpath = h.path.clone();
+            let w = Obj::new(&wrapped, &wpath)?;
+            let d = self.destination(&w, h.path.field("mirror"), namespace, 0, errors, warnings)?;
+            let fraction = match traffic::percent(h, "mirrorPercentage")? {
+                Some(f) => f,
+                None => match h.int("mirrorPercent", 0, 100)? {
+                    Some(p) => Fraction::from_ppm(p as u32 * 10_000),
+                    None => Fraction::ALL,
+                },
+            };
+            out.push((d, fraction));
+        } else {
+            for key in ["mirrorPercentage", "mirrorPercent"] {
+                if h.get(key).is_some() {
+                    return Err(InvalidConfig::new(h.path.field(key), "set without mirror"));
+                }
+            }
+        }
+        for (i, v) in h.list("mirrors")?.iter().enumerate() {
+            let mpath = h.path.field("mirrors").index(i);
+            let m = Obj::new(v, &mpath)?;
+            m.check_fields(
+                &Fields {
+                    supported: &["destination", "percentage"],
+                    unsupported: &[],
+                    ignored: &[],
+                },
+                errors,
+                warnings,
+            );
+            let d = self.destination(
+                &m,
+                mpath.field("destination"),
+                namespace,
+                0,
+                errors,
+                warnings,
+            )?;
+            out.push((
+                d,
+                traffic::percent(&m, "percentage")?.unwrap_or(Fraction::ALL),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// `redirect` or `directResponse`, when the route answers itself.
+    fn local_action(
+        &self,
+        h: &Obj<'_>,
+        errors: &mut Vec<InvalidConfig>,
+        warnings: &mut Vec<InvalidConfig>,
+    ) -> Result<Option<RouteAction>, InvalidConfig> {
+        let rpath = h.path.field("redirect");
+        let dpath = h.path.field("directResponse");
+        let redirect = h.obj("redirect", &rpath)?;
+        let direct = h.obj("directResponse", &dpath)?;
+        Ok(match (redirect, direct) {
+            (Some(_), Some(_)) => {
+                return Err(InvalidConfig::new(
+                    dpath,
+                    "cannot be combined with redirect",
+                ));
+            }
+            (Some(r), None) => Some(RouteAction::Redirect(traffic::redirect(
+                r,
+                (errors, warnings),
+            )?)),
+            (None, Some(d)) => Some(RouteAction::DirectResponse(traffic::direct_response(
+                d,
+                (errors, warnings),
+            )?)),
+            (None, None) => None,
         })
     }
 
@@ -805,7 +986,11 @@ impl<'o> Translator<'o> {
                 ));
             }
             for r in &vs.routes {
-                for d in &r.destinations {
+                for d in r
+                    .destinations
+                    .iter()
+                    .chain(r.mirrors.iter().map(|(d, _)| d))
+                {
                     if let Err(e) = self.check_destination(d) {
                         problems.push((vs.doc.clone(), e));
                     }
@@ -973,26 +1158,26 @@ impl<'o> Translator<'o> {
             if !r.matches.is_empty() && matches.is_empty() {
                 continue; // every clause is for other ports
             }
+            if let Some(local) = &r.local {
+                routes.push(Route {
+                    name: r.name.clone(),
+                    matches: matches.into(),
+                    action: local.clone(),
+                });
+                continue;
+            }
             let mut targets = Vec::new();
             for d in &r.destinations {
-                let svc = &self.services[&d.host];
-                let dport = match d.port {
-                    Some(p) => p,
-                    None if svc.ports.iter().any(|p| p.number == port) => port,
-                    None if svc.ports.len() == 1 => svc.ports[0].number,
-                    None => {
-                        return Err(InvalidConfig::new(
-                            d.path.field("port"),
-                            format!(
-                                "required: host {:?} has several ports and none is {port}, the port of the request",
-                                d.host
-                            ),
-                        ));
-                    }
-                };
                 targets.push(WeightedCluster {
-                    cluster: cluster_name(dport, d.subset.as_deref(), &d.host).into(),
+                    cluster: self.destination_cluster(d, port)?.into(),
                     weight: d.weight,
+                });
+            }
+            let mut mirrors = Vec::new();
+            for (d, fraction) in &r.mirrors {
+                mirrors.push(Mirror {
+                    cluster: self.destination_cluster(d, port)?.into(),
+                    fraction: *fraction,
                 });
             }
             let clusters = WeightedClusters::try_new(targets).map_err(|e| {
@@ -1006,12 +1191,37 @@ impl<'o> Translator<'o> {
             routes.push(Route {
                 name: r.name.clone(),
                 matches: matches.into(),
-                action: RouteAction::Forward(Box::new(
-                    ForwardAction::new(clusters).with_timeout(r.timeout),
-                )),
+                action: RouteAction::Forward(Box::new(ForwardAction {
+                    fault: r.shaping.fault,
+                    rewrite: r.shaping.rewrite.clone(),
+                    request_headers: r.shaping.request_headers.clone(),
+                    response_headers: r.shaping.response_headers.clone(),
+                    mirrors: mirrors.into(),
+                    ..ForwardAction::new(clusters).with_timeout(r.timeout)
+                })),
             });
         }
         Ok(routes)
+    }
+
+    /// The cluster a destination names for a request on `port`.
+    fn destination_cluster(&self, d: &Destination, port: u16) -> Result<String, InvalidConfig> {
+        let svc = &self.services[&d.host];
+        let dport = match d.port {
+            Some(p) => p,
+            None if svc.ports.iter().any(|p| p.number == port) => port,
+            None if svc.ports.len() == 1 => svc.ports[0].number,
+            None => {
+                return Err(InvalidConfig::new(
+                    d.path.field("port"),
+                    format!(
+                        "required: host {:?} has several ports and none is {port}, the port of the request",
+                        d.host
+                    ),
+                ));
+            }
+        };
+        Ok(cluster_name(dport, d.subset.as_deref(), &d.host))
     }
 
     /// The names a client in `self.namespace` may use for a service, as

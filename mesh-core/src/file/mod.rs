@@ -39,6 +39,7 @@
 
 mod duration;
 mod istio;
+mod traffic;
 mod traffic_policy;
 mod watch;
 mod yaml;

@@ -769,3 +769,229 @@ fn warnings_and_rejections_reach_the_store_status() {
     assert_eq!(status.accepted_version, Some(v));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// --- traffic shaping: fault, rewrite, headers, mirror, redirect, directResponse ---
+
+fn vs_route(http: &str) -> String {
+    with(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: reviews }}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    ))
+}
+
+fn first_route(t: &Translation) -> crate::model::Route {
+    let snap = t.snapshot().unwrap();
+    let table = snap.route_table("9080").unwrap();
+    let vh = table
+        .virtual_hosts()
+        .iter()
+        .find(|v| v.name.starts_with(REVIEWS))
+        .unwrap();
+    vh.routes[0].clone()
+}
+
+fn forward(t: &Translation) -> crate::model::ForwardAction {
+    match first_route(t).action {
+        crate::model::RouteAction::Forward(f) => *f,
+        other => panic!("not a forward: {other:?}"),
+    }
+}
+
+#[test]
+fn faults_translate_with_percentages() {
+    use crate::model::{AbortStatus, Fraction};
+    let t = parse(&vs_route(
+        r#"  - route: [{ destination: { host: reviews } }]
+    fault:
+      delay: { fixedDelay: 5s, percentage: { value: 12.5 } }
+      abort: { grpcStatus: UNAVAILABLE, percent: 3 }
+"#,
+    ));
+    let fault = forward(&t).fault.unwrap();
+    let delay = fault.delay.unwrap();
+    assert_eq!(delay.delay, Duration::from_secs(5));
+    assert_eq!(delay.fraction, Fraction::from_percent(12.5).unwrap());
+    let abort = fault.abort.unwrap();
+    assert_eq!(abort.status, AbortStatus::Grpc(14));
+    assert_eq!(
+        abort.fraction,
+        Fraction::from_ppm(30_000),
+        "legacy integer percent"
+    );
+
+    let t = parse(&vs_route(
+        r#"  - route: [{ destination: { host: reviews } }]
+    fault:
+      abort: { httpStatus: 503 }
+"#,
+    ));
+    let abort = forward(&t).fault.unwrap().abort.unwrap();
+    assert_eq!(abort.status, AbortStatus::Http(503));
+    // Istio's translateFault leaves an unset percentage unset, which
+    // Envoy reads as 0%.
+    assert_eq!(abort.fraction, Fraction::NONE);
+    assert_eq!(
+        t.warnings(),
+        [
+            "mesh.yaml: document 4 (VirtualService reviews): http[0].fault.abort.percentage: not set: as in Istio, the fault applies to no request"
+        ]
+    );
+}
+
+#[test]
+fn fault_errors_name_the_field() {
+    let cases = [
+        (
+            "abort: { http2Error: 7, percentage: { value: 1 } }",
+            "http[0].fault.abort.http2Error: not supported",
+        ),
+        (
+            "abort: { grpcStatus: \"14\" }",
+            "http[0].fault.abort.grpcStatus: unknown gRPC status \"14\" (expected a name such as UNAVAILABLE)",
+        ),
+        (
+            "abort: { httpStatus: 503, grpcStatus: UNAVAILABLE }",
+            "http[0].fault.abort: only one of httpStatus and grpcStatus may be set",
+        ),
+        (
+            "abort: { httpStatus: 999 }",
+            "http[0].fault.abort.httpStatus: 999 is out of range (200 to 599)",
+        ),
+        (
+            "delay: { exponentialDelay: 1s }",
+            "http[0].fault.delay.exponentialDelay: not supported",
+        ),
+        (
+            "delay: { fixedDelay: 1s, percentage: { value: 101 } }",
+            "http[0].fault.delay.percentage.value: 101 is out of range (0 to 100)",
+        ),
+    ];
+    for (fault, expected) in cases {
+        let err = error(&vs_route(&format!(
+            "  - route: [{{ destination: {{ host: reviews }} }}]\n    fault: {{ {fault} }}\n"
+        )));
+        assert_eq!(
+            err,
+            format!("mesh.yaml: document 4 (VirtualService reviews): {expected}"),
+            "for {fault}"
+        );
+    }
+}
+
+#[test]
+fn rewrite_headers_and_mirror_translate() {
+    use crate::model::Fraction;
+    let t = parse(&vs_route(
+        r#"  - match: [{ uri: { prefix: /old } }]
+    route: [{ destination: { host: reviews, subset: v1 } }]
+    rewrite: { uri: /new, authority: reviews-v2 }
+    headers:
+      request: { set: { x-a: "1" }, add: { x-b: "2" }, remove: [x-c] }
+      response: { set: { x-d: "4" } }
+    mirror: { host: reviews, subset: v2 }
+    mirrorPercentage: { value: 25 }
+"#,
+    ));
+    let f = forward(&t);
+    let rewrite = f.rewrite.unwrap();
+    assert_eq!(rewrite.path_prefix.as_deref(), Some("/new"));
+    assert_eq!(rewrite.authority.as_deref(), Some("reviews-v2"));
+    assert_eq!(f.request_headers.set[0].0, "x-a");
+    assert_eq!(f.request_headers.add[0].1, "2");
+    assert_eq!(f.request_headers.remove[0], "x-c");
+    assert_eq!(f.response_headers.set[0].0, "x-d");
+    assert_eq!(f.mirrors.len(), 1);
+    assert_eq!(
+        f.mirrors[0].cluster.as_str(),
+        format!("outbound|9080|v2|{REVIEWS}")
+    );
+    assert_eq!(f.mirrors[0].fraction, Fraction::from_percent(25.0).unwrap());
+
+    // istio.io VirtualService reference, `mirrorPercentage`: "If this
+    // field is absent, all the traffic (100%) will be mirrored."
+    let t = parse(&vs_route(
+        r#"  - route: [{ destination: { host: reviews } }]
+    mirror: { host: reviews, subset: v3 }
+"#,
+    ));
+    assert_eq!(forward(&t).mirrors[0].fraction, Fraction::ALL);
+}
+
+#[test]
+fn redirect_and_direct_response_answer_locally() {
+    use crate::model::RouteAction;
+    let t = parse(&vs_route(
+        r#"  - redirect: { uri: /v2, authority: new.example.com, port: 8443, scheme: https }
+"#,
+    ));
+    let RouteAction::Redirect(r) = first_route(&t).action else {
+        panic!("not a redirect");
+    };
+    // istio.io VirtualService reference, `HTTPRedirect.redirectCode`:
+    // "Defaults to 301."
+    assert_eq!(r.status, 301);
+    assert_eq!(r.path.as_deref(), Some("/v2"));
+    assert_eq!(r.port, Some(8443));
+    assert_eq!(r.scheme.as_deref(), Some("https"));
+
+    let t = parse(&vs_route(
+        r#"  - directResponse: { status: 503, body: { bytes: aGVsbG8= } }
+"#,
+    ));
+    let RouteAction::DirectResponse(d) = first_route(&t).action else {
+        panic!("not a direct response");
+    };
+    assert_eq!((d.status, d.body.as_deref()), (503, Some(&b"hello"[..])));
+}
+
+#[test]
+fn shaping_errors_name_the_field() {
+    let cases = [
+        (
+            "  - route: [{ destination: { host: reviews } }]\n    rewrite: { uriRegexRewrite: { match: a, rewrite: b } }\n",
+            "http[0].rewrite.uriRegexRewrite: not supported",
+        ),
+        (
+            "  - redirect: { uri: /x, derivePort: FROM_REQUEST_PORT }\n",
+            "http[0].redirect.derivePort: not supported",
+        ),
+        (
+            "  - redirect: { uri: /x, redirectCode: 200 }\n",
+            "http[0].redirect.redirectCode: 200 is not a redirect code (expected 301, 302, 303, 307 or 308)",
+        ),
+        (
+            "  - redirect: { uri: /x }\n    route: [{ destination: { host: reviews } }]\n",
+            "http[0].route: cannot be combined with redirect or directResponse",
+        ),
+        (
+            "  - directResponse: { status: 200 }\n    fault: { abort: { httpStatus: 500 } }\n",
+            "http[0].fault: applies to forwarded requests only; cannot be combined with redirect or directResponse",
+        ),
+        (
+            "  - directResponse: { status: 200, body: { string: a, bytes: YQ== } }\n",
+            "http[0].directResponse.body: exactly one of string and bytes is required",
+        ),
+        (
+            "  - route: [{ destination: { host: reviews }, headers: { request: { set: { a: b } } } }]\n",
+            "http[0].route[0].headers: not supported per destination; set http[].headers",
+        ),
+        (
+            "  - route: [{ destination: { host: reviews } }]\n    headers: { request: { set: { host: x } } }\n",
+            "http[0].headers.request.set[\"host\"]: header \"host\" cannot be edited; use rewrite.authority",
+        ),
+        (
+            "  - route: [{ destination: { host: reviews } }]\n    mirror: { host: nowhere }\n",
+            "http[0].mirror.host: no ServiceEntry declares host \"nowhere.default.svc.cluster.local\"",
+        ),
+        (
+            "  - route: [{ destination: { host: reviews } }]\n    mirrorPercentage: { value: 5 }\n",
+            "http[0].mirrorPercentage: set without mirror",
+        ),
+    ];
+    for (http, expected) in cases {
+        assert_eq!(
+            error(&vs_route(http)),
+            format!("mesh.yaml: document 4 (VirtualService reviews): {expected}"),
+            "for {http}"
+        );
+    }
+}

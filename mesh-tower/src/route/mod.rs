@@ -19,7 +19,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Request;
-use mesh_core::model::{Cluster, Route as RouteConfig, RouteAction, RouteTable, VirtualHost};
+use mesh_core::model::{
+    Cluster, ForwardAction, Route as RouteConfig, RouteAction, RouteTable, VirtualHost,
+};
 use mesh_core::{RouteRequest, Snapshot, Version};
 
 pub use future::ResponseFuture;
@@ -87,6 +89,19 @@ impl RouteDecision {
         }
     }
 
+    /// The route's forwarding action with its policies (fault, rewrite,
+    /// headers, mirrors, retries).
+    pub fn forward(&self) -> Option<&ForwardAction> {
+        match &self.route().action {
+            RouteAction::Forward(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     /// The config version the decision was made under.
     pub fn version(&self) -> Version {
         self.runtime.version()
@@ -96,6 +111,45 @@ impl RouteDecision {
     pub fn snapshot(&self) -> &Snapshot {
         &self.runtime.snapshot
     }
+}
+
+/// A route that answers requests itself (a redirect or a direct
+/// response), as decided by [`Route`]. Inserted into the request's
+/// extensions instead of a [`RouteDecision`]; the
+/// [`Shaping`](crate::shaping::Shaping) layer answers it.
+#[derive(Clone)]
+pub struct LocalRoute {
+    runtime: Arc<Runtime>,
+    table: Arc<RouteTable>,
+    virtual_host: u32,
+    route: u32,
+}
+
+impl std::fmt::Debug for LocalRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRoute")
+            .field("route_table", self.table.name())
+            .field("route", &self.route)
+            .finish()
+    }
+}
+
+impl LocalRoute {
+    /// The route that matched.
+    pub fn route(&self) -> &RouteConfig {
+        &self.table.virtual_hosts()[self.virtual_host as usize].routes[self.route as usize]
+    }
+
+    /// The config version the decision was made under.
+    pub fn version(&self) -> Version {
+        self.runtime.version()
+    }
+}
+
+/// What [`Route`] decided: forward to a cluster, or answer locally.
+pub(crate) enum Decided {
+    Forward(RouteDecision),
+    Local(LocalRoute),
 }
 
 /// Routes each request by the live config; see the module docs.
@@ -150,12 +204,27 @@ impl<S> Route<S> {
     }
 }
 
-/// Decides where `req` goes under `runtime`, without sending it.
+/// Decides where `req` goes under `runtime`, without sending it; a route
+/// that answers locally is an error here.
 pub(crate) fn decide<B>(
     runtime: &Arc<Runtime>,
     target: Option<&Target>,
     req: &mut Request<B>,
 ) -> Result<RouteDecision, Error> {
+    match decide_any(runtime, target, req)? {
+        Decided::Forward(d) => Ok(d),
+        Decided::Local(_) => Err(Error::no_route(
+            "the route answers locally (redirect or direct response)",
+        )),
+    }
+}
+
+/// Decides where `req` goes under `runtime`, or that its route answers it.
+pub(crate) fn decide_any<B>(
+    runtime: &Arc<Runtime>,
+    target: Option<&Target>,
+    req: &mut Request<B>,
+) -> Result<Decided, Error> {
     let hit = {
         let rr = match target {
             Some(t) => {
@@ -182,8 +251,17 @@ pub(crate) fn decide<B>(
         };
         hit.map_err(Error::no_route)?
     };
-    let RouteAction::Forward(fwd) = &hit.route().action else {
-        return Err(Error::no_route("the route's action is not supported"));
+    let fwd = match &hit.route().action {
+        RouteAction::Forward(fwd) => fwd,
+        RouteAction::Redirect(_) | RouteAction::DirectResponse(_) => {
+            return Ok(Decided::Local(LocalRoute {
+                runtime: Arc::clone(runtime),
+                table: Arc::clone(hit.table),
+                virtual_host: hit.virtual_host_index as u32,
+                route: hit.route_index as u32,
+            }));
+        }
+        _ => return Err(Error::no_route("the route's action is not supported")),
     };
     let target = &fwd.clusters.targets()[fwd.clusters.pick()];
     let cluster = runtime.clusters.get(&target.cluster).ok_or_else(|| {
@@ -192,13 +270,13 @@ pub(crate) fn decide<B>(
             target.cluster.as_str()
         ))
     })?;
-    Ok(RouteDecision {
+    Ok(Decided::Forward(RouteDecision {
         runtime: Arc::clone(runtime),
         table: Arc::clone(hit.table),
         virtual_host: hit.virtual_host_index as u32,
         route: hit.route_index as u32,
         cluster: Arc::clone(cluster),
-    })
+    }))
 }
 
 impl<S, B> tower::Service<Request<B>> for Route<S>
@@ -216,9 +294,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let runtime = self.mesh.runtime().load_full();
-        match decide(&runtime, self.target.as_deref(), &mut req) {
-            Ok(decision) => {
+        match decide_any(&runtime, self.target.as_deref(), &mut req) {
+            Ok(Decided::Forward(decision)) => {
                 req.extensions_mut().insert(decision);
+                ResponseFuture::inner(self.inner.call(req))
+            }
+            Ok(Decided::Local(local)) => {
+                req.extensions_mut().insert(local);
                 ResponseFuture::inner(self.inner.call(req))
             }
             Err(e) => {

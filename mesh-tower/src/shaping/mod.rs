@@ -1,0 +1,209 @@
+//! Traffic shaping: what a VirtualService route does to a request besides
+//! choosing its cluster.
+//!
+//! [`Shaping`] sits right below [`Route`](crate::route::Route) and applies,
+//! from the route in the request's [`RouteDecision`]:
+//!
+//! - `headers.request` edits (remove, then set, then add) and
+//!   `headers.response` edits on the way back;
+//! - `rewrite.uri`: the matched prefix is replaced (for an exact or regex
+//!   match, the whole path; Envoy's `prefix_rewrite`), the query is kept;
+//! - `rewrite.authority`: the URI's authority and any `Host` header;
+//! - `mirror` / `mirrors`: a copy of the (edited) request for the share
+//!   the percentage selects, sent fire-and-forget through the mesh's
+//!   bounded mirror worker (see [`Mirrors`]);
+//!
+//! and answers, without any backend, a request whose route is a
+//! `redirect` (`Location` built from the request, status 301 by default)
+//! or a `directResponse` (status and body), which
+//! [`Route`](crate::route::Route) marks with a
+//! [`LocalRoute`](crate::route::LocalRoute).
+//!
+//! A route with none of these costs one branch: nothing is cloned or
+//! allocated.
+
+mod future;
+mod layer;
+mod local;
+mod mirror;
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response};
+use mesh_core::RouteRequest;
+use mesh_core::model::{ForwardAction, PathMatch, Route as RouteConfig, RouteAction};
+
+pub use future::ResponseFuture;
+pub use layer::ShapingLayer;
+pub use mirror::{
+    DEFAULT_MIRROR_TIMEOUT, MAX_IN_FLIGHT, MirrorStats, Mirrors, QUEUE_CAPACITY, shadow_authority,
+};
+
+use crate::error::BoxError;
+use crate::route::{LocalRoute, RouteDecision};
+
+/// Rewrites, header edits, mirrors and local answers; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Shaping<S> {
+    inner: S,
+    mirrors: Mirrors,
+}
+
+impl<S> Shaping<S> {
+    /// Shaping whose mirrored copies are dropped and counted.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            mirrors: Mirrors::default(),
+        }
+    }
+
+    /// Shaping that sends mirrored copies through `mirrors`.
+    pub fn with_mirrors(inner: S, mirrors: Mirrors) -> Self {
+        Self { inner, mirrors }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn has_request_work(f: &ForwardAction) -> bool {
+    f.rewrite.is_some() || !f.request_headers.is_empty() || !f.mirrors.is_empty()
+}
+
+/// The path after `rewrite.uri`: the matched prefix of the clause that
+/// took the request is replaced; for an exact or regex match (or a route
+/// without a path condition, whose prefix is "/" in Envoy) the whole
+/// matched part.
+fn rewritten_path<B>(route: &RouteConfig, req: &Request<B>, to: &str) -> Option<PathAndQuery> {
+    let path = req.uri().path();
+    let rr = RouteRequest::from_parts(req.method(), req.uri(), req.headers())?;
+    let clause = route.matches.iter().find(|m| m.matches(&rr));
+    let rest = match clause.map(|c| &c.path) {
+        Some(PathMatch::Prefix(p)) => &path[p.len().min(path.len())..],
+        Some(PathMatch::Exact(_)) | Some(PathMatch::Regex(_)) => "",
+        // No path condition: Envoy's implicit prefix "/".
+        _ => path.strip_prefix('/').unwrap_or(path),
+    };
+    let mut s = String::with_capacity(to.len() + rest.len() + 16);
+    s.push_str(to);
+    s.push_str(rest);
+    if s.is_empty() {
+        s.push('/');
+    }
+    if let Some(q) = req.uri().query() {
+        s.push('?');
+        s.push_str(q);
+    }
+    PathAndQuery::try_from(s).ok()
+}
+
+fn apply_request_edits<B>(f: &ForwardAction, route: &RouteConfig, req: &mut Request<B>) {
+    future::mutate(req.headers_mut(), &f.request_headers);
+    let Some(rewrite) = &f.rewrite else { return };
+    let mut parts = None;
+    if let Some(to) = &rewrite.path_prefix
+        && let Some(pq) = rewritten_path(route, req, to)
+    {
+        parts
+            .get_or_insert_with(|| req.uri().clone().into_parts())
+            .path_and_query = Some(pq);
+    }
+    if let Some(authority) = &rewrite.authority
+        && let Ok(a) = http::uri::Authority::try_from(&**authority)
+    {
+        if let Ok(v) = http::HeaderValue::try_from(&**authority)
+            && req.headers().contains_key(http::header::HOST)
+        {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        parts
+            .get_or_insert_with(|| req.uri().clone().into_parts())
+            .authority = Some(a);
+    }
+    if let Some(parts) = parts
+        && let Ok(uri) = Uri::from_parts(parts)
+    {
+        *req.uri_mut() = uri;
+    }
+}
+
+impl<S, B, ResB> tower::Service<Request<B>> for Shaping<S>
+where
+    S: tower::Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+    ResB: From<Bytes>,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(local) = req.extensions().get::<LocalRoute>() {
+            let res = match &local.route().action {
+                RouteAction::Redirect(r) => local::redirect(r, &req),
+                RouteAction::DirectResponse(d) => local::direct(d),
+                _ => crate::local_reply::http(http::StatusCode::NOT_FOUND, ""),
+            };
+            return ResponseFuture::local(res);
+        }
+        let Some(decision) = req.extensions().get::<RouteDecision>() else {
+            return ResponseFuture::inner(self.inner.call(req), None);
+        };
+        let Some(fwd) = decision.forward() else {
+            return ResponseFuture::inner(self.inner.call(req), None);
+        };
+        let edits_response = !fwd.response_headers.is_empty();
+        if !has_request_work(fwd) {
+            let keep = edits_response.then(|| decision.clone());
+            return ResponseFuture::inner(self.inner.call(req), keep);
+        }
+        let decision = decision.clone();
+        let Some(fwd) = decision.forward() else {
+            return ResponseFuture::inner(self.inner.call(req), None);
+        };
+        apply_request_edits(fwd, decision.route(), &mut req);
+        for m in fwd.mirrors.iter() {
+            if !m.fraction.sample() {
+                continue;
+            }
+            let empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
+            if !empty {
+                self.mirrors.skip();
+                continue;
+            }
+            match decision.runtime().clusters.get(&m.cluster) {
+                Some(cluster) => self.mirrors.send(
+                    std::sync::Arc::clone(cluster),
+                    &req,
+                    fwd.timeout.unwrap_or(DEFAULT_MIRROR_TIMEOUT),
+                ),
+                None => self.mirrors.skip(),
+            }
+        }
+        let keep = edits_response.then_some(decision);
+        ResponseFuture::inner(self.inner.call(req), keep)
+    }
+}
+
+#[cfg(test)]
+mod tests;
