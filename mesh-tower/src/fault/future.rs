@@ -30,11 +30,12 @@ where
 {
     Inner(#[pin] S::Future),
     Abort(Option<Response<ResB>>),
+    // Boxed: only delayed requests pay for the timer and the parked call,
+    // and the common states stay small.
     Delay {
-        #[pin]
-        sleep: Sleep,
+        sleep: Pin<Box<Sleep>>,
         // The service made ready for this request, and the request.
-        call: Option<(S, Request<B>)>,
+        call: Option<Box<(S, Request<B>)>>,
         abort: Option<(AbortStatus, bool)>,
     },
 }
@@ -64,8 +65,8 @@ where
     ) -> Self {
         Self {
             state: State::Delay {
-                sleep,
-                call: Some((svc, req)),
+                sleep: Box::pin(sleep),
+                call: Some(Box::new((svc, req))),
                 abort,
             },
         }
@@ -104,13 +105,14 @@ where
                     return Poll::Ready(res.take().ok_or_else(|| "polled after completion".into()));
                 }
                 Proj::Delay { sleep, call, abort } => {
-                    std::task::ready!(sleep.poll(cx));
+                    std::task::ready!(sleep.as_mut().poll(cx));
                     if let Some((status, grpc)) = *abort {
                         State::Abort(Some(abort_response(status, grpc)))
                     } else {
-                        let Some((mut svc, req)) = call.take() else {
+                        let Some(parked) = call.take() else {
                             return Poll::Ready(Err("polled after completion".into()));
                         };
+                        let (mut svc, req) = *parked;
                         State::Inner(svc.call(req))
                     }
                 }

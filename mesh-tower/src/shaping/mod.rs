@@ -17,7 +17,7 @@
 //! `redirect` (`Location` built from the request, status 301 by default)
 //! or a `directResponse` (status and body), which
 //! [`Route`](crate::route::Route) marks with a
-//! [`LocalRoute`](crate::route::LocalRoute).
+//! [`crate::route::LocalRoute`].
 //!
 //! A route with none of these costs one branch: nothing is cloned or
 //! allocated.
