@@ -41,6 +41,10 @@ pub struct ResponseBody {
     inner: Inner,
     // The circuit breaker's place for this request, freed with the body.
     permit: Option<Permit>,
+    // A frame the retry layer read to look for `grpc-status`, put back.
+    peeked: Option<Frame<Bytes>>,
+    // The endpoint that answered, kept for the retry layer.
+    endpoint: Option<mesh_core::model::EndpointAddress>,
 }
 
 #[pin_project::pin_project(project = InnerProj)]
@@ -64,6 +68,8 @@ impl ResponseBody {
                 in_flight: Some(in_flight),
             },
             permit: None,
+            peeked: None,
+            endpoint: None,
         }
     }
 
@@ -80,6 +86,8 @@ impl ResponseBody {
                 trailers: None,
             },
             permit: None,
+            peeked: None,
+            endpoint: None,
         }
     }
 
@@ -91,12 +99,39 @@ impl ResponseBody {
                 trailers: None,
             },
             permit: None,
+            peeked: None,
+            endpoint: None,
         }
     }
 
     /// Whether the mesh answered this response itself.
     pub fn is_local(&self) -> bool {
         matches!(self.inner, Inner::Local { .. })
+    }
+}
+
+impl crate::retry::RetryBody for ResponseBody {
+    fn prepend(mut self, frame: Frame<Bytes>) -> Self {
+        if self.endpoint.is_none() {
+            self.endpoint = self.remote_endpoint().cloned();
+        }
+        self.peeked = Some(frame);
+        self
+    }
+
+    fn endpoint(&self) -> Option<&mesh_core::model::EndpointAddress> {
+        self.remote_endpoint().or(self.endpoint.as_ref())
+    }
+}
+
+impl ResponseBody {
+    fn remote_endpoint(&self) -> Option<&mesh_core::model::EndpointAddress> {
+        match &self.inner {
+            Inner::Remote {
+                in_flight: Some(g), ..
+            } => Some(g.endpoint().address()),
+            _ => None,
+        }
     }
 }
 
@@ -129,6 +164,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
+        if let Some(frame) = this.peeked.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         match this.inner.project() {
             InnerProj::Remote { body, in_flight } => {
                 let res = body.poll_frame(cx);
@@ -148,6 +186,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.peeked.is_some() {
+            return false;
+        }
         match &self.inner {
             Inner::Remote { body, .. } => body.is_end_stream(),
             Inner::Local { data, trailers } => data.is_none() && trailers.is_none(),
@@ -155,12 +196,23 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
+        let mut hint = match &self.inner {
             Inner::Remote { body, .. } => body.size_hint(),
             Inner::Local { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+        };
+        let peeked = self
+            .peeked
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        // Upper first: `set_lower` asserts lower <= upper.
+        if let Some(u) = hint.upper() {
+            hint.set_upper(u + peeked);
         }
+        hint.set_lower(hint.lower() + peeked);
+        hint
     }
 }
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use http::StatusCode;
+use mesh_core::model::EndpointAddress;
 
 /// A boxed error, the error type of the individual layers (as in `tower`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -21,6 +22,8 @@ pub struct Error {
     message: String,
     cause: Option<BoxError>,
     status: Option<Box<tonic::Status>>,
+    // The endpoint an attempt failed at, for previous-host avoidance.
+    endpoint: Option<EndpointAddress>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +34,7 @@ enum Kind {
     Connect,
     Upstream,
     InvalidRequest,
+    BudgetExhausted,
     CircuitOpen,
 }
 
@@ -63,6 +67,28 @@ impl Error {
             format!("invalid request: {message}"),
             None,
         )
+    }
+
+    /// Retries were wanted but the cluster's retry budget (or its
+    /// `http.maxRetries` limit) refused them; `last` says what the last
+    /// attempt produced.
+    pub(crate) fn budget_exhausted(message: impl fmt::Display, last: impl fmt::Display) -> Self {
+        Self::new(
+            Kind::BudgetExhausted,
+            format!("{message}; last attempt: {last}"),
+            None,
+        )
+    }
+
+    /// Records the endpoint the failed attempt went to.
+    pub(crate) fn with_endpoint(mut self, endpoint: EndpointAddress) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// The endpoint the failed attempt went to, when known.
+    pub(crate) fn endpoint(&self) -> Option<&EndpointAddress> {
+        self.endpoint.as_ref()
     }
 
     pub(crate) fn from_box(err: BoxError) -> Self {
@@ -107,6 +133,7 @@ impl Error {
             message,
             cause,
             status: None,
+            endpoint: None,
         }
     }
 
@@ -158,13 +185,22 @@ impl Error {
         self.kind == Kind::InvalidRequest
     }
 
+    /// Retries were needed but the cluster's retry budget was spent or its
+    /// `http.maxRetries` concurrent-retry limit was reached (Envoy
+    /// `upstream_rq_retry_overflow`); the message names which, and what
+    /// the last attempt produced.
+    pub fn is_budget_exhausted(&self) -> bool {
+        self.kind == Kind::BudgetExhausted
+    }
+
     /// The status a proxy answers with for this error: 404 for no route,
-    /// 503 for no endpoints, an open circuit or a failed connect, 504 for a timeout, 502 for
+    /// 503 for no endpoints, a failed connect, a spent retry budget or an
+    /// open circuit, 504 for a timeout, 502 for
     /// a failed upstream connection, 400 for an invalid request.
     pub fn http_status(&self) -> StatusCode {
         match self.kind {
             Kind::NoRoute => StatusCode::NOT_FOUND,
-            Kind::NoEndpoints | Kind::Connect | Kind::CircuitOpen => {
+            Kind::NoEndpoints | Kind::Connect | Kind::BudgetExhausted | Kind::CircuitOpen => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -213,20 +249,53 @@ impl std::error::Error for Error {
     }
 }
 
-/// A timeout elapsed. Returned (boxed) by [`Timeout`](crate::timeout::Timeout).
+/// Which bound a timeout came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutReason {
+    /// The route's `timeout`, over the whole call including retries.
+    Route,
+    /// The route's `perTryTimeout`, over one attempt.
+    PerTry,
+    /// The caller's deadline: an outbound `grpc-timeout`, or the deadline
+    /// inherited from the inbound request being handled.
+    Deadline,
+}
+
+impl fmt::Display for TimeoutReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Route => "route timeout",
+            Self::PerTry => "per-try timeout",
+            Self::Deadline => "deadline",
+        })
+    }
+}
+
+/// A timeout elapsed. Returned (boxed) by [`Timeout`](crate::timeout::Timeout)
+/// and by [`Retry`](crate::retry::Retry) for per-try timeouts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Elapsed {
     after: Duration,
+    reason: TimeoutReason,
 }
 
 impl Elapsed {
     pub(crate) fn new(after: Duration) -> Self {
-        Self { after }
+        Self::because(after, TimeoutReason::Route)
+    }
+
+    pub(crate) fn because(after: Duration, reason: TimeoutReason) -> Self {
+        Self { after, reason }
     }
 
     /// The timeout that elapsed.
     pub fn after(&self) -> Duration {
         self.after
+    }
+
+    /// Which bound elapsed.
+    pub fn reason(&self) -> TimeoutReason {
+        self.reason
     }
 }
 
@@ -234,8 +303,8 @@ impl fmt::Display for Elapsed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "request timed out after {:?} (route timeout)",
-            self.after
+            "request timed out after {:?} ({})",
+            self.after, self.reason
         )
     }
 }

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::breaker::{BreakerState, BreakerStats};
 use crate::endpoint::{EndpointState, Transport};
+use crate::retry::RetryState;
 
 /// A snapshot with the runtime state of its clusters.
 pub(crate) struct Runtime {
@@ -46,6 +47,8 @@ pub(crate) struct ClusterShared {
     next: AtomicUsize,
     pub(crate) breaker_stats: Arc<BreakerStats>,
     pub(crate) outlier_stats: OutlierStats,
+    // The retry budget and `http.maxRetries` gauge.
+    retry: Arc<RetryState>,
 }
 
 /// One cluster as of one snapshot.
@@ -306,6 +309,17 @@ impl ClusterRuntime {
     /// The circuit breaker state of the cluster.
     pub(crate) fn breaker(&self) -> &Arc<BreakerState> {
         &self.breaker
+    }
+
+    /// The endpoints requests may go to now.
+    pub(crate) fn candidates(&self) -> impl Iterator<Item = &Arc<EndpointState>> {
+        self.candidates.iter().map(|&i| &self.endpoints[i as usize])
+    }
+
+    /// The cluster's retry budget and concurrent-retry gauge, kept for as
+    /// long as the cluster exists.
+    pub(crate) fn retry_state(&self) -> &Arc<RetryState> {
+        &self.shared.retry
     }
 
     /// All endpoints with their state, for status output and tests.

@@ -37,8 +37,8 @@ use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
     Cluster, Endpoint, EndpointAddress, EndpointSet, FaultPolicy, ForwardAction, Fraction,
     HeaderMatch, HeaderMutations, HeaderRule, Labels, LbPolicy, Listener, Mirror, PathMatch,
-    Protocol, Regex, Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost,
-    WeightedCluster, WeightedClusters,
+    Protocol, Regex, RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch,
+    VirtualHost, WeightedCluster, WeightedClusters,
 };
 use crate::snapshot::Resources;
 
@@ -105,6 +105,7 @@ struct HttpRoute {
     matches: Vec<(RouteMatch, Option<u16>)>,
     destinations: Vec<Destination>,
     timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
     // Traffic shaping (see `traffic.rs`).
     shaping: Shaping,
     mirrors: Vec<(Destination, Fraction)>,
@@ -689,6 +690,7 @@ impl<'o> Translator<'o> {
                     "match",
                     "route",
                     "timeout",
+                    "retries",
                     "fault",
                     "rewrite",
                     "headers",
@@ -699,7 +701,7 @@ impl<'o> Translator<'o> {
                     "redirect",
                     "directResponse",
                 ],
-                unsupported: &["retries", "corsPolicy"],
+                unsupported: &["corsPolicy"],
                 ignored: &[],
             },
             errors,
@@ -795,12 +797,14 @@ impl<'o> Translator<'o> {
                 }
             }
         }
+        let retry = super::retries::http_retry(&h, path, errors, warnings)?;
         Ok(HttpRoute {
             index,
             name: h.str("name")?.map(Arc::from),
             matches,
             destinations,
             timeout,
+            retry,
             shaping,
             mirrors,
             local,
@@ -1056,28 +1060,30 @@ impl<'o> Translator<'o> {
                     }
                 }
 
-                let routes =
-                    match self.virtual_services.get(fqdn) {
-                        Some(vs) => match self.vs_routes(vs, port.number) {
-                            Ok(r) => r,
-                            Err(e) => {
-                                if seen_route_errors.insert(e.to_string()) {
-                                    self.errors.push(Problem {
-                                        doc: Some(vs.doc.clone()),
-                                        error: e,
-                                    });
-                                }
-                                continue;
+                let routes = match self.virtual_services.get(fqdn) {
+                    Some(vs) => match self.vs_routes(vs, port.number) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            if seen_route_errors.insert(e.to_string()) {
+                                self.errors.push(Problem {
+                                    doc: Some(vs.doc.clone()),
+                                    error: e,
+                                });
                             }
-                        },
-                        None => vec![Route {
-                            name: Some("default".into()),
-                            matches: Arc::from([]),
-                            action: RouteAction::Forward(Box::new(ForwardAction::to(
-                                cluster_name(port.number, None, fqdn),
-                            ))),
-                        }],
-                    };
+                            continue;
+                        }
+                    },
+                    None => vec![Route {
+                        name: Some("default".into()),
+                        matches: Arc::from([]),
+                        // Istio gives the default route its default
+                        // retry policy too (`BuildDefaultHTTPOutboundRoute`).
+                        action: RouteAction::Forward(Box::new(
+                            ForwardAction::to(cluster_name(port.number, None, fqdn))
+                                .with_retry(Some(RetryPolicy::istio_default())),
+                        )),
+                    }],
+                };
                 vhosts_by_port
                     .entry(port.number)
                     .or_default()
@@ -1197,7 +1203,9 @@ impl<'o> Translator<'o> {
                     request_headers: r.shaping.request_headers.clone(),
                     response_headers: r.shaping.response_headers.clone(),
                     mirrors: mirrors.into(),
-                    ..ForwardAction::new(clusters).with_timeout(r.timeout)
+                    ..ForwardAction::new(clusters)
+                        .with_timeout(r.timeout)
+                        .with_retry(r.retry.clone())
                 })),
             });
         }

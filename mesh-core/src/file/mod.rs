@@ -39,6 +39,7 @@
 
 mod duration;
 mod istio;
+mod retries;
 mod traffic;
 mod traffic_policy;
 mod watch;

@@ -491,7 +491,7 @@ spec:
   hosts: [reviews]
   http:
   - route: [{ destination: { host: reviews } }]
-    retries: { attempts: 3 }
+    corsPolicy: { allowOrigins: [{ exact: "https://example.com" }] }
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -502,7 +502,7 @@ spec: {}
     assert_eq!(
         t.warnings(),
         [
-            "mesh.yaml: document 4 (VirtualService reviews): http[0].retries: not supported yet; ignored",
+            "mesh.yaml: document 4 (VirtualService reviews): http[0].corsPolicy: not supported yet; ignored",
             "mesh.yaml: document 5 (AuthorizationPolicy deny-all): kind AuthorizationPolicy (security.istio.io/v1) is not supported yet; document ignored",
         ]
     );

@@ -81,8 +81,12 @@ impl Future for ResponseFuture {
                     if let (Some(c), Some(guard)) = (outliers.take(), in_flight.as_ref()) {
                         c.record(guard.endpoint(), Outcome::LocalFailure);
                     }
-                    in_flight.take();
-                    Poll::Ready(Err(Box::new(Error::from_upstream(Box::new(e)))))
+                    let endpoint = in_flight.take().map(|g| g.endpoint().address().clone());
+                    let mut e = Error::from_upstream(Box::new(e));
+                    if let Some(addr) = endpoint {
+                        e = e.with_endpoint(addr);
+                    }
+                    Poll::Ready(Err(Box::new(e)))
                 }
             },
         }

@@ -24,9 +24,45 @@ use http::{Request, Response};
 pub use future::ResponseFuture;
 
 use crate::body::{BoxBody, ResponseBody};
-use crate::endpoint::InFlight;
+use crate::endpoint::{EndpointState, InFlight};
 use crate::error::{BoxError, Error};
+use crate::retry::TriedEndpoints;
 use crate::route::RouteDecision;
+use crate::runtime::ClusterRuntime;
+
+/// How many times a retry re-picks to avoid endpoints already tried: the
+/// `host_selection_retry_max_attempts` Istio sets with
+/// `retryIgnorePreviousHosts` (Envoy's default is 1).
+const HOST_SELECTION_RETRY_MAX_ATTEMPTS: usize = 5;
+
+/// Picks an endpoint not in `tried` with the cluster's policy, re-picking up
+/// to [`HOST_SELECTION_RETRY_MAX_ATTEMPTS`] times (Envoy's
+/// `previous_hosts` retry predicate). Where Envoy would then settle for a
+/// tried endpoint, the first untried candidate is taken: a retry reaching
+/// a host it already failed at when another exists helps no one, and it
+/// makes the avoidance deterministic. Only when every candidate was tried
+/// does a tried one get the retry.
+fn pick_avoiding<'a>(
+    cluster: &'a ClusterRuntime,
+    tried: &TriedEndpoints,
+) -> Option<&'a Arc<EndpointState>> {
+    let mut pick = cluster.pick()?;
+    for _ in 1..HOST_SELECTION_RETRY_MAX_ATTEMPTS {
+        if !tried.contains(pick.address()) {
+            return Some(pick);
+        }
+        pick = cluster.pick()?;
+    }
+    if !tried.contains(pick.address()) {
+        return Some(pick);
+    }
+    Some(
+        cluster
+            .candidates()
+            .find(|e| !tried.contains(e.address()))
+            .unwrap_or(pick),
+    )
+}
 
 /// Sends each request to an endpoint of its routed cluster.
 #[derive(Clone, Copy, Debug, Default)]
@@ -59,7 +95,11 @@ impl tower::Service<Request<BoxBody>> for Balance {
                 "no route decision: Balance must run below Route",
             ));
         };
-        let Some(endpoint) = decision.cluster.pick() else {
+        let picked = match req.extensions().get::<TriedEndpoints>() {
+            Some(tried) => pick_avoiding(&decision.cluster, tried),
+            None => decision.cluster.pick(),
+        };
+        let Some(endpoint) = picked else {
             return ResponseFuture::failed(Error::no_endpoints(decision.cluster().name.as_str()));
         };
         let in_flight = InFlight::start(Arc::clone(endpoint));

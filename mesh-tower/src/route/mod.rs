@@ -102,6 +102,16 @@ impl RouteDecision {
         &self.runtime
     }
 
+    /// The route's retry policy, if any.
+    pub fn retry_policy(&self) -> Option<&mesh_core::model::RetryPolicy> {
+        self.forward().and_then(|f| f.retry.as_ref())
+    }
+
+    /// The route's hedging policy, if any.
+    pub fn hedge_policy(&self) -> Option<&mesh_core::model::HedgePolicy> {
+        self.forward().and_then(|f| f.hedge.as_ref())
+    }
+
     /// The config version the decision was made under.
     pub fn version(&self) -> Version {
         self.runtime.version()
