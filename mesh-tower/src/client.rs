@@ -119,7 +119,7 @@ impl MeshClient {
         let route = route::decide(&runtime, self.inner_target(), req)?;
         let endpoint = route
             .cluster
-            .pick()
+            .pick(route.cluster.request_hash(req))
             .cloned()
             .ok_or_else(|| Error::no_endpoints(route.cluster().name.as_str()))?;
         Ok(Decision { route, endpoint })

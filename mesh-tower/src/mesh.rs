@@ -162,6 +162,8 @@ impl Mesh {
                     address: e.address().to_string(),
                     in_flight: e.in_flight(),
                     ejected: e.outlier().is_ejected(),
+                    ready: e.is_ready(),
+                    connect_failures: e.connect_failures(),
                 })
                 .collect(),
         )
@@ -221,4 +223,10 @@ pub struct EndpointStatus {
     /// Whether outlier detection ejected it: the balancer skips it
     /// (unless the cluster is in panic).
     pub ejected: bool,
+    /// Whether it can take requests: false for a while (1 s per
+    /// consecutive connect failure, at most 30 s) after it failed to
+    /// connect; the balancer avoids it while others are ready.
+    pub ready: bool,
+    /// Consecutive failed connects (reset by any response).
+    pub connect_failures: u32,
 }

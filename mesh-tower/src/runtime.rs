@@ -18,13 +18,17 @@
 //! push changes behaviour from the next request on and drops nothing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 // Keys are cluster names from config, so a fast hasher is safe.
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mesh_core::lb::{LeastRequest, RoundRobin, WeightedRandom};
-use mesh_core::model::{Cluster, EndpointDiff, EndpointSet, LbPolicy};
+use mesh_core::lb::{
+    LeastRequest, Maglev, PeakEwma, RingHash, RoundRobin, WeightedRandom, hash::request_hash,
+    slow_start_factor,
+};
+use mesh_core::model::{Cluster, EndpointDiff, EndpointSet, HashKey, LbPolicy};
 use mesh_core::outlier::{Outcome, OutlierDetector, OutlierStats};
 use mesh_core::{ClusterName, Snapshot, Version};
 use tokio::time::Instant;
@@ -69,6 +73,9 @@ enum Picker {
     RoundRobin(RoundRobin),
     Random(WeightedRandom),
     LeastRequest(LeastRequest),
+    PeakEwma(PeakEwma),
+    RingHash(RingHash, HashKey),
+    Maglev(Maglev, HashKey),
 }
 
 impl Runtime {
@@ -143,7 +150,9 @@ impl ClusterRuntime {
                 (Some(i), Some(p)) if p.endpoints[*i].reusable_for(ep, &transport) => {
                     Arc::clone(&p.endpoints[*i])
                 }
-                _ => EndpointState::new(ep, transport.clone()),
+                // Endpoints added after the cluster's first build warm up
+                // (slow start); the first ones do not.
+                _ => EndpointState::new(ep, transport.clone(), previous.is_some()),
             })
             .collect();
         if let Some(p) = previous {
@@ -168,19 +177,31 @@ impl ClusterRuntime {
             .iter()
             .map(|&i| new_eps[i as usize].weight)
             .collect();
+        let ids = || -> Vec<String> {
+            candidates
+                .iter()
+                .map(|&i| new_eps[i as usize].address.to_string())
+                .collect()
+        };
         let picker = match &config.lb_policy {
             LbPolicy::RoundRobin => Picker::RoundRobin(RoundRobin::new(&weights)),
             LbPolicy::Random => Picker::Random(WeightedRandom::new(&weights)),
-            other @ (LbPolicy::PeakEwma { .. }
-            | LbPolicy::RingHash { .. }
-            | LbPolicy::Maglev { .. }) => {
-                // Balancers in progress (issue 3); nothing translates to
-                // them yet.
-                tracing::warn!(cluster = %config.name, policy = ?other, "load balancer not implemented yet; using LEAST_REQUEST");
-                Picker::LeastRequest(LeastRequest::new(&weights, 2))
-            }
             LbPolicy::LeastRequest { choice_count } => {
                 Picker::LeastRequest(LeastRequest::new(&weights, *choice_count))
+            }
+            LbPolicy::PeakEwma { default_rtt, decay } => {
+                Picker::PeakEwma(PeakEwma::new(*default_rtt, *decay))
+            }
+            LbPolicy::RingHash {
+                key,
+                minimum_ring_size,
+                maximum_ring_size,
+            } => Picker::RingHash(
+                RingHash::new(&ids(), &weights, *minimum_ring_size, *maximum_ring_size),
+                key.clone(),
+            ),
+            LbPolicy::Maglev { key, table_size } => {
+                Picker::Maglev(Maglev::new(&ids(), &weights, *table_size), key.clone())
             }
         };
         let shared: Arc<ClusterShared> =
@@ -221,18 +242,39 @@ impl ClusterRuntime {
     }
 
     /// Picks the endpoint for one request, or `None` when there is none.
-    pub(crate) fn pick(&self) -> Option<&Arc<EndpointState>> {
-        self.pick_avoiding(|_| false)
+    pub(crate) fn pick(&self, hash: Option<u64>) -> Option<&Arc<EndpointState>> {
+        self.pick_avoiding(hash, |_| false)
+    }
+
+    /// The hash key of the cluster's consistent-hash policy, if it has one.
+    pub(crate) fn hash_key(&self) -> Option<&HashKey> {
+        match &self.picker {
+            Picker::RingHash(_, k) | Picker::Maglev(_, k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The request's hash under the cluster's consistent-hash policy.
+    pub(crate) fn request_hash<B>(&self, req: &http::Request<B>) -> Option<u64> {
+        self.hash_key()
+            .and_then(|k| request_hash(k, req.uri(), req.headers()))
+    }
+
+    /// Whether attempts must be timed (peak EWMA) or their outcomes
+    /// recorded (outlier detection).
+    pub(crate) fn observes(&self) -> bool {
+        self.outlier.is_some() || matches!(self.picker, Picker::PeakEwma(_))
     }
 
     /// Picks an endpoint, skipping ejected ones (unless the cluster is in
-    /// panic) and those `avoid` names (e.g. hosts a retry already tried).
+    /// panic), ones that just failed to connect, and those `avoid` names (e.g. hosts a retry already tried).
     /// When the policy's pick is skipped, two uniform redraws follow, then
     /// a scan from a random start; when every endpoint is skipped, the
     /// policy's pick stands (Envoy's retry host predicates also give up
     /// after a few attempts). Allocation-free.
     pub(crate) fn pick_avoiding(
         &self,
+        hash: Option<u64>,
         avoid: impl Fn(&EndpointState) -> bool,
     ) -> Option<&Arc<EndpointState>> {
         let n = self.candidates.len();
@@ -250,9 +292,23 @@ impl ClusterRuntime {
         let total = self.endpoints.len();
         let usable = |k: usize| {
             let e = at(k);
-            !(detector.is_some_and(|d| d.skips(e.outlier(), total)) || avoid(e))
+            e.is_ready() && !(detector.is_some_and(|d| d.skips(e.outlier(), total)) || avoid(e))
         };
-        let first = self.pick_index();
+        let mut first = self.pick_index(hash);
+        // Slow start (Envoy `SlowStartConfig`): an endpoint still warming
+        // up keeps a pick with probability equal to its weight factor;
+        // otherwise the policy draws again (at most 4 times).
+        if let Some(ss) = &self.config.slow_start {
+            for _ in 0..4 {
+                let factor = at(first)
+                    .added()
+                    .map_or(1.0, |t| slow_start_factor(ss, t.elapsed()));
+                if factor >= 1.0 || fastrand::f64() < factor {
+                    break;
+                }
+                first = self.pick_index(hash);
+            }
+        }
         if usable(first) {
             return Some(at(first));
         }
@@ -267,19 +323,37 @@ impl ClusterRuntime {
         Some(at(found.unwrap_or(first)))
     }
 
-    fn pick_index(&self) -> usize {
+    fn pick_index(&self, hash: Option<u64>) -> usize {
+        let ep = |k: usize| &self.endpoints[self.candidates[k] as usize];
         match &self.picker {
             Picker::RoundRobin(rr) => rr.pick(self.shared.next.fetch_add(1, Ordering::Relaxed)),
             Picker::Random(w) => w.pick(),
-            Picker::LeastRequest(lr) => {
-                lr.pick(|k| self.endpoints[self.candidates[k] as usize].in_flight())
-            }
+            Picker::LeastRequest(lr) => lr.pick(|k| ep(k).in_flight()),
+            Picker::PeakEwma(p) => p.pick(self.candidates.len(), |k| {
+                let e = ep(k);
+                p.cost(e.ewma(), e.in_flight())
+            }),
+            // Without a key the request goes anywhere (Envoy: a random
+            // host when no hash is produced).
+            Picker::RingHash(r, _) => hash.map_or_else(|| self.random_index(), |h| r.pick(h)),
+            Picker::Maglev(m, _) => hash.map_or_else(|| self.random_index(), |h| m.pick(h)),
         }
     }
 
-    /// Records what an attempt at `endpoint` produced, for outlier
-    /// detection. A no-op without it.
-    pub(crate) fn record(&self, endpoint: &EndpointState, outcome: Outcome) {
+    fn random_index(&self) -> usize {
+        fastrand::usize(..self.candidates.len())
+    }
+
+    /// Records what an attempt at `endpoint` produced and how long it
+    /// took, for outlier detection and peak EWMA.
+    pub(crate) fn record(&self, endpoint: &EndpointState, outcome: Outcome, rtt: Duration) {
+        if let Picker::PeakEwma(p) = &self.picker {
+            let failed = match outcome {
+                Outcome::Response(s) => s >= 500,
+                Outcome::LocalFailure => true,
+            };
+            p.observe(endpoint.ewma(), rtt, failed, nanos_since(self.epoch));
+        }
         if let Some(d) = &self.outlier {
             let now = nanos_since(self.epoch);
             let stats = &self.shared.outlier_stats;
@@ -294,11 +368,6 @@ impl ClusterRuntime {
             }
             d.maybe_sweep(self.endpoints.iter().map(|e| e.outlier()), now, stats);
         }
-    }
-
-    /// Whether outlier detection is on.
-    pub(crate) fn detects_outliers(&self) -> bool {
-        self.outlier.is_some()
     }
 
     /// The outlier detector and its counts.

@@ -22,7 +22,15 @@ fn routing_decision_does_not_allocate() {
         let endpoints: Vec<SocketAddr> = (1..=10)
             .map(|i| SocketAddr::from(([10, 0, 0, i], 8080)))
             .collect();
-        for lb in ["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM"] {
+        for lb in [
+            "LEAST_REQUEST",
+            "ROUND_ROBIN",
+            "RANDOM",
+            // Slow start, consistent hashing on a header (ring and Maglev).
+            "ROUND_ROBIN, warmup: { duration: 60s }",
+            "UNSPECIFIED, consistentHash: { httpHeaderName: x-tenant }",
+            "UNSPECIFIED, consistentHash: { httpHeaderName: x-tenant, maglev: {} }",
+        ] {
             let mesh =
                 mesh_tests::mesh_from_yaml(&mesh_examples::yaml::many_routes(50, &endpoints, lb));
             let client = mesh.client();

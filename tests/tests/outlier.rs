@@ -94,7 +94,11 @@ async fn an_endpoint_that_refuses_connections_is_ejected_and_avoided() {
     ));
     let client = mesh.client();
     let mut failures = 0;
-    for _ in 0..20 {
+    // 20 s: within the first ejection (baseEjectionTime 30s).
+    for _ in 0..10 {
+        // Past the endpoint's not-ready backoff after a failed connect (1
+        // s), so the balancer tries it again.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         match send(&client).await {
             Ok((200, by)) => assert_eq!(by, "good"),
             Ok((s, _)) => panic!("status {s}"),

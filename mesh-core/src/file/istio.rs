@@ -1260,48 +1260,6 @@ pub(crate) fn cluster_name(port: u16, subset: Option<&str>, fqdn: &str) -> Strin
     format!("outbound|{port}|{}|{fqdn}", subset.unwrap_or(""))
 }
 
-pub(crate) fn load_balancer(
-    lb: Obj<'_>,
-    errors: &mut Vec<InvalidConfig>,
-    warnings: &mut Vec<InvalidConfig>,
-) -> Result<Option<LbPolicy>, InvalidConfig> {
-    lb.check_fields(
-        &Fields {
-            supported: &["simple"],
-            unsupported: &[
-                "consistentHash",
-                "localityLbSetting",
-                "warmupDurationSecs",
-                "warmup",
-            ],
-            ignored: &[],
-        },
-        errors,
-        warnings,
-    );
-    Ok(match lb.str("simple")? {
-        None | Some("UNSPECIFIED") => None,
-        Some("ROUND_ROBIN") => Some(LbPolicy::RoundRobin),
-        Some("RANDOM") => Some(LbPolicy::Random),
-        // LEAST_CONN is Istio's deprecated alias of LEAST_REQUEST.
-        Some("LEAST_REQUEST") | Some("LEAST_CONN") => {
-            Some(LbPolicy::LeastRequest { choice_count: 2 })
-        }
-        Some("PASSTHROUGH") => {
-            return Err(InvalidConfig::new(
-                lb.path.field("simple"),
-                "PASSTHROUGH is not supported: the mesh client always picks an endpoint",
-            ));
-        }
-        Some(other) => {
-            return Err(InvalidConfig::new(
-                lb.path.field("simple"),
-                format!("unknown policy {other:?} (expected ROUND_ROBIN, LEAST_REQUEST or RANDOM)"),
-            ));
-        }
-    })
-}
-
 /// One `HTTPMatchRequest`.
 fn http_match(
     value: &Value,

@@ -16,13 +16,16 @@ use std::time::Duration;
 use super::duration;
 use super::yaml::{Fields, Obj};
 use crate::error::InvalidConfig;
-use crate::model::{Cluster, ConnectionLimits, LbPolicy, OutlierDetection};
+use serde_json::Value;
+
+use crate::model::{Cluster, ConnectionLimits, HashKey, LbPolicy, OutlierDetection, SlowStart};
 
 /// The settings of one `trafficPolicy` (or one of its port-level
 /// entries); `None` where it says nothing.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct PolicySettings {
     pub(crate) lb: Option<LbPolicy>,
+    pub(crate) slow_start: Option<SlowStart>,
     pub(crate) pool: Option<PoolSettings>,
     pub(crate) outlier: Option<OutlierDetection>,
 }
@@ -72,6 +75,7 @@ pub(crate) fn apply(
     if let Some(lb) = most_specific(subset, rule, port, |s| s.lb.as_ref()) {
         cluster.lb_policy = lb;
     }
+    cluster.slow_start = most_specific(subset, rule, port, |s| s.slow_start.as_ref());
     if let Some(pool) = most_specific(subset, rule, port, |s| s.pool.as_ref()) {
         cluster.limits = pool.limits;
         cluster.connect_timeout = pool.connect_timeout;
@@ -143,7 +147,7 @@ fn settings(
     let mut out = PolicySettings::default();
     let lb_path = obj.path.field("loadBalancer");
     if let Some(lb) = obj.obj("loadBalancer", &lb_path)? {
-        out.lb = super::istio::load_balancer(lb, errors, warnings)?;
+        (out.lb, out.slow_start) = load_balancer(lb, errors, warnings)?;
     }
     let cp_path = obj.path.field("connectionPool");
     if let Some(cp) = obj.obj("connectionPool", &cp_path)? {
@@ -159,6 +163,312 @@ fn settings(
         ));
     }
     Ok(out)
+}
+
+/// Envoy's default `maximum_ring_size`, 8M (`RingHashLbConfig`).
+const MAX_RING_SIZE: u64 = 8 << 20;
+/// Istio's default `minimumRingSize`, 1024 (`ConsistentHashLB.RingHash`).
+const MIN_RING_SIZE: u64 = 1024;
+
+/// `loadBalancer`: the policy and the slow start.
+pub(crate) fn load_balancer(
+    lb: Obj<'_>,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<(Option<LbPolicy>, Option<SlowStart>), InvalidConfig> {
+    lb.check_fields(
+        &Fields {
+            supported: &["simple", "consistentHash", "warmupDurationSecs", "warmup"],
+            unsupported: &["localityLbSetting"],
+            ignored: &[],
+        },
+        errors,
+        warnings,
+    );
+    let simple = match lb.str("simple")? {
+        None | Some("UNSPECIFIED") => None,
+        Some("ROUND_ROBIN") => Some(LbPolicy::RoundRobin),
+        Some("RANDOM") => Some(LbPolicy::Random),
+        // LEAST_CONN is Istio's deprecated alias of LEAST_REQUEST.
+        Some("LEAST_REQUEST") | Some("LEAST_CONN") => {
+            Some(LbPolicy::LeastRequest { choice_count: 2 })
+        }
+        Some("PASSTHROUGH") => {
+            return Err(InvalidConfig::new(
+                lb.path.field("simple"),
+                "PASSTHROUGH is not supported: the mesh client always picks an endpoint",
+            ));
+        }
+        Some(other) => {
+            return Err(InvalidConfig::new(
+                lb.path.field("simple"),
+                format!("unknown policy {other:?} (expected ROUND_ROBIN, LEAST_REQUEST or RANDOM)"),
+            ));
+        }
+    };
+    let ch_path = lb.path.field("consistentHash");
+    let hash = match lb.obj("consistentHash", &ch_path)? {
+        None => None,
+        Some(_) if simple.is_some() => {
+            return Err(InvalidConfig::new(
+                ch_path,
+                "set either simple or consistentHash, not both",
+            ));
+        }
+        Some(ch) => Some(consistent_hash(ch, errors, warnings)?),
+    };
+    let policy = hash.or(simple);
+
+    let warmup_path = lb.path.field("warmup");
+    let slow_start = match (
+        lb.obj("warmup", &warmup_path)?,
+        lb.str("warmupDurationSecs")?,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(InvalidConfig::new(
+                lb.path.field("warmupDurationSecs"),
+                "set either warmup or the deprecated warmupDurationSecs, not both",
+            ));
+        }
+        (None, None) => None,
+        (None, Some(_)) => positive_duration(&lb, "warmupDurationSecs")?.map(|window| SlowStart {
+            window,
+            min_weight_percent: 10,
+            aggression: 1.0,
+        }),
+        (Some(w), None) => Some(warmup(w, errors, warnings)?),
+    };
+    if slow_start.is_some()
+        && !matches!(
+            policy,
+            None | Some(LbPolicy::RoundRobin | LbPolicy::LeastRequest { .. })
+        )
+    {
+        return Err(InvalidConfig::new(
+            lb.path.clone(),
+            "warmup applies only to ROUND_ROBIN and LEAST_REQUEST",
+        ));
+    }
+    Ok((policy, slow_start))
+}
+
+/// Istio `WarmupConfiguration`: `duration` (required), `minimumPercent`
+/// (default 10), `aggression` (default 1.0).
+fn warmup(
+    w: Obj<'_>,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<SlowStart, InvalidConfig> {
+    w.check_fields(
+        &Fields {
+            supported: &["duration", "minimumPercent", "aggression"],
+            unsupported: &[],
+            ignored: &[],
+        },
+        errors,
+        warnings,
+    );
+    let window = positive_duration(&w, "duration")?
+        .ok_or_else(|| InvalidConfig::new(w.path.field("duration"), "required"))?;
+    let number = |key: &str, min: f64, max: f64| -> Result<Option<f64>, InvalidConfig> {
+        match w.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(x) if (min..=max).contains(&x) => Ok(Some(x)),
+                _ if max == f64::MAX => Err(InvalidConfig::new(
+                    w.path.field(key),
+                    format!("{n} is less than {min}"),
+                )),
+                _ => Err(InvalidConfig::new(
+                    w.path.field(key),
+                    format!("{n} is out of range ({min} to {max})"),
+                )),
+            },
+            Some(_) => Err(InvalidConfig::new(w.path.field(key), "expected a number")),
+        }
+    };
+    Ok(SlowStart {
+        window,
+        min_weight_percent: number("minimumPercent", 0.0, 100.0)?
+            .unwrap_or(10.0)
+            .round() as u32,
+        aggression: number("aggression", 1.0, f64::MAX)?.unwrap_or(1.0),
+    })
+}
+
+/// Istio `ConsistentHashLB`: one hash key, over a ring (default) or
+/// Maglev.
+fn consistent_hash(
+    ch: Obj<'_>,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<LbPolicy, InvalidConfig> {
+    ch.check_fields(
+        &Fields {
+            supported: &[
+                "httpHeaderName",
+                "httpCookie",
+                "useSourceIp",
+                "httpQueryParameterName",
+                "ringHash",
+                "maglev",
+                "minimumRingSize",
+            ],
+            unsupported: &[],
+            ignored: &[],
+        },
+        errors,
+        warnings,
+    );
+    let mut keys = Vec::new();
+    if let Some(h) = ch.str("httpHeaderName")? {
+        let name = http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+            InvalidConfig::new(
+                ch.path.field("httpHeaderName"),
+                format!("invalid header name {h:?}"),
+            )
+        })?;
+        keys.push(HashKey::Header(name));
+    }
+    let cookie_path = ch.path.field("httpCookie");
+    if let Some(c) = ch.obj("httpCookie", &cookie_path)? {
+        c.check_fields(
+            &Fields {
+                supported: &["name", "path", "ttl", "attributes"],
+                unsupported: &[],
+                ignored: &[],
+            },
+            errors,
+            warnings,
+        );
+        if c.get("attributes").is_some() {
+            return Err(InvalidConfig::new(
+                cookie_path.field("attributes"),
+                "not supported",
+            ));
+        }
+        let name = c.req_str("name")?;
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"=;,".contains(&b))
+        {
+            return Err(InvalidConfig::new(
+                cookie_path.field("name"),
+                format!("invalid cookie name {name:?}"),
+            ));
+        }
+        let ttl = match c.str("ttl")? {
+            None => None,
+            Some(t) => Some(
+                duration::parse(t).map_err(|m| InvalidConfig::new(cookie_path.field("ttl"), m))?,
+            ),
+        };
+        keys.push(HashKey::Cookie {
+            name: name.into(),
+            path: c.str("path")?.map(Into::into),
+            ttl,
+        });
+    }
+    if ch.bool("useSourceIp")? == Some(true) {
+        keys.push(HashKey::SourceIp);
+    }
+    if let Some(q) = ch.str("httpQueryParameterName")? {
+        if q.is_empty() {
+            return Err(InvalidConfig::new(
+                ch.path.field("httpQueryParameterName"),
+                "empty name",
+            ));
+        }
+        keys.push(HashKey::QueryParameter(q.into()));
+    }
+    let key = match keys.len() {
+        1 => keys.remove(0),
+        0 => {
+            return Err(InvalidConfig::new(
+                ch.path.clone(),
+                "set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+            ));
+        }
+        _ => {
+            return Err(InvalidConfig::new(
+                ch.path.clone(),
+                "set only one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+            ));
+        }
+    };
+    let ring_path = ch.path.field("ringHash");
+    let maglev_path = ch.path.field("maglev");
+    let ring = ch.obj("ringHash", &ring_path)?;
+    let maglev = ch.obj("maglev", &maglev_path)?;
+    let deprecated_min = ch.int("minimumRingSize", 0, i64::from(u32::MAX))?;
+    let ring_min = |obj: Option<&Obj<'_>>| -> Result<u64, InvalidConfig> {
+        let v = match obj {
+            Some(o) => o.int("minimumRingSize", 0, MAX_RING_SIZE as i64)?,
+            None => deprecated_min,
+        };
+        Ok(match v {
+            None | Some(0) => MIN_RING_SIZE,
+            Some(n) => n as u64,
+        })
+    };
+    Ok(match (ring, maglev) {
+        (Some(_), Some(_)) => {
+            return Err(InvalidConfig::new(
+                maglev_path,
+                "set either ringHash or maglev, not both",
+            ));
+        }
+        (None, Some(m)) => {
+            m.check_fields(
+                &Fields {
+                    supported: &["tableSize"],
+                    unsupported: &[],
+                    ignored: &[],
+                },
+                errors,
+                warnings,
+            );
+            let table_size = match m.int("tableSize", 0, 5_000_011)? {
+                None | Some(0) => mesh_maglev_default(),
+                Some(n) if is_prime(n as u64) => n as u64,
+                Some(n) => {
+                    return Err(InvalidConfig::new(
+                        maglev_path.field("tableSize"),
+                        format!("{n} is not a prime number"),
+                    ));
+                }
+            };
+            LbPolicy::Maglev { key, table_size }
+        }
+        (ring, None) => {
+            if let Some(r) = &ring {
+                r.check_fields(
+                    &Fields {
+                        supported: &["minimumRingSize"],
+                        unsupported: &[],
+                        ignored: &[],
+                    },
+                    errors,
+                    warnings,
+                );
+            }
+            LbPolicy::RingHash {
+                key,
+                minimum_ring_size: ring_min(ring.as_ref())?,
+                maximum_ring_size: MAX_RING_SIZE,
+            }
+        }
+    })
+}
+
+/// Istio's default Maglev `tableSize`, 65537.
+fn mesh_maglev_default() -> u64 {
+    crate::lb::Maglev::DEFAULT_TABLE_SIZE
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
 /// The largest value of Istio's `int32` fields.
@@ -335,7 +645,9 @@ mod tests {
     use std::time::Duration;
 
     use crate::file::FileSource;
-    use crate::model::{Cluster, ConnectionLimits, LbPolicy, OutlierDetection};
+    use serde_json::Value;
+
+    use crate::model::{Cluster, ConnectionLimits, HashKey, LbPolicy, OutlierDetection, SlowStart};
 
     const SERVICE: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -508,7 +820,167 @@ spec:
     }
 
     #[test]
+    fn consistent_hash_keys_over_ring_and_maglev() {
+        let lb = |body: &str| {
+            cluster(
+                &rule(&format!(
+                    "  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n{body}"
+                )),
+                9080,
+                "",
+            )
+            .lb_policy
+        };
+        // Istio ConsistentHashLB: ringHash is the default with
+        // minimumRingSize 1024; Maglev's tableSize defaults to 65537.
+        assert_eq!(
+            lb("        httpHeaderName: x-user\n"),
+            LbPolicy::RingHash {
+                key: HashKey::Header("x-user".parse().unwrap()),
+                minimum_ring_size: 1024,
+                maximum_ring_size: 8 << 20,
+            }
+        );
+        assert_eq!(
+            lb(
+                "        httpQueryParameterName: user\n        ringHash: { minimumRingSize: 4096 }\n"
+            ),
+            LbPolicy::RingHash {
+                key: HashKey::QueryParameter("user".into()),
+                minimum_ring_size: 4096,
+                maximum_ring_size: 8 << 20,
+            }
+        );
+        assert_eq!(
+            lb("        useSourceIp: true\n        maglev: {}\n"),
+            LbPolicy::Maglev {
+                key: HashKey::SourceIp,
+                table_size: 65537,
+            }
+        );
+        assert_eq!(
+            lb(
+                "        httpCookie: { name: session, path: /, ttl: 3600s }\n        maglev: { tableSize: 251 }\n"
+            ),
+            LbPolicy::Maglev {
+                key: HashKey::Cookie {
+                    name: "session".into(),
+                    path: Some("/".into()),
+                    ttl: Some(Duration::from_secs(3600)),
+                },
+                table_size: 251,
+            }
+        );
+    }
+
+    #[test]
+    fn warmup_sets_slow_start_with_istios_defaults() {
+        // Istio WarmupConfiguration: minimumPercent 10, aggression 1.0.
+        let c = cluster(
+            &rule(
+                "  trafficPolicy:\n    loadBalancer: { simple: ROUND_ROBIN, warmup: { duration: 60s } }\n",
+            ),
+            9080,
+            "",
+        );
+        assert_eq!(
+            c.slow_start,
+            Some(SlowStart {
+                window: Duration::from_secs(60),
+                min_weight_percent: 10,
+                aggression: 1.0,
+            })
+        );
+        let c = cluster(
+            &rule("  trafficPolicy:\n    loadBalancer: { warmupDurationSecs: 30s }\n"),
+            9080,
+            "",
+        );
+        assert_eq!(c.slow_start.unwrap().window, Duration::from_secs(30));
+        let c = cluster(
+            &rule(
+                "  trafficPolicy:\n    loadBalancer: { warmup: { duration: 10s, minimumPercent: 25, aggression: 2 } }\n",
+            ),
+            9080,
+            "",
+        );
+        let ss = c.slow_start.unwrap();
+        assert_eq!((ss.min_weight_percent, ss.aggression), (25, 2.0));
+    }
+
+    #[test]
+    fn linkerd_peak_ewma_defaults() {
+        // linkerd2-proxy: default RTT 30 ms, decay 10 s.
+        assert_eq!(
+            LbPolicy::linkerd_peak_ewma(),
+            LbPolicy::PeakEwma {
+                default_rtt: Duration::from_millis(30),
+                decay: Duration::from_secs(10),
+            }
+        );
+    }
+
+    #[test]
     fn bad_values_are_errors_naming_the_field() {
+        let lb = |body: &str| {
+            error(&rule(&format!(
+                "  trafficPolicy:\n    loadBalancer:\n{body}"
+            )))
+        };
+        assert_eq!(
+            lb("      simple: ROUND_ROBIN\n      consistentHash: { httpHeaderName: x }\n"),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer.consistentHash: set either simple or consistentHash, not both"
+            )
+        );
+        assert_eq!(
+            lb("      consistentHash: { httpHeaderName: x, useSourceIp: true }\n"),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer.consistentHash: set only one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName"
+            )
+        );
+        assert_eq!(
+            lb("      consistentHash: { ringHash: {} }\n"),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer.consistentHash: set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName"
+            )
+        );
+        assert_eq!(
+            lb("      consistentHash: { httpHeaderName: x, maglev: { tableSize: 1000 } }\n"),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 1000 is not a prime number"
+            )
+        );
+        assert_eq!(
+            lb("      consistentHash: { httpHeaderName: x, maglev: {}, ringHash: {} }\n"),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer.consistentHash.maglev: set either ringHash or maglev, not both"
+            )
+        );
+        assert_eq!(
+            lb("      consistentHash: { httpHeaderName: \"bad header\" }\n"),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer.consistentHash.httpHeaderName: invalid header name \"bad header\""
+            )
+        );
+        assert_eq!(
+            lb("      consistentHash: { httpCookie: { ttl: 1s } }\n"),
+            format!("{DOC}: trafficPolicy.loadBalancer.consistentHash.httpCookie.name: required")
+        );
+        assert_eq!(
+            lb("      simple: RANDOM\n      warmup: { duration: 10s }\n"),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer: warmup applies only to ROUND_ROBIN and LEAST_REQUEST"
+            )
+        );
+        assert_eq!(
+            lb("      warmup: { minimumPercent: 5 }\n"),
+            format!("{DOC}: trafficPolicy.loadBalancer.warmup.duration: required")
+        );
+        assert_eq!(
+            lb("      warmup: { duration: 1s, aggression: 0.5 }\n"),
+            format!("{DOC}: trafficPolicy.loadBalancer.warmup.aggression: 0.5 is less than 1")
+        );
         assert_eq!(
             error(&rule(
                 "  trafficPolicy:\n    connectionPool: { tcp: { maxConnections: -1 } }\n"

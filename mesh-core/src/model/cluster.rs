@@ -56,6 +56,18 @@ pub enum LbPolicy {
     },
 }
 
+impl LbPolicy {
+    /// Linkerd's default balancer: peak EWMA with a 30 ms default RTT and
+    /// a 10 s decay (linkerd2-proxy `DEFAULT_EWMA`: `default_rtt` 30 ms,
+    /// `decay` 10 s).
+    pub fn linkerd_peak_ewma() -> Self {
+        Self::PeakEwma {
+            default_rtt: Duration::from_millis(30),
+            decay: Duration::from_secs(10),
+        }
+    }
+}
+
 impl Default for LbPolicy {
     /// `LEAST_REQUEST` with two choices: Istio's default since 1.14
     /// ("the default load balancing algorithm is LEAST_REQUEST",

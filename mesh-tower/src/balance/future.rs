@@ -3,11 +3,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::Response;
+use http::{HeaderValue, Response};
 use hyper::body::Incoming;
 
 use crate::body::ResponseBody;
 use mesh_core::outlier::Outcome;
+use tokio::time::Instant;
 
 use crate::endpoint::InFlight;
 use crate::error::{BoxError, Error};
@@ -27,7 +28,8 @@ enum State {
         #[pin]
         fut: hyper_util::client::legacy::ResponseFuture,
         in_flight: Option<InFlight>,
-        outliers: Option<Arc<ClusterRuntime>>,
+        observe: Option<(Arc<ClusterRuntime>, Instant)>,
+        set_cookie: Option<HeaderValue>,
     },
 }
 
@@ -41,13 +43,15 @@ impl ResponseFuture {
     pub(crate) fn sending(
         fut: hyper_util::client::legacy::ResponseFuture,
         in_flight: InFlight,
-        outliers: Option<Arc<ClusterRuntime>>,
+        observe: Option<(Arc<ClusterRuntime>, Instant)>,
+        set_cookie: Option<HeaderValue>,
     ) -> Self {
         Self {
             state: State::Sending {
                 fut,
                 in_flight: Some(in_flight),
-                outliers,
+                observe,
+                set_cookie,
             },
         }
     }
@@ -65,21 +69,32 @@ impl Future for ResponseFuture {
             Proj::Sending {
                 fut,
                 in_flight,
-                outliers,
+                observe,
+                set_cookie,
             } => match fut.poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(res)) => {
+                Poll::Ready(Ok(mut res)) => {
                     let Some(guard) = in_flight.take() else {
                         return Poll::Ready(Err("polled after completion".into()));
                     };
-                    if let Some(c) = outliers.take() {
-                        c.record(guard.endpoint(), Outcome::Response(res.status().as_u16()));
+                    guard.endpoint().responded();
+                    if let Some((c, start)) = observe.take() {
+                        let outcome = Outcome::Response(res.status().as_u16());
+                        c.record(guard.endpoint(), outcome, start.elapsed());
+                    }
+                    if let Some(v) = set_cookie.take() {
+                        res.headers_mut().append(http::header::SET_COOKIE, v);
                     }
                     Poll::Ready(Ok(res.map(|body: Incoming| ResponseBody::new(body, guard))))
                 }
                 Poll::Ready(Err(e)) => {
-                    if let (Some(c), Some(guard)) = (outliers.take(), in_flight.as_ref()) {
-                        c.record(guard.endpoint(), Outcome::LocalFailure);
+                    if let Some(guard) = in_flight.as_ref()
+                        && e.is_connect()
+                    {
+                        guard.endpoint().connect_failed();
+                    }
+                    if let (Some((c, start)), Some(guard)) = (observe.take(), in_flight.as_ref()) {
+                        c.record(guard.endpoint(), Outcome::LocalFailure, start.elapsed());
                     }
                     let endpoint = in_flight.take().map(|g| g.endpoint().address().clone());
                     let mut e = Error::from_upstream(Box::new(e));

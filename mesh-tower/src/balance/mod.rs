@@ -19,7 +19,9 @@ mod future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
+use mesh_core::lb::hash::hash64;
+use mesh_core::model::HashKey;
 
 pub use future::ResponseFuture;
 
@@ -45,13 +47,14 @@ const HOST_SELECTION_RETRY_MAX_ATTEMPTS: usize = 5;
 fn pick_avoiding<'a>(
     cluster: &'a ClusterRuntime,
     tried: &TriedEndpoints,
+    hash: Option<u64>,
 ) -> Option<&'a Arc<EndpointState>> {
-    let mut pick = cluster.pick()?;
+    let mut pick = cluster.pick(hash)?;
     for _ in 1..HOST_SELECTION_RETRY_MAX_ATTEMPTS {
         if !tried.contains(pick.address()) {
             return Some(pick);
         }
-        pick = cluster.pick()?;
+        pick = cluster.pick(hash)?;
     }
     if !tried.contains(pick.address()) {
         return Some(pick);
@@ -89,27 +92,62 @@ impl tower::Service<Request<BoxBody>> for Balance {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<BoxBody>) -> ResponseFuture {
+    fn call(&mut self, mut req: Request<BoxBody>) -> ResponseFuture {
         let Some(decision) = req.extensions().get::<RouteDecision>() else {
             return ResponseFuture::failed(Error::invalid_request(
                 "no route decision: Balance must run below Route",
             ));
         };
+        let cluster = Arc::clone(&decision.cluster);
+        let (hash, set_cookie) = match cluster.hash_key() {
+            None => (None, None),
+            Some(key) => match cluster.request_hash(&req) {
+                Some(h) => (Some(h), None),
+                None => new_cookie(key, &mut req),
+            },
+        };
         let picked = match req.extensions().get::<TriedEndpoints>() {
-            Some(tried) => pick_avoiding(&decision.cluster, tried),
-            None => decision.cluster.pick(),
+            Some(tried) => pick_avoiding(&cluster, tried, hash),
+            None => cluster.pick(hash),
         };
         let Some(endpoint) = picked else {
-            return ResponseFuture::failed(Error::no_endpoints(decision.cluster().name.as_str()));
+            return ResponseFuture::failed(Error::no_endpoints(cluster.config.name.as_str()));
         };
         let in_flight = InFlight::start(Arc::clone(endpoint));
         // Outcomes are recorded where the response (or the connect error
-        // or reset) is seen, for outlier detection.
-        let outliers = decision
-            .cluster
-            .detects_outliers()
-            .then(|| Arc::clone(&decision.cluster));
+        // or reset) is seen, for outlier detection and peak EWMA.
+        let observe = cluster
+            .observes()
+            .then(|| (Arc::clone(&cluster), tokio::time::Instant::now()));
         let fut = in_flight.endpoint().client().request(req);
-        ResponseFuture::sending(fut, in_flight, outliers)
+        ResponseFuture::sending(fut, in_flight, observe, set_cookie)
     }
+}
+
+/// For a cookie hash key and a request without the cookie: a new cookie
+/// value, its hash, and the `Set-Cookie` header for the response (Istio
+/// `httpCookie`: "if the cookie is not present, it will be generated").
+/// The request also carries the cookie, so it is hashed as later requests
+/// with the cookie will be.
+fn new_cookie(key: &HashKey, req: &mut Request<BoxBody>) -> (Option<u64>, Option<HeaderValue>) {
+    let HashKey::Cookie { name, path, ttl } = key else {
+        return (None, None);
+    };
+    let value = format!("{:016x}", fastrand::u64(..));
+    let mut set = format!("{name}={value}");
+    if let Some(p) = path {
+        set.push_str("; Path=");
+        set.push_str(p);
+    }
+    if let Some(ttl) = ttl {
+        set.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    set.push_str("; HttpOnly");
+    if let Ok(v) = HeaderValue::from_str(&format!("{name}={value}")) {
+        req.headers_mut().append(http::header::COOKIE, v);
+    }
+    (
+        Some(hash64(value.as_bytes())),
+        HeaderValue::from_str(&set).ok(),
+    )
 }

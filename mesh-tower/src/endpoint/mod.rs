@@ -11,13 +11,15 @@
 mod connect;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use mesh_core::lb::EwmaState;
 use mesh_core::model::{Cluster, Endpoint, EndpointAddress, Protocol};
 use mesh_core::outlier::HostOutlier;
+use tokio::time::Instant;
 
 pub use connect::ConnectError;
 pub(crate) use connect::Connector;
@@ -60,11 +62,27 @@ pub(crate) struct EndpointState {
     transport: Transport,
     in_flight: AtomicU64,
     outlier: HostOutlier,
+    ewma: EwmaState,
+    added: Option<Instant>,
+    // Consecutive connect failures, and when the last one happened
+    // (nanoseconds since `created`).
+    connect_failures: AtomicU32,
+    connect_failed_at: AtomicU64,
+    created: Instant,
     client: Client<Connector, BoxBody>,
 }
 
+/// How long an endpoint that failed to connect is not ready: one second
+/// per consecutive failure, at most [`MAX_CONNECT_BACKOFF`]. Then one
+/// request probes it again.
+const CONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest an endpoint stays not ready after connect failures.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(30);
+
 impl EndpointState {
-    pub(crate) fn new(endpoint: &Endpoint, transport: Transport) -> Arc<Self> {
+    /// State for `endpoint`; `warming` marks it as newly added (slow
+    /// start counts from now).
+    pub(crate) fn new(endpoint: &Endpoint, transport: Transport, warming: bool) -> Arc<Self> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(transport.idle_timeout)
@@ -83,6 +101,11 @@ impl EndpointState {
             transport,
             in_flight: AtomicU64::new(0),
             outlier: HostOutlier::default(),
+            ewma: EwmaState::default(),
+            added: warming.then(Instant::now),
+            connect_failures: AtomicU32::new(0),
+            connect_failed_at: AtomicU64::new(0),
+            created: Instant::now(),
             client,
         })
     }
@@ -112,6 +135,49 @@ impl EndpointState {
     /// across config pushes).
     pub(crate) fn outlier(&self) -> &HostOutlier {
         &self.outlier
+    }
+
+    /// Records a failed connect: the endpoint is not ready for a while.
+    pub(crate) fn connect_failed(&self) {
+        let at = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.connect_failed_at.store(at, Ordering::Relaxed);
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a response: the endpoint is reachable.
+    pub(crate) fn responded(&self) {
+        if self.connect_failures.load(Ordering::Relaxed) != 0 {
+            self.connect_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the endpoint can take requests: false for a while after it
+    /// failed to connect (the balancer avoids it while others are ready;
+    /// [`EndpointStatus`](crate::EndpointStatus) shows it). Reads the
+    /// clock only after a failure.
+    pub(crate) fn is_ready(&self) -> bool {
+        let n = self.connect_failures.load(Ordering::Relaxed);
+        if n == 0 {
+            return true;
+        }
+        let backoff = (CONNECT_BACKOFF * n).min(MAX_CONNECT_BACKOFF);
+        let at = Duration::from_nanos(self.connect_failed_at.load(Ordering::Relaxed));
+        self.created.elapsed() >= at + backoff
+    }
+
+    /// Consecutive connect failures.
+    pub(crate) fn connect_failures(&self) -> u32 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    /// The latency estimate (peak EWMA).
+    pub(crate) fn ewma(&self) -> &EwmaState {
+        &self.ewma
+    }
+
+    /// When the endpoint was added, if after its cluster's first build.
+    pub(crate) fn added(&self) -> Option<Instant> {
+        self.added
     }
 
     pub(crate) fn client(&self) -> &Client<Connector, BoxBody> {
