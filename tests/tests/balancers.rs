@@ -237,12 +237,14 @@ async fn an_endpoint_that_cannot_connect_is_not_ready_and_is_avoided() {
             }
         }
     }
+    // Istio's default retry policy retries the connect failure on `good`.
+    assert_eq!(errors, 0);
+    let status = mesh.cluster_endpoints(CLUSTER).unwrap();
     assert_eq!(
-        errors, 1,
+        (status[0].ready, status[0].connect_failures),
+        (false, 1),
         "after one failed connect the endpoint is avoided"
     );
-    let status = mesh.cluster_endpoints(CLUSTER).unwrap();
-    assert_eq!((status[0].ready, status[0].connect_failures), (false, 1));
     assert!(status[1].ready);
     // After the backoff it is probed again (and fails again).
     tokio::time::sleep(Duration::from_secs(2)).await;

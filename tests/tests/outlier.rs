@@ -111,7 +111,11 @@ async fn an_endpoint_that_refuses_connections_is_ejected_and_avoided() {
     // Istio's default retry policy (connect-failure) resends both failed
     // attempts to the good endpoint, so the caller sees none of them.
     assert_eq!(failures, 0, "connect failures are retried elsewhere");
-    assert_eq!(ejected(&mesh), [false, true], "two connect failures eject it");
+    assert_eq!(
+        ejected(&mesh),
+        [false, true],
+        "two connect failures eject it"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -36,9 +36,9 @@ use super::{duration, traffic};
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
     Cluster, Endpoint, EndpointAddress, EndpointSet, FaultPolicy, ForwardAction, Fraction,
-    HeaderMatch, HeaderMutations, HeaderRule, Labels, LbPolicy, Listener, Mirror, PathMatch,
-    Protocol, Regex, RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch,
-    VirtualHost, WeightedCluster, WeightedClusters,
+    HeaderMatch, HeaderMutations, HeaderRule, Labels, Listener, Mirror, PathMatch, Protocol, Regex,
+    RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost,
+    WeightedCluster, WeightedClusters,
 };
 use crate::snapshot::Resources;
 

@@ -468,7 +468,10 @@ fn mesh_maglev_default() -> u64 {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The largest value of Istio's `int32` fields.
@@ -645,8 +648,6 @@ mod tests {
     use std::time::Duration;
 
     use crate::file::FileSource;
-    use serde_json::Value;
-
     use crate::model::{Cluster, ConnectionLimits, HashKey, LbPolicy, OutlierDetection, SlowStart};
 
     const SERVICE: &str = r#"

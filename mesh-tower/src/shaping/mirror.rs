@@ -214,7 +214,7 @@ async fn worker(mut rx: mpsc::Receiver<MirrorJob>, stats: Arc<MirrorStats>) {
 
 /// Sends one copy and reads its response to the end; true when answered.
 async fn send(job: MirrorJob) -> bool {
-    let Some(endpoint) = job.cluster.pick() else {
+    let Some(endpoint) = job.cluster.pick(None) else {
         return false;
     };
     let in_flight = InFlight::start(Arc::clone(endpoint));
