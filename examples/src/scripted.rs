@@ -119,6 +119,8 @@ struct State {
     connections: AtomicU64,
     // Bodies received, for replay tests (bounded: the last 64).
     bodies: Mutex<VecDeque<Bytes>>,
+    // The headers of the last request, for propagation tests.
+    last_headers: Mutex<HeaderMap>,
 }
 
 /// A scripted backend; see the module docs.
@@ -150,6 +152,7 @@ impl Scripted {
             max_in_flight: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             bodies: Mutex::default(),
+            last_headers: Mutex::default(),
         });
         let (tx, mut rx) = oneshot::channel();
         let task = tokio::spawn({
@@ -218,6 +221,11 @@ impl Scripted {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// The headers of the last request received.
+    pub fn last_headers(&self) -> HeaderMap {
+        lock(&self.state.last_headers).clone()
     }
 
     /// The bodies of the last requests (up to 64), oldest first.
@@ -294,6 +302,7 @@ async fn handle(
     state.max_in_flight.fetch_max(now, Ordering::Relaxed);
     let _gauge = InFlight(Arc::clone(&state));
 
+    *lock(&state.last_headers) = req.headers().clone();
     let from_header = req
         .headers()
         .get(SCRIPT_HEADER)

@@ -280,10 +280,6 @@ pub struct Elapsed {
 }
 
 impl Elapsed {
-    pub(crate) fn new(after: Duration) -> Self {
-        Self::because(after, TimeoutReason::Route)
-    }
-
     pub(crate) fn because(after: Duration, reason: TimeoutReason) -> Self {
         Self { after, reason }
     }
@@ -322,7 +318,10 @@ mod tests {
             (e.http_status(), e.grpc_code()),
             (StatusCode::NOT_FOUND, tonic::Code::Unavailable)
         );
-        let e = Error::from_box(Box::new(Elapsed::new(Duration::from_millis(50))));
+        let e = Error::from_box(Box::new(Elapsed::because(
+            Duration::from_millis(50),
+            TimeoutReason::Route,
+        )));
         assert!(e.is_timeout());
         assert_eq!(
             e.to_string(),

@@ -66,6 +66,7 @@ pub mod balance;
 pub mod body;
 pub mod breaker;
 mod client;
+pub mod deadline;
 mod endpoint;
 mod error;
 pub mod fault;

@@ -10,6 +10,9 @@
 //! the table is capped so that request paths can never grow it without
 //! bound.
 //!
+//! An inbound `grpc-timeout` becomes the deadline of the calls the
+//! handler makes through the mesh ([`deadline`](crate::deadline)).
+//!
 //! Peer identity (mTLS), authorization, rate limits and telemetry are
 //! layers of their own that wrap this one.
 //!
@@ -147,7 +150,9 @@ where
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<
+        tokio::task::futures::TaskLocalFuture<Option<tokio::time::Instant>, S::Future>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -165,8 +170,9 @@ where
         };
         let counters = self.stats.counters(route_key(&req));
         counters.request();
+        let deadline = crate::deadline::inbound(&req);
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner: crate::deadline::scope(deadline, self.inner.call(req)),
             counters,
             id: Some(id),
         }

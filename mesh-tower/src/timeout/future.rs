@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Sleep;
 
-use crate::error::{BoxError, Elapsed};
+use crate::error::{BoxError, Elapsed, TimeoutReason};
 
 /// The response future of [`Timeout`](super::Timeout).
 #[pin_project::pin_project]
@@ -15,14 +15,16 @@ pub struct ResponseFuture<F> {
     #[pin]
     sleep: Option<Sleep>,
     after: Duration,
+    reason: TimeoutReason,
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(inner: F, timeout: Option<Duration>, reason: TimeoutReason) -> Self {
         Self {
             inner,
             sleep: timeout.map(tokio::time::sleep),
             after: timeout.unwrap_or_default(),
+            reason,
         }
     }
 }
@@ -40,7 +42,9 @@ where
             return Poll::Ready(r.map_err(Into::into));
         }
         match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(Box::new(Elapsed::new(*this.after)))),
+            Some(Poll::Ready(())) => {
+                Poll::Ready(Err(Box::new(Elapsed::because(*this.after, *this.reason))))
+            }
             _ => Poll::Pending,
         }
     }

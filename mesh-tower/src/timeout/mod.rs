@@ -9,6 +9,14 @@
 //! places the route timeout (gRFC A44 and reference rule C4.5). The
 //! timer is `tokio::time`, so tests run on paused time.
 //!
+//! Deadlines bound the call too: a gRPC request's own `grpc-timeout`
+//! (gRPC over HTTP/2: the caller's deadline) and the deadline inherited
+//! from the inbound request being handled (see [`deadline`](crate::deadline)).
+//! The tightest of these and the route timeout applies, the error names
+//! which one it was ([`TimeoutReason`](crate::TimeoutReason)), and a gRPC
+//! request is sent with `grpc-timeout` rewritten to the time that remains,
+//! so the server stops when the caller stops waiting.
+//!
 //! Used alone, in a plain `ServiceBuilder`, it is a static timeout:
 //!
 //! ```
@@ -34,7 +42,8 @@ use http::Request;
 pub use future::ResponseFuture;
 pub use layer::TimeoutLayer;
 
-use crate::error::BoxError;
+use crate::deadline;
+use crate::error::{BoxError, TimeoutReason};
 use crate::route::RouteDecision;
 
 /// Fails requests whose response takes longer than the route's timeout.
@@ -90,13 +99,38 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let timeout = req
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let route = req
             .extensions()
             .get::<RouteDecision>()
             .and_then(RouteDecision::timeout)
             .or(self.default);
-        ResponseFuture::new(self.inner.call(req), timeout)
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let own = if grpc {
+            deadline::grpc_timeout(req.headers())
+        } else {
+            None
+        };
+        let inherited =
+            deadline::current().map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        let caller = match (own, inherited) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let (timeout, reason) = match (route, caller) {
+            (Some(r), Some(c)) if c < r => (Some(c), TimeoutReason::Deadline),
+            (Some(r), _) => (Some(r), TimeoutReason::Route),
+            (None, Some(c)) => (Some(c), TimeoutReason::Deadline),
+            (None, None) => (None, TimeoutReason::Route),
+        };
+        if grpc && let Some(t) = timeout {
+            req.headers_mut()
+                .insert(deadline::GRPC_TIMEOUT, deadline::format_grpc_timeout(t));
+        }
+        ResponseFuture::new(self.inner.call(req), timeout, reason)
     }
 }
 
