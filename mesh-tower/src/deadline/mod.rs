@@ -75,7 +75,7 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
 pub fn format_grpc_timeout(d: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let nanos = d.as_nanos();
-    let (n, unit) = if nanos % 1_000_000 == 0 && nanos / 1_000_000 <= MAX {
+    let (n, unit) = if nanos.is_multiple_of(1_000_000) && nanos / 1_000_000 <= MAX {
         (nanos / 1_000_000, 'm')
     } else if nanos <= MAX {
         (nanos, 'n')

@@ -11,9 +11,9 @@
 //!
 //! Deadlines bound the call too: a gRPC request's own `grpc-timeout`
 //! (gRPC over HTTP/2: the caller's deadline) and the deadline inherited
-//! from the inbound request being handled (see [`deadline`](crate::deadline)).
+//! from the inbound request being handled (see [`crate::deadline`]).
 //! The tightest of these and the route timeout applies, the error names
-//! which one it was ([`TimeoutReason`](crate::TimeoutReason)), and a gRPC
+//! which one it was ([`crate::TimeoutReason`]), and a gRPC
 //! request is sent with `grpc-timeout` rewritten to the time that remains,
 //! so the server stops when the caller stops waiting.
 //!
