@@ -77,6 +77,7 @@ pub mod lb;
 pub mod model;
 mod name;
 pub mod outlier;
+pub mod ratelimit;
 mod request;
 mod snapshot;
 mod store;

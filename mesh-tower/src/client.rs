@@ -16,18 +16,22 @@ use crate::endpoint::EndpointState;
 use crate::error::{BoxError, Error};
 use crate::fault::{self, Fault};
 use crate::mesh::Mesh;
+use crate::ratelimit::RateLimit;
 use crate::retry::Retry;
 use crate::route::{self, Route, RouteDecision};
 pub use crate::route::{InvalidTarget, Target};
 use crate::shaping::{self, Shaping};
 use crate::timeout::Timeout;
 
-/// The stack below [`Shaping`]: fault injection, then the route timeout
+/// The stack below [`Shaping`]: fault injection, the rate limit, the route timeout
 /// over everything below it, then retries.
-type Leaf = Fault<Timeout<Retry<CircuitBreaker<Balance>>>>;
+type Leaf = Fault<RateLimit<Timeout<Retry<CircuitBreaker<Balance>>>>>;
 
-type LeafFuture =
-    fault::ResponseFuture<Timeout<Retry<CircuitBreaker<Balance>>>, body::BoxBody, ResponseBody>;
+type LeafFuture = fault::ResponseFuture<
+    RateLimit<Timeout<Retry<CircuitBreaker<Balance>>>>,
+    body::BoxBody,
+    ResponseBody,
+>;
 
 /// A client whose requests are routed, split, bounded and balanced by the
 /// mesh config, live.
@@ -35,12 +39,12 @@ type LeafFuture =
 /// The stack, outermost first, is the order Envoy applies the same
 /// policies in: [`Route`] (match, draw a cluster) → [`Shaping`]
 /// (rewrites, header edits, mirrors, redirects and direct responses) →
-/// [`Fault`] (injected delays and aborts) → [`Timeout`] (the route's
-/// timeout, over the whole call) → [`Retry`] (the route's retry policy,
-/// per-try timeouts, the cluster's retry budget) → [`CircuitBreaker`]
-/// (the cluster's limits) → [`Balance`] (pick an endpoint, send on its
-/// pooled connection). It is `Clone`, cheap to clone, and every clone
-/// shares the
+/// [`Fault`] (injected delays and aborts) → [`RateLimit`] (the cluster's
+/// local rate limit) → [`Timeout`] (the route's timeout, over the whole
+/// call) → [`Retry`] (the route's retry policy, per-try timeouts, the
+/// cluster's retry budget) → [`CircuitBreaker`] (the cluster's limits) →
+/// [`Balance`] (pick an endpoint, send on its pooled connection). It is
+/// `Clone`, cheap to clone, and every clone shares the
 /// mesh's per-endpoint state.
 ///
 /// Accepts `http::Request<B>` for any body `B` of `Bytes` and answers
@@ -98,8 +102,8 @@ impl Decision {
 impl MeshClient {
     pub(crate) fn new(mesh: Mesh, target: Option<Target>) -> Self {
         let leaf = Shaping::with_mirrors(
-            Fault::from_route(Timeout::from_route(Retry::new(CircuitBreaker::from_route(
-                Balance::new(),
+            Fault::from_route(RateLimit::from_route(Timeout::from_route(Retry::new(
+                CircuitBreaker::from_route(Balance::new()),
             )))),
             mesh.mirrors().clone(),
         );

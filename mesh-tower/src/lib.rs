@@ -72,6 +72,7 @@ mod error;
 pub mod fault;
 mod local_reply;
 mod mesh;
+pub mod ratelimit;
 pub mod retry;
 pub mod route;
 mod runtime;

@@ -7,6 +7,7 @@ use mesh_core::{ConfigStore, Version};
 use tokio::sync::watch;
 
 use crate::client::{InvalidTarget, MeshClient};
+use crate::ratelimit::{ServerRateLimitLayer, Workload};
 use crate::runtime::Runtime;
 use crate::server::{MeshServerLayer, ServerStats};
 use crate::shaping::{MirrorStats, Mirrors};
@@ -139,6 +140,18 @@ impl Mesh {
     /// (bounded, owned by the mesh; see [`shaping`](crate::shaping)).
     pub fn mirrors(&self) -> &Mirrors {
         &self.inner.mirrors
+    }
+
+    /// The server-side rate limit layer for `workload`: each inbound
+    /// request takes a token from the bucket of the first server listener
+    /// (by name) whose port is the workload's (or 0) and whose workload
+    /// selector its labels satisfy, read live from the config (Istio
+    /// `EnvoyFilter` `SIDECAR_INBOUND` local rate limits). Put it inside
+    /// [`server_layer`](Self::server_layer) so that limited requests are
+    /// counted and get a request id:
+    /// `router.layer(mesh.server_rate_limit(w)).layer(mesh.server_layer())`.
+    pub fn server_rate_limit(&self, workload: Workload) -> ServerRateLimitLayer {
+        ServerRateLimitLayer::for_workload(self.clone(), workload)
     }
 
     /// Counters of mirrored requests.

@@ -43,6 +43,8 @@ pub(crate) struct Runtime {
     pub(crate) clusters: HashMap<ClusterName, Arc<ClusterRuntime>>,
     // The zero of the outlier detectors' clocks, fixed for the mesh.
     epoch: Instant,
+    /// Server-side rate limits of the snapshot's server listeners.
+    pub(crate) server_limits: Arc<[crate::ratelimit::ServerLimit]>,
 }
 
 /// Per-cluster state that lives as long as the cluster name does.
@@ -67,6 +69,8 @@ pub(crate) struct ClusterRuntime {
     breaker: Arc<BreakerState>,
     outlier: Option<OutlierDetector>,
     epoch: Instant,
+    /// The cluster's client-side rate limit, kept while its config is.
+    pub(crate) rate_limiter: Option<Arc<mesh_core::ratelimit::TokenBucketState>>,
 }
 
 enum Picker {
@@ -84,6 +88,7 @@ impl Runtime {
             snapshot: Arc::new(Snapshot::default()),
             clusters: HashMap::default(),
             epoch: Instant::now(),
+            server_limits: Arc::from([]),
         }
     }
 
@@ -114,10 +119,12 @@ impl Runtime {
                 (cluster.name.clone(), rt)
             })
             .collect();
+        let server_limits = crate::ratelimit::server_limits(&snapshot, &previous.server_limits);
         Self {
             snapshot,
             clusters,
             epoch: previous.epoch,
+            server_limits,
         }
     }
 }
@@ -228,11 +235,16 @@ impl ClusterRuntime {
                 previous.and_then(|p| p.outlier.as_ref()),
             )
         });
+        let rate_limiter = crate::ratelimit::carry(
+            config.rate_limit,
+            previous.and_then(|p| p.rate_limiter.as_ref()),
+        );
         Self {
             shared,
             breaker,
             outlier,
             epoch,
+            rate_limiter,
             config,
             endpoint_set,
             endpoints,

@@ -32,13 +32,13 @@ use serde_json::Value;
 
 use super::traffic_policy::{self, TrafficPolicy};
 use super::yaml::{Fields, Obj, RawDocument};
-use super::{duration, traffic};
+use super::{duration, envoyfilter, traffic};
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
     Cluster, Endpoint, EndpointAddress, EndpointSet, FaultPolicy, ForwardAction, Fraction,
     HeaderMatch, HeaderMutations, HeaderRule, Labels, Listener, Mirror, PathMatch, Protocol, Regex,
-    RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost,
-    WeightedCluster, WeightedClusters,
+    RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable, ServerPolicy, StringMatch,
+    VirtualHost, WeightedCluster, WeightedClusters,
 };
 use crate::snapshot::Resources;
 
@@ -65,6 +65,8 @@ pub(crate) struct Translator<'o> {
     services: BTreeMap<String, Service>,
     rules: BTreeMap<String, DestinationRule>,
     virtual_services: BTreeMap<String, Arc<VirtualService>>,
+    // (document, `namespace/name`, local rate limit patches)
+    envoy_filters: Vec<(DocRef, String, Vec<envoyfilter::RateLimitPatch>)>,
 }
 
 struct Service {
@@ -145,6 +147,7 @@ impl<'o> Translator<'o> {
             services: BTreeMap::new(),
             rules: BTreeMap::new(),
             virtual_services: BTreeMap::new(),
+            envoy_filters: Vec::new(),
         }
     }
 
@@ -206,7 +209,10 @@ impl<'o> Translator<'o> {
         doc.resource = Some(format!("{kind} {name}"));
 
         let group = api_version.split('/').next().unwrap_or_default();
-        let supported_kind = matches!(kind, "ServiceEntry" | "VirtualService" | "DestinationRule");
+        let supported_kind = matches!(
+            kind,
+            "ServiceEntry" | "VirtualService" | "DestinationRule" | "EnvoyFilter"
+        );
         if group != "networking.istio.io" || !supported_kind {
             self.warnings.push(Problem {
                 doc: Some(doc),
@@ -261,6 +267,7 @@ impl<'o> Translator<'o> {
         match kind {
             "ServiceEntry" => self.service_entry(doc, &namespace, spec),
             "VirtualService" => self.virtual_service(doc, &namespace, spec),
+            "EnvoyFilter" => self.envoy_filter(doc, &namespace, name, spec),
             _ => self.destination_rule(doc, &namespace, spec),
         }
     }
@@ -522,6 +529,85 @@ impl<'o> Translator<'o> {
             errors.push(e);
         }
         self.collect(&doc, errors, warnings);
+    }
+
+    fn envoy_filter(&mut self, doc: DocRef, namespace: &str, name: &str, spec: Obj<'_>) {
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        match envoyfilter::parse(spec, &mut errors, &mut warnings) {
+            Ok(patches) => {
+                self.envoy_filters
+                    .push((doc.clone(), format!("{namespace}/{name}"), patches));
+            }
+            Err(e) => errors.push(e),
+        }
+        self.collect(&doc, errors, warnings);
+    }
+
+    /// Applies the EnvoyFilter local rate limits: outbound ones to the
+    /// clusters on their port, inbound ones as server listeners.
+    fn apply_envoy_filters(&mut self, resources: &mut Resources) {
+        let mut owner: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        for (doc, name, patches) in &self.envoy_filters {
+            for (i, p) in patches.iter().enumerate() {
+                let path = FieldPath::root().field("configPatches").index(i);
+                let Some(bucket) = p.bucket else { continue };
+                match &p.side {
+                    envoyfilter::Side::Inbound { selector } => {
+                        let port = p.port.unwrap_or(0);
+                        resources.listeners.push(Listener::server(
+                            format!("inbound|{port}|{name}|{i}"),
+                            port,
+                            ServerPolicy {
+                                rate_limit: Some(bucket),
+                                workload_selector: selector.clone(),
+                            },
+                        ));
+                    }
+                    envoyfilter::Side::Outbound => {
+                        let mut matched = 0;
+                        for c in &mut resources.clusters {
+                            let port = c
+                                .name
+                                .as_str()
+                                .split('|')
+                                .nth(1)
+                                .and_then(|p| p.parse().ok());
+                            if p.port.is_some() && p.port != port {
+                                continue;
+                            }
+                            matched += 1;
+                            if let Some((other_doc, other)) = owner.get(c.name.as_str()) {
+                                self.errors.push(Problem {
+                                    doc: Some(doc.clone()),
+                                    error: InvalidConfig::new(
+                                        path.clone(),
+                                        format!(
+                                            "cluster {:?} already has a local rate limit from document {other_doc} ({other})",
+                                            c.name.as_str()
+                                        ),
+                                    ),
+                                });
+                                continue;
+                            }
+                            owner.insert(
+                                c.name.as_str().to_owned(),
+                                (doc.index, format!("EnvoyFilter {name}")),
+                            );
+                            c.rate_limit = Some(bucket);
+                        }
+                        if matched == 0 {
+                            self.errors.push(Problem {
+                                doc: Some(doc.clone()),
+                                error: InvalidConfig::new(
+                                    path.field("match"),
+                                    "matches no cluster (no service has the port)",
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn destination_rule(&mut self, doc: DocRef, namespace: &str, spec: Obj<'_>) {
@@ -1098,6 +1184,7 @@ impl<'o> Translator<'o> {
                     });
             }
         }
+        self.apply_envoy_filters(&mut resources);
         for (port, vhosts) in vhosts_by_port {
             match RouteTable::try_new(port.to_string(), vhosts) {
                 Ok(t) => {

@@ -38,6 +38,7 @@
 //! ```
 
 mod duration;
+mod envoyfilter;
 mod istio;
 mod retries;
 mod traffic;

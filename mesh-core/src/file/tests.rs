@@ -995,3 +995,170 @@ fn shaping_errors_name_the_field() {
         );
     }
 }
+
+// --- EnvoyFilter: local rate limits ---
+
+fn envoy_filter(body: &str) -> String {
+    with(&format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{ name: rl, namespace: default }}\nspec:\n{body}"
+    ))
+}
+
+/// The inbound example of istio.io "Enabling Rate Limits using Envoy"
+/// (local rate limit), as users write it.
+const INBOUND_RL: &str = r#"  workloadSelector:
+    labels: { app: productpage }
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener:
+        filterChain:
+          filter:
+            name: "envoy.filters.network.http_connection_manager"
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          value:
+            stat_prefix: http_local_rate_limiter
+            token_bucket:
+              max_tokens: 4
+              tokens_per_fill: 4
+              fill_interval: 60s
+            filter_enabled:
+              runtime_key: local_rate_limit_enabled
+              default_value: { numerator: 100, denominator: HUNDRED }
+            filter_enforced:
+              runtime_key: local_rate_limit_enforced
+              default_value: { numerator: 100, denominator: HUNDRED }
+"#;
+
+#[test]
+fn inbound_local_rate_limit_becomes_a_server_listener() {
+    use crate::model::{Labels, ListenerKind, TokenBucket};
+    let t = parse(&envoy_filter(INBOUND_RL));
+    let snap = t.snapshot().unwrap();
+    let l = snap.listener("inbound|0|default/rl|0").unwrap();
+    assert_eq!(l.port, 0, "no portNumber: every port");
+    let ListenerKind::Server(policy) = &l.kind else {
+        panic!("not a server listener");
+    };
+    assert_eq!(
+        policy.rate_limit,
+        Some(TokenBucket {
+            max_tokens: 4,
+            tokens_per_fill: 4,
+            fill_interval: Duration::from_secs(60),
+        })
+    );
+    assert_eq!(
+        policy.workload_selector,
+        Labels::new([("app", "productpage")])
+    );
+}
+
+#[test]
+fn outbound_local_rate_limit_goes_on_each_cluster_of_the_port() {
+    let t = parse(&envoy_filter(
+        r#"  configPatches:
+  - applyTo: HTTP_FILTER
+    match: { context: SIDECAR_OUTBOUND, listener: { portNumber: 9080 } }
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: rl
+          token_bucket: { max_tokens: 10, fill_interval: 1s }
+          filter_enabled: { default_value: { numerator: 1000000, denominator: MILLION } }
+          filter_enforced: { default_value: { numerator: 100 } }
+"#,
+    ));
+    let snap = t.snapshot().unwrap();
+    for subset in ["", "v1", "v2", "v3"] {
+        let c = snap
+            .cluster(&format!("outbound|9080|{subset}|{REVIEWS}"))
+            .unwrap();
+        let b = c.rate_limit.unwrap();
+        // Envoy `TokenBucket.tokens_per_fill`: "If not specified,
+        // defaults to a single token."
+        assert_eq!((b.max_tokens, b.tokens_per_fill), (10, 1));
+    }
+    let ratings = snap
+        .cluster("outbound|50051||ratings.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(ratings.rate_limit, None, "another port");
+}
+
+#[test]
+fn local_rate_limit_filter_is_off_unless_enabled_and_enforced() {
+    // Envoy `LocalRateLimit.filter_enabled` / `filter_enforced`: "Defaults
+    // to 0% of requests for safety."
+    let body = INBOUND_RL.replace(
+        "            filter_enforced:\n              runtime_key: local_rate_limit_enforced\n              default_value: { numerator: 100, denominator: HUNDRED }\n",
+        "",
+    );
+    let t = parse(&envoy_filter(&body));
+    assert!(
+        t.snapshot()
+            .unwrap()
+            .listener("inbound|0|default/rl|0")
+            .is_none()
+    );
+    assert_eq!(
+        t.warnings(),
+        [
+            "mesh.yaml: document 4 (EnvoyFilter rl): configPatches[0].patch.value.typed_config.value.filter_enforced: 0% (Envoy's default when unset): the filter limits no request"
+        ]
+    );
+}
+
+#[test]
+fn envoy_filter_errors_name_the_field() {
+    let p = "configPatches[0]";
+    let cases: Vec<(String, String)> = vec![
+        (
+            INBOUND_RL.replace("applyTo: HTTP_FILTER", "applyTo: CLUSTER"),
+            format!("{p}.applyTo: CLUSTER is not supported (only HTTP_FILTER patches inserting envoy.filters.http.local_ratelimit)"),
+        ),
+        (
+            INBOUND_RL.replace("context: SIDECAR_INBOUND", "context: GATEWAY"),
+            format!("{p}.match.context: GATEWAY is not supported (expected SIDECAR_INBOUND or SIDECAR_OUTBOUND)"),
+        ),
+        (
+            INBOUND_RL.replace("context: SIDECAR_INBOUND", "context: SIDECAR_OUTBOUND"),
+            "workloadSelector: not supported with SIDECAR_OUTBOUND: a mesh client has no workload labels to match".into(),
+        ),
+        (
+            INBOUND_RL.replace("name: envoy.filters.http.local_ratelimit", "name: envoy.filters.http.lua"),
+            format!("{p}.patch.value.name: filter \"envoy.filters.http.lua\" is not supported (only envoy.filters.http.local_ratelimit)"),
+        ),
+        (
+            INBOUND_RL.replace("fill_interval: 60s", "fill_interval: 10ms"),
+            format!("{p}.patch.value.typed_config.value.token_bucket.fill_interval: 10ms is below Envoy's minimum of 50ms"),
+        ),
+        (
+            INBOUND_RL.replace("max_tokens: 4", "max_tokens: 0"),
+            format!("{p}.patch.value.typed_config.value.token_bucket.max_tokens: must be at least 1"),
+        ),
+        (
+            INBOUND_RL.replace("stat_prefix: http_local_rate_limiter", "stat_prefix: x\n            descriptors: []"),
+            format!("{p}.patch.value.typed_config.value.descriptors: unknown field"),
+        ),
+        (
+            INBOUND_RL.replacen("numerator: 100", "numerator: 50", 1),
+            format!("{p}.patch.value.typed_config.value.filter_enabled.default_value: a share between 0% and 100% is not supported: the mesh limits all requests or none"),
+        ),
+    ];
+    for (body, expected) in cases {
+        assert_eq!(
+            error(&envoy_filter(&body)),
+            format!("mesh.yaml: document 4 (EnvoyFilter rl): {expected}"),
+        );
+    }
+}

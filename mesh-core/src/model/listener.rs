@@ -1,6 +1,7 @@
 //! Listeners: the entry points that bind a port (or a target name) to a
 //! route table.
 
+use crate::model::endpoint::Labels;
 use crate::model::policy::TokenBucket;
 use crate::name::{ListenerName, RouteTableName};
 
@@ -26,6 +27,9 @@ pub enum ListenerKind {
 pub struct ServerPolicy {
     /// A local rate limit on every request to the port.
     pub rate_limit: Option<TokenBucket>,
+    /// The workloads the policy applies to: those whose labels include
+    /// these (Istio's `workloadSelector`); empty selects every workload.
+    pub workload_selector: Labels,
 }
 
 /// A listener.
@@ -40,6 +44,15 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// A server listener for `port` (0: every port) with `policy`.
+    pub fn server(name: impl Into<ListenerName>, port: u16, policy: ServerPolicy) -> Self {
+        Self {
+            name: name.into(),
+            port,
+            kind: ListenerKind::Server(policy),
+        }
+    }
+
     /// An outbound listener for `port`, named as Istio names them
     /// (`0.0.0.0_<port>`).
     pub fn client(port: u16, route_table: impl Into<RouteTableName>) -> Self {
