@@ -17,7 +17,7 @@ use crate::error::{BoxError, Error};
 use crate::fault::{self, Fault};
 use crate::mesh::Mesh;
 use crate::ratelimit::RateLimit;
-use crate::retry::Retry;
+use crate::retry::{Hedge, Retry};
 use crate::route::{self, Route, RouteDecision};
 pub use crate::route::{InvalidTarget, Target};
 use crate::shaping::{self, Shaping};
@@ -25,10 +25,10 @@ use crate::timeout::Timeout;
 
 /// The stack below [`Shaping`]: fault injection, the rate limit, the route timeout
 /// over everything below it, then retries.
-type Leaf = Fault<RateLimit<Timeout<Retry<CircuitBreaker<Balance>>>>>;
+type Leaf = Fault<RateLimit<Timeout<Hedge<Retry<CircuitBreaker<Balance>>>>>>;
 
 type LeafFuture = fault::ResponseFuture<
-    RateLimit<Timeout<Retry<CircuitBreaker<Balance>>>>,
+    RateLimit<Timeout<Hedge<Retry<CircuitBreaker<Balance>>>>>,
     body::BoxBody,
     ResponseBody,
 >;
@@ -41,10 +41,11 @@ type LeafFuture = fault::ResponseFuture<
 /// (rewrites, header edits, mirrors, redirects and direct responses) →
 /// [`Fault`] (injected delays and aborts) → [`RateLimit`] (the cluster's
 /// local rate limit) → [`Timeout`] (the route's timeout, over the whole
-/// call) → [`Retry`] (the route's retry policy, per-try timeouts, the
-/// cluster's retry budget) → [`CircuitBreaker`] (the cluster's limits) →
-/// [`Balance`] (pick an endpoint, send on its pooled connection). It is
-/// `Clone`, cheap to clone, and every clone shares the
+/// call) → [`Hedge`] (the route's hedging policy) → [`Retry`] (the
+/// route's retry policy, per-try timeouts, the cluster's retry budget) →
+/// [`CircuitBreaker`] (the cluster's limits) → [`Balance`] (pick an
+/// endpoint, send on its pooled connection). It is `Clone`, cheap to
+/// clone, and every clone shares the
 /// mesh's per-endpoint state.
 ///
 /// Accepts `http::Request<B>` for any body `B` of `Bytes` and answers
@@ -102,8 +103,8 @@ impl Decision {
 impl MeshClient {
     pub(crate) fn new(mesh: Mesh, target: Option<Target>) -> Self {
         let leaf = Shaping::with_mirrors(
-            Fault::from_route(RateLimit::from_route(Timeout::from_route(Retry::new(
-                CircuitBreaker::from_route(Balance::new()),
+            Fault::from_route(RateLimit::from_route(Timeout::from_route(Hedge::new(
+                Retry::new(CircuitBreaker::from_route(Balance::new())),
             )))),
             mesh.mirrors().clone(),
         );

@@ -515,3 +515,55 @@ async fn max_retries_caps_concurrent_retries_per_cluster() {
     assert_eq!(overflow, 7, "10 concurrent failures, 3 retry slots");
     assert_eq!(b.hits(), 13);
 }
+
+fn boxed_get() -> Request<mesh_tower::BoxBody> {
+    Request::get(URL)
+        .body(mesh_tower::body::boxed(Empty::<Bytes>::new()))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_takes_the_fast_copy_and_cancels_the_slow_one() {
+    use mesh_core::model::{HedgeDelay, HedgePolicy};
+    use mesh_tower::retry::HedgeLayer;
+    let b = Scripted::start("b1").await.unwrap();
+    b.push([Action::delayed(Duration::from_secs(5))]);
+    let mesh = mesh(&[&b], "HTTP2", &["retries: { attempts: 0 }"]);
+    let policy = HedgePolicy {
+        max_attempts: 3,
+        delay: HedgeDelay::Fixed(Duration::from_millis(50)),
+    };
+    let layer = HedgeLayer::new().with_policy(policy.clone());
+    let req = boxed_get;
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(mesh.client());
+    let start = Instant::now();
+    let res = svc.clone().oneshot(req()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(50),
+        "the hedge answered"
+    );
+    assert_eq!(b.hits(), 2, "no third copy once one succeeded");
+    drop(res);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(b.in_flight(), 0, "the slow copy was cancelled");
+
+    // Hedges come out of the retry budget: with none, no hedge is sent.
+    let none = mesh_core::model::RetryBudget {
+        ratio: 0.0,
+        min_per_second: 0,
+        ttl: Duration::from_secs(10),
+    };
+    let svc = tower::ServiceBuilder::new()
+        .layer(HedgeLayer::new().with_policy(policy).with_budget(none))
+        .service(mesh.client());
+    b.push([Action::delayed(Duration::from_secs(1))]);
+    let hits = b.hits();
+    let start = Instant::now();
+    assert_eq!(svc.oneshot(req()).await.unwrap().status(), 200);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(b.hits() - hits, 1);
+}

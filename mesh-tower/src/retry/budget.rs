@@ -38,6 +38,7 @@ pub struct RetryState {
     active_retries: AtomicU32,
     retries: AtomicU64,
     refused: AtomicU64,
+    latencies: super::hedge::Latencies,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +72,7 @@ impl RetryState {
             active_retries: AtomicU32::new(0),
             retries: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            latencies: Default::default(),
         }
     }
 
@@ -82,6 +84,11 @@ impl RetryState {
     /// Retries refused so far (budget or `http.maxRetries`).
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Recent latencies, for percentile hedging.
+    pub(crate) fn latencies(&self) -> &super::hedge::Latencies {
+        &self.latencies
     }
 
     /// Retries in flight now.

@@ -53,6 +53,7 @@
 
 mod budget;
 mod future;
+mod hedge;
 
 mod layer;
 pub(crate) mod policy;
@@ -68,6 +69,7 @@ use mesh_core::model::{ConnectionLimits, EndpointAddress, RetryBudget, RetryPoli
 
 pub use budget::RetryState;
 pub use future::ResponseFuture;
+pub use hedge::{Hedge, HedgeFuture, HedgeLayer, Hedging};
 
 pub use layer::RetryLayer;
 pub use replay::DEFAULT_MAX_REPLAY_BYTES;
