@@ -111,3 +111,38 @@ async fn abort_percentages_select_their_share() {
         );
     }
 }
+
+/// Istio applies faults before the router's retries: an injected abort
+/// is an answer, never retried. With retries on 5xx below the fault, an
+/// abort that went through them would be retried to success almost
+/// always; above them the aborted share stays the configured one.
+#[tokio::test(start_paused = true)]
+async fn injected_aborts_are_not_retried() {
+    let backend = Scripted::start("b").await.unwrap();
+    let mesh = mesh_from_yaml(&format!(
+        "{}    retries: {{ attempts: 3, retryOn: 5xx }}\n",
+        config(
+            &backend,
+            "HTTP",
+            "      abort: { httpStatus: 503, percentage: { value: 50 } }\n",
+        )
+    ));
+    let n = 1000;
+    let mut aborted = 0;
+    for _ in 0..n {
+        let res = send(&mesh, false).await;
+        if res.status() == 503 {
+            assert_eq!(res.body(), "fault filter abort");
+            aborted += 1;
+        }
+    }
+    assert!(
+        within_sigmas(aborted, n, 0.5, 5.0),
+        "{aborted} of {n} aborted"
+    );
+    assert_eq!(
+        backend.hits(),
+        n - aborted,
+        "one attempt per request that passed"
+    );
+}

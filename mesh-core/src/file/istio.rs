@@ -32,7 +32,7 @@ use serde_json::Value;
 
 use super::traffic_policy::{self, TrafficPolicy};
 use super::yaml::{Fields, Obj, RawDocument};
-use super::{duration, envoyfilter, traffic};
+use super::{duration, envoyfilter, linkerd, traffic};
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
     Cluster, Endpoint, EndpointAddress, EndpointSet, FaultPolicy, ForwardAction, Fraction,
@@ -67,6 +67,9 @@ pub(crate) struct Translator<'o> {
     virtual_services: BTreeMap<String, Arc<VirtualService>>,
     // (document, `namespace/name`, local rate limit patches)
     envoy_filters: Vec<(DocRef, String, Vec<envoyfilter::RateLimitPatch>)>,
+    // Linkerd ServiceProfiles and SMI TrafficSplits, by the service FQDN.
+    profiles: BTreeMap<String, (DocRef, linkerd::ServiceProfile)>,
+    splits: BTreeMap<String, (DocRef, linkerd::TrafficSplit)>,
 }
 
 struct Service {
@@ -148,6 +151,8 @@ impl<'o> Translator<'o> {
             rules: BTreeMap::new(),
             virtual_services: BTreeMap::new(),
             envoy_filters: Vec::new(),
+            profiles: BTreeMap::new(),
+            splits: BTreeMap::new(),
         }
     }
 
@@ -213,7 +218,12 @@ impl<'o> Translator<'o> {
             kind,
             "ServiceEntry" | "VirtualService" | "DestinationRule" | "EnvoyFilter"
         );
-        if group != "networking.istio.io" || !supported_kind {
+        let is_linkerd = linkerd::is_linkerd_group(group);
+        if is_linkerd {
+            if let Err(e) = linkerd::check_kind(api_version, kind) {
+                return self.error(&doc, e);
+            }
+        } else if group != "networking.istio.io" || !supported_kind {
             self.warnings.push(Problem {
                 doc: Some(doc),
                 error: InvalidConfig::new(
@@ -223,7 +233,7 @@ impl<'o> Translator<'o> {
             });
             return;
         }
-        if !ISTIO_VERSIONS.contains(&api_version) {
+        if !is_linkerd && !ISTIO_VERSIONS.contains(&api_version) {
             return self.error(
                 &doc,
                 InvalidConfig::new(
@@ -268,6 +278,7 @@ impl<'o> Translator<'o> {
             "ServiceEntry" => self.service_entry(doc, &namespace, spec),
             "VirtualService" => self.virtual_service(doc, &namespace, spec),
             "EnvoyFilter" => self.envoy_filter(doc, &namespace, name, spec),
+            "ServiceProfile" | "TrafficSplit" => self.linkerd(doc, &namespace, name, kind, spec),
             _ => self.destination_rule(doc, &namespace, spec),
         }
     }
@@ -529,6 +540,100 @@ impl<'o> Translator<'o> {
             errors.push(e);
         }
         self.collect(&doc, errors, warnings);
+    }
+
+    fn linkerd(&mut self, doc: DocRef, namespace: &str, name: &str, kind: &str, spec: Obj<'_>) {
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        let result = if kind == "ServiceProfile" {
+            self.fqdn(
+                name,
+                namespace,
+                FieldPath::root().field("metadata").field("name"),
+            )
+            .and_then(|fqdn| {
+                let sp = linkerd::service_profile(spec, &mut errors, &mut warnings)?;
+                Ok((fqdn, Some(sp), None))
+            })
+        } else {
+            let resolve = |h: &str, p: FieldPath| self.fqdn(h, namespace, p);
+            linkerd::traffic_split(spec, &resolve, &mut errors, &mut warnings)
+                .map(|(apex, ts)| (apex, None, Some(ts)))
+        };
+        match result {
+            Ok((fqdn, profile, split)) => {
+                let existing = if profile.is_some() {
+                    self.profiles.get(&fqdn).map(|(d, _)| d)
+                } else {
+                    self.splits.get(&fqdn).map(|(d, _)| d)
+                };
+                if let Some(other) = existing {
+                    let path = if profile.is_some() {
+                        FieldPath::root().field("metadata").field("name")
+                    } else {
+                        FieldPath::root().field("service")
+                    };
+                    errors.push(InvalidConfig::new(
+                        path,
+                        format!(
+                            "host {fqdn:?} already has a {kind} (document {}, {})",
+                            other.index,
+                            other.resource.as_deref().unwrap_or("?")
+                        ),
+                    ));
+                } else if let Some(sp) = profile {
+                    self.profiles.insert(fqdn, (doc.clone(), sp));
+                } else if let Some(ts) = split {
+                    self.splits.insert(fqdn, (doc.clone(), ts));
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        self.collect(&doc, errors, warnings);
+    }
+
+    /// The routes of a service without a VirtualService: its
+    /// ServiceProfile routes and TrafficSplit, if it has either.
+    fn linkerd_routes(&self, fqdn: &str, port: u16) -> Option<Result<Vec<Route>, Problem>> {
+        let profile = self.profiles.get(fqdn);
+        let split = self.splits.get(fqdn);
+        if profile.is_none() && split.is_none() {
+            return None;
+        }
+        let clusters = match split {
+            None => Ok(WeightedClusters::single(
+                cluster_name(port, None, fqdn).into(),
+            )),
+            Some((doc, ts)) => (|| {
+                let mut targets = Vec::new();
+                for b in &ts.backends {
+                    let svc = &self.services[&b.service];
+                    let bport = if svc.ports.iter().any(|p| p.number == port) {
+                        port
+                    } else if svc.ports.len() == 1 {
+                        svc.ports[0].number
+                    } else {
+                        return Err(InvalidConfig::new(
+                            b.path.field("service"),
+                            format!(
+                                "service {:?} has several ports and none is {port}, the apex's",
+                                b.service
+                            ),
+                        ));
+                    };
+                    targets.push(WeightedCluster {
+                        cluster: cluster_name(bport, None, &b.service).into(),
+                        weight: b.weight,
+                    });
+                }
+                WeightedClusters::try_new(targets)
+                    .map_err(|e| e.within(&FieldPath::root().field("backends")))
+            })()
+            .map_err(|e| Problem {
+                doc: Some(doc.clone()),
+                error: e,
+            }),
+        };
+        Some(clusters.map(|c| linkerd::routes(profile.map(|(_, p)| p), &c)))
     }
 
     fn envoy_filter(&mut self, doc: DocRef, namespace: &str, name: &str, spec: Obj<'_>) {
@@ -1098,6 +1203,46 @@ impl<'o> Translator<'o> {
                 ));
             }
         }
+        let declared = |fqdn: &str, path: FieldPath| -> Option<InvalidConfig> {
+            (!self.services.contains_key(fqdn)).then(|| {
+                InvalidConfig::new(path, format!("no ServiceEntry declares host {fqdn:?}"))
+            })
+        };
+        for (fqdn, (doc, _)) in &self.profiles {
+            if let Some(e) = declared(fqdn, FieldPath::root().field("metadata").field("name")) {
+                problems.push((doc.clone(), e));
+            }
+        }
+        for (fqdn, (doc, ts)) in &self.splits {
+            if let Some(e) = declared(fqdn, FieldPath::root().field("service")) {
+                problems.push((doc.clone(), e));
+            }
+            for b in &ts.backends {
+                if let Some(e) = declared(&b.service, b.path.field("service")) {
+                    problems.push((doc.clone(), e));
+                }
+            }
+        }
+        for (fqdn, doc) in self
+            .profiles
+            .iter()
+            .map(|(f, (d, _))| (f, d))
+            .chain(self.splits.iter().map(|(f, (d, _))| (f, d)))
+        {
+            if let Some(vs) = self.virtual_services.get(fqdn) {
+                problems.push((
+                    doc.clone(),
+                    InvalidConfig::new(
+                        FieldPath::root(),
+                        format!(
+                            "host {fqdn:?} is also routed by document {} ({}); use either Istio or Linkerd routing for a host",
+                            vs.doc.index,
+                            vs.doc.resource.as_deref().unwrap_or("?")
+                        ),
+                    ),
+                ));
+            }
+        }
         // A VirtualService named by several hosts is checked once.
         problems.dedup();
         for (doc, e) in problems {
@@ -1136,6 +1281,9 @@ impl<'o> Translator<'o> {
                     );
                     cluster.service = Some(fqdn.as_str().into());
                     cluster.subset = subset.map(Arc::from);
+                    if let Some(budget) = self.profiles.get(fqdn).and_then(|(_, p)| p.budget) {
+                        cluster.retry_budget = budget;
+                    }
                     resources.clusters.push(cluster);
                     match EndpointSet::try_new(name.as_str(), eps) {
                         Ok(set) => resources.endpoints.push(set),
@@ -1159,6 +1307,18 @@ impl<'o> Translator<'o> {
                             continue;
                         }
                     },
+                    None if self.profiles.contains_key(fqdn) || self.splits.contains_key(fqdn) => {
+                        match self.linkerd_routes(fqdn, port.number) {
+                            Some(Ok(r)) => r,
+                            Some(Err(p)) => {
+                                if seen_route_errors.insert(p.error.to_string()) {
+                                    self.errors.push(p);
+                                }
+                                continue;
+                            }
+                            None => Vec::new(),
+                        }
+                    }
                     None => vec![Route {
                         name: Some("default".into()),
                         matches: Arc::from([]),

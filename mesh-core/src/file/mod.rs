@@ -40,6 +40,7 @@
 mod duration;
 mod envoyfilter;
 mod istio;
+mod linkerd;
 mod retries;
 mod traffic;
 mod traffic_policy;

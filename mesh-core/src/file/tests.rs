@@ -1162,3 +1162,247 @@ fn envoy_filter_errors_name_the_field() {
         );
     }
 }
+
+// --- Linkerd ServiceProfile and SMI TrafficSplit ---
+
+const SPLIT_SERVICES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: web }
+spec:
+  hosts: [web, web-v1, web-v2]
+  ports: [{ number: 8080, name: http }]
+  resolution: STATIC
+  endpoints: [{ address: 10.0.2.1 }]
+"#;
+
+fn linkerd(extra: &str) -> String {
+    format!("{SPLIT_SERVICES}---\n{extra}")
+}
+
+const WEB: &str = "web.default.svc.cluster.local";
+
+fn web_routes(t: &Translation) -> Vec<crate::model::Route> {
+    let snap = t.snapshot().unwrap();
+    let table = snap.route_table("8080").unwrap();
+    let vh = table
+        .virtual_hosts()
+        .iter()
+        .find(|v| *v.name == *format!("{WEB}:8080"))
+        .unwrap();
+    vh.routes.to_vec()
+}
+
+fn fwd(r: &crate::model::Route) -> &crate::model::ForwardAction {
+    match &r.action {
+        crate::model::RouteAction::Forward(f) => f,
+        other => panic!("not a forward: {other:?}"),
+    }
+}
+
+#[test]
+fn traffic_split_weights_accept_quantities() {
+    for (version, w1, w2) in [
+        ("v1alpha1", "900m", "100m"),
+        ("v1alpha2", "900", "100"),
+        ("v1alpha4", "\"0.9\"", "\"0.1\""),
+    ] {
+        let t = parse(&linkerd(&format!(
+            "apiVersion: split.smi-spec.io/{version}\nkind: TrafficSplit\nmetadata: {{ name: web }}\nspec:\n  service: web\n  backends:\n  - {{ service: web-v1, weight: {w1} }}\n  - {{ service: web-v2, weight: {w2} }}\n"
+        )));
+        let routes = web_routes(&t);
+        assert_eq!(routes.len(), 1, "just Linkerd's default route");
+        let split = &fwd(&routes[0]).clusters;
+        let shares: Vec<(String, f64)> = split
+            .targets()
+            .iter()
+            .map(|t| {
+                (
+                    t.cluster.as_str().to_owned(),
+                    f64::from(t.weight) / f64::from(split.total()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shares,
+            [
+                (
+                    "outbound|8080||web-v1.default.svc.cluster.local".to_owned(),
+                    0.9
+                ),
+                (
+                    "outbound|8080||web-v2.default.svc.cluster.local".to_owned(),
+                    0.1
+                ),
+            ],
+            "{version}"
+        );
+    }
+}
+
+const PROFILE: &str = r#"apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: { name: web.default.svc.cluster.local, namespace: default }
+spec:
+  routes:
+  - name: GET /books/{id}
+    condition:
+      all:
+      - method: GET
+      - any:
+        - pathRegex: /books/[^/]+
+        - pathRegex: /authors/[^/]+
+    isRetryable: true
+    timeout: 300ms
+    responseClasses:
+    - condition: { status: { min: 500, max: 502 } }
+      isFailure: true
+    - condition: { all: [{ status: { min: 503 } }, { not: { status: { min: 504 } } }] }
+      isFailure: false
+  - name: POST /books
+    condition: { method: POST }
+  retryBudget:
+    retryRatio: 0.5
+    minRetriesPerSecond: 3
+    ttl: 20s
+"#;
+
+#[test]
+fn service_profile_routes_translate_with_their_policies() {
+    use crate::model::{PathMatch, RetryBudget, StringMatch};
+    let t = parse(&linkerd(PROFILE));
+    let routes = web_routes(&t);
+    let names: Vec<_> = routes.iter().map(|r| r.name.as_deref().unwrap()).collect();
+    assert_eq!(names, ["GET /books/{id}", "POST /books", "default"]);
+
+    // all [GET, any [a, b]] is two clauses, each with the method.
+    let clauses = &routes[0].matches;
+    assert_eq!(clauses.len(), 2);
+    for c in clauses.iter() {
+        assert_eq!(c.method, Some(StringMatch::Exact("GET".into())));
+        assert!(matches!(c.path, PathMatch::Regex(_)));
+    }
+    let get = fwd(&routes[0]);
+    assert_eq!(get.timeout, Some(Duration::from_millis(300)));
+    // First matching class decides; unmatched statuses: any 5xx fails.
+    assert!(get.is_failure(502) && !get.is_failure(503) && get.is_failure(504));
+    assert!(!get.is_failure(200) && !get.is_failure(404));
+    let retry = get.retry.as_ref().unwrap();
+    let expected: Vec<u16> = (500..=599).filter(|s| *s != 503).collect();
+    assert_eq!(&*retry.retry_on.status_codes, &expected[..]);
+    assert!(
+        retry.retry_non_idempotent,
+        "isRetryable: always safe to retry"
+    );
+
+    // linkerd.io ServiceProfile reference: a route's timeout defaults to 10s.
+    let post = fwd(&routes[1]);
+    assert_eq!(post.timeout, Some(Duration::from_secs(10)));
+    assert!(post.retry.is_none());
+    assert!(post.is_failure(503), "default class: any 5xx is a failure");
+    assert!(fwd(&routes[2]).retry.is_none(), "Linkerd's default route");
+
+    let snap = t.snapshot().unwrap();
+    let cluster = snap.cluster(&format!("outbound|8080||{WEB}")).unwrap();
+    assert_eq!(
+        cluster.retry_budget,
+        RetryBudget {
+            ratio: 0.5,
+            min_per_second: 3,
+            ttl: Duration::from_secs(20),
+        }
+    );
+}
+
+#[test]
+fn retry_budget_fields_default_to_linkerds() {
+    let t = parse(&linkerd(
+        "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: { name: web.default.svc.cluster.local }\nspec:\n  retryBudget: { retryRatio: 0.1 }\n",
+    ));
+    let snap = t.snapshot().unwrap();
+    let b = snap
+        .cluster(&format!("outbound|8080||{WEB}"))
+        .unwrap()
+        .retry_budget;
+    // linkerd.io: 20% plus 10 retries per second over 10 s by default.
+    assert_eq!(
+        (b.ratio, b.min_per_second, b.ttl),
+        (0.1, 10, Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn linkerd_errors_name_the_field() {
+    let sp = |spec: &str| {
+        format!(
+            "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {{ name: web.default.svc.cluster.local }}\nspec:\n{spec}"
+        )
+    };
+    let ts = |spec: &str| {
+        format!(
+            "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {{ name: web }}\nspec:\n{spec}"
+        )
+    };
+    let cases = [
+        (
+            sp("  routes:\n  - name: r\n    condition: { not: { method: GET } }\n"),
+            "ServiceProfile web.default.svc.cluster.local): routes[0].condition.not: not supported: routes cannot negate a condition",
+        ),
+        (
+            sp("  routes:\n  - name: r\n    condition: { method: GET, pathRegex: /x }\n"),
+            "ServiceProfile web.default.svc.cluster.local): routes[0].condition: exactly one of pathRegex, method, all, any and not is required, found pathRegex and method",
+        ),
+        (
+            sp(
+                "  routes:\n  - name: r\n    condition: { all: [{ pathRegex: /a }, { pathRegex: /b }] }\n",
+            ),
+            "ServiceProfile web.default.svc.cluster.local): routes[0].condition.all[1]: not supported: two path (or two method) conditions in one all",
+        ),
+        (
+            sp(
+                "  routes:\n  - name: r\n    condition: { method: GET }\n    responseClasses: [{ condition: { status: { min: 503, max: 500 } }, isFailure: true }]\n",
+            ),
+            "ServiceProfile web.default.svc.cluster.local): routes[0].responseClasses[0].condition.status: min 503 is above max 500",
+        ),
+        (
+            ts("  service: web\n  backends: [{ service: web-v1, weight: 9x }]\n"),
+            "TrafficSplit web): backends[0].weight: invalid weight \"9x\": expected an integer or a quantity such as 900m",
+        ),
+        (
+            ts("  service: web\n  backends: [{ service: nowhere, weight: 1 }]\n"),
+            "TrafficSplit web): backends[0].service: no ServiceEntry declares host \"nowhere.default.svc.cluster.local\"",
+        ),
+        (
+            ts("  service: web\n  backends: [{ service: web-v1, weight: 0 }]\n"),
+            "TrafficSplit web): backends: weights sum to 0",
+        ),
+        (
+            ts(
+                "  service: web\n  matches: [{ kind: HTTPRouteGroup, name: x }]\n  backends: [{ service: web-v1, weight: 1 }]\n",
+            ),
+            "TrafficSplit web): matches: not supported (HTTPRouteGroup matches)",
+        ),
+    ];
+    for (doc, expected) in cases {
+        assert_eq!(
+            error(&linkerd(&doc)),
+            format!("mesh.yaml: document 2 ({expected}"),
+        );
+    }
+    assert_eq!(
+        error(&linkerd(
+            "apiVersion: linkerd.io/v1alpha1\nkind: ServiceProfile\nmetadata: { name: web }\nspec: {}\n"
+        )),
+        "mesh.yaml: document 2 (ServiceProfile web): apiVersion: unsupported version \"linkerd.io/v1alpha1\" for ServiceProfile (expected linkerd.io/v1alpha2)"
+    );
+    let both = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: web }}\nspec:\n  hosts: [web]\n  http: [{{ route: [{{ destination: {{ host: web }} }}] }}]\n",
+        linkerd(&ts(
+            "  service: web\n  backends: [{ service: web-v1, weight: 1 }]\n"
+        ))
+    );
+    assert_eq!(
+        error(&both),
+        "mesh.yaml: document 2 (TrafficSplit web): host \"web.default.svc.cluster.local\" is also routed by document 3 (VirtualService web); use either Istio or Linkerd routing for a host"
+    );
+}

@@ -22,8 +22,9 @@ pub use matcher::{HeaderMatch, HeaderRule, PathMatch, Regex, StringMatch};
 pub use policy::{
     AbortStatus, Backoff, ConnectionLimits, DirectResponse, FailurePercentageEjection, FaultAbort,
     FaultDelay, FaultPolicy, Fraction, HashKey, HeaderMutations, HedgeDelay, HedgePolicy,
-    LocalityLbSetting, LocalityWeights, Mirror, OutlierDetection, Redirect, RetryBudget,
-    RetryConditions, RetryOn, RetryPolicy, Rewrite, SlowStart, SuccessRateEjection, TokenBucket,
+    LocalityLbSetting, LocalityWeights, Mirror, OutlierDetection, Redirect, ResponseClass,
+    ResponseCondition, RetryBudget, RetryConditions, RetryOn, RetryPolicy, Rewrite, SlowStart,
+    SuccessRateEjection, TokenBucket,
 };
 pub use route::{
     ForwardAction, Route, RouteAction, RouteMatch, RouteTable, VirtualHost, WeightedCluster,

@@ -256,6 +256,50 @@ impl Default for RetryBudget {
     }
 }
 
+// --- response classes --------------------------------------------------------
+
+/// A condition on a response's status (Linkerd `ResponseMatch`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseCondition {
+    /// The status is in `min..=max` (Linkerd `status`; an unset bound is
+    /// open).
+    Status {
+        /// The smallest status matched.
+        min: u16,
+        /// The largest status matched.
+        max: u16,
+    },
+    /// Every condition holds.
+    All(Arc<[ResponseCondition]>),
+    /// At least one condition holds.
+    Any(Arc<[ResponseCondition]>),
+    /// The condition does not hold.
+    Not(Box<ResponseCondition>),
+}
+
+impl ResponseCondition {
+    /// Whether a response with `status` meets the condition.
+    pub fn matches(&self, status: u16) -> bool {
+        match self {
+            Self::Status { min, max } => (*min..=*max).contains(&status),
+            Self::All(cs) => cs.iter().all(|c| c.matches(status)),
+            Self::Any(cs) => cs.iter().any(|c| c.matches(status)),
+            Self::Not(c) => !c.matches(status),
+        }
+    }
+}
+
+/// Which responses count as failures (Linkerd `ResponseClass`): read by
+/// retries (what to retry) and by outlier detection (what counts against
+/// an endpoint).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseClass {
+    /// The responses of the class.
+    pub condition: ResponseCondition,
+    /// Whether they are failures.
+    pub is_failure: bool,
+}
+
 // --- fault injection -------------------------------------------------------
 
 /// An injected delay (Istio `HTTPFaultInjection.Delay`).

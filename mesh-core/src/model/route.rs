@@ -15,8 +15,8 @@ use std::time::Duration;
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::matcher::{HeaderMatch, PathMatch, StringMatch};
 use crate::model::policy::{
-    DirectResponse, FaultPolicy, HeaderMutations, HedgePolicy, Mirror, Redirect, RetryPolicy,
-    Rewrite,
+    DirectResponse, FaultPolicy, HeaderMutations, HedgePolicy, Mirror, Redirect, ResponseClass,
+    RetryPolicy, Rewrite,
 };
 use crate::name::{ClusterName, RouteTableName};
 use crate::request::RouteRequest;
@@ -129,6 +129,9 @@ pub struct ForwardAction {
     pub response_headers: HeaderMutations,
     /// Copies sent elsewhere.
     pub mirrors: Arc<[Mirror]>,
+    /// What counts as a failure, in order (Linkerd `responseClasses`);
+    /// empty means the default: a 5xx, a reset or a connect failure.
+    pub response_classes: Arc<[ResponseClass]>,
 }
 
 impl ForwardAction {
@@ -144,7 +147,18 @@ impl ForwardAction {
             request_headers: HeaderMutations::default(),
             response_headers: HeaderMutations::default(),
             mirrors: Arc::from([]),
+            response_classes: Arc::from([]),
         }
+    }
+
+    /// Whether a response with `status` is a failure: decided by the
+    /// first response class whose condition matches, else by the default
+    /// (Linkerd's and Envoy's: any 5xx is a failure).
+    pub fn is_failure(&self, status: u16) -> bool {
+        self.response_classes
+            .iter()
+            .find(|c| c.condition.matches(status))
+            .map_or(status >= 500, |c| c.is_failure)
     }
 
     /// Forwarding to a single cluster with no other policy.
