@@ -84,5 +84,5 @@ pub use body::{BoxBody, ResponseBody};
 pub use client::{Decision, InvalidTarget, MeshClient, ResponseFuture, Target};
 pub use endpoint::ConnectError;
 pub use error::{BoxError, Elapsed, Error, TimeoutReason};
-pub use mesh::{ClusterStats, EndpointStatus, Mesh};
+pub use mesh::{ClusterStats, EndpointStatus, Mesh, Node};
 pub use server::{MeshServerLayer, ServerStats};

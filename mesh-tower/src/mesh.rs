@@ -62,8 +62,20 @@ impl Mesh {
     ///
     /// When called outside a Tokio runtime, as `tokio::spawn` does.
     pub fn new(store: ConfigStore) -> Self {
+        Self::with_node(store, Node::default())
+    }
+
+    /// A mesh following `store` for a process running at `node` (its
+    /// locality and labels), which locality-aware balancing
+    /// (`localityLbSetting`, Istio's default failover) prefers endpoints
+    /// near to. [`Mesh::new`] knows no locality: every endpoint is as near.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a Tokio runtime, as `tokio::spawn` does.
+    pub fn with_node(store: ConfigStore, node: Node) -> Self {
         let mut changes = store.subscribe();
-        let first = Runtime::build(changes.borrow_and_update().clone(), &Runtime::empty());
+        let first = Runtime::build(changes.borrow_and_update().clone(), &Runtime::empty(node));
         let (applied_tx, applied) = watch::channel(first.version());
         let runtime = Arc::new(ArcSwap::from_pointee(first));
         let task = tokio::spawn({
@@ -224,6 +236,29 @@ pub struct ClusterStats {
     /// Ejections skipped at `maxEjectionPercent` (Envoy
     /// `ejections_overflow`).
     pub ejections_overflow: u64,
+}
+
+/// Where this process runs: the locality and labels locality-aware
+/// balancing compares endpoints with (in Kubernetes, the node's
+/// `topology.kubernetes.io/region` / `zone` and the pod's labels; Envoy's
+/// bootstrap `node.locality`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Node {
+    /// The locality.
+    pub locality: mesh_core::model::Locality,
+    /// The labels `failoverPriority` compares.
+    pub labels: mesh_core::model::Labels,
+}
+
+impl Node {
+    /// A node at `locality` (`region/zone/subzone`) with `labels`.
+    pub fn new(locality: &str, labels: mesh_core::model::Labels) -> Self {
+        Self {
+            locality: mesh_core::model::Locality::parse(locality),
+            labels,
+        }
+    }
 }
 
 /// An endpoint as the runtime sees it.

@@ -24,17 +24,21 @@ use std::time::Duration;
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use mesh_core::lb::locality::{self, priority_load};
 use mesh_core::lb::{
     LeastRequest, Maglev, PeakEwma, RingHash, RoundRobin, WeightedRandom, hash::request_hash,
     slow_start_factor,
 };
-use mesh_core::model::{Cluster, EndpointDiff, EndpointSet, HashKey, LbPolicy};
+use mesh_core::model::{
+    Cluster, Endpoint, EndpointDiff, EndpointSet, HashKey, LbPolicy, LocalityLbSetting,
+};
 use mesh_core::outlier::{Outcome, OutlierDetector, OutlierStats};
 use mesh_core::{ClusterName, Snapshot, Version};
 use tokio::time::Instant;
 
 use crate::breaker::{BreakerState, BreakerStats};
 use crate::endpoint::{EndpointState, Transport};
+use crate::mesh::Node;
 use crate::retry::RetryState;
 
 /// A snapshot with the runtime state of its clusters.
@@ -43,6 +47,8 @@ pub(crate) struct Runtime {
     pub(crate) clusters: HashMap<ClusterName, Arc<ClusterRuntime>>,
     // The zero of the outlier detectors' clocks, fixed for the mesh.
     epoch: Instant,
+    // Where this process runs, for locality-aware balancing.
+    node: Arc<Node>,
     /// Server-side rate limits of the snapshot's server listeners.
     pub(crate) server_limits: Arc<[crate::ratelimit::ServerLimit]>,
 }
@@ -64,7 +70,10 @@ pub(crate) struct ClusterRuntime {
     endpoints: Box<[Arc<EndpointState>]>,
     // Indexes into `endpoints` that requests may go to.
     candidates: Box<[u32]>,
-    picker: Picker,
+    // The candidates grouped by locality (one group without locality
+    // balancing), each with its own picker.
+    groups: Box<[Group]>,
+    choice: Choice,
     shared: Arc<ClusterShared>,
     breaker: Arc<BreakerState>,
     outlier: Option<OutlierDetector>,
@@ -73,21 +82,43 @@ pub(crate) struct ClusterRuntime {
     pub(crate) rate_limiter: Option<Arc<mesh_core::ratelimit::TokenBucketState>>,
 }
 
+/// Endpoints of one locality group (a priority level or a `distribute`
+/// target) and their picker.
+struct Group {
+    // Indexes into `endpoints`.
+    members: Box<[u32]>,
+    picker: Picker,
+}
+
+/// How a request chooses its group.
+enum Choice {
+    Single,
+    // Weighted over groups (`distribute`).
+    Distribute(WeightedRandom),
+    // Groups are priority levels, best first (failover).
+    Priority,
+}
+
+/// The most priority levels weighed per pick; more are merged into the
+/// last (Istio's locality failover has at most five).
+const MAX_LEVELS: usize = 8;
+
 enum Picker {
     RoundRobin(RoundRobin),
     Random(WeightedRandom),
     LeastRequest(LeastRequest),
     PeakEwma(PeakEwma),
-    RingHash(RingHash, HashKey),
-    Maglev(Maglev, HashKey),
+    RingHash(RingHash),
+    Maglev(Maglev),
 }
 
 impl Runtime {
-    pub(crate) fn empty() -> Self {
+    pub(crate) fn empty(node: Node) -> Self {
         Self {
             snapshot: Arc::new(Snapshot::default()),
             clusters: HashMap::default(),
             epoch: Instant::now(),
+            node: Arc::new(node),
             server_limits: Arc::from([]),
         }
     }
@@ -114,6 +145,7 @@ impl Runtime {
                         endpoints,
                         old.map(|o| &**o),
                         previous.epoch,
+                        &previous.node,
                     )),
                 };
                 (cluster.name.clone(), rt)
@@ -124,6 +156,7 @@ impl Runtime {
             snapshot,
             clusters,
             epoch: previous.epoch,
+            node: Arc::clone(&previous.node),
             server_limits,
         }
     }
@@ -143,6 +176,7 @@ impl ClusterRuntime {
         endpoint_set: Option<Arc<EndpointSet>>,
         previous: Option<&ClusterRuntime>,
         epoch: Instant,
+        node: &Node,
     ) -> Self {
         let transport = Transport::of(&config);
         let new_eps = endpoint_set.as_ref().map_or(&[][..], |s| s.endpoints());
@@ -180,37 +214,7 @@ impl ClusterRuntime {
         if candidates.is_empty() {
             candidates = (0..new_eps.len() as u32).collect();
         }
-        let weights: Vec<u32> = candidates
-            .iter()
-            .map(|&i| new_eps[i as usize].weight)
-            .collect();
-        let ids = || -> Vec<String> {
-            candidates
-                .iter()
-                .map(|&i| new_eps[i as usize].address.to_string())
-                .collect()
-        };
-        let picker = match &config.lb_policy {
-            LbPolicy::RoundRobin => Picker::RoundRobin(RoundRobin::new(&weights)),
-            LbPolicy::Random => Picker::Random(WeightedRandom::new(&weights)),
-            LbPolicy::LeastRequest { choice_count } => {
-                Picker::LeastRequest(LeastRequest::new(&weights, *choice_count))
-            }
-            LbPolicy::PeakEwma { default_rtt, decay } => {
-                Picker::PeakEwma(PeakEwma::new(*default_rtt, *decay))
-            }
-            LbPolicy::RingHash {
-                key,
-                minimum_ring_size,
-                maximum_ring_size,
-            } => Picker::RingHash(
-                RingHash::new(&ids(), &weights, *minimum_ring_size, *maximum_ring_size),
-                key.clone(),
-            ),
-            LbPolicy::Maglev { key, table_size } => {
-                Picker::Maglev(Maglev::new(&ids(), &weights, *table_size), key.clone())
-            }
-        };
+        let (groups, choice) = locality_groups(&config, node, &candidates, new_eps);
         let shared: Arc<ClusterShared> =
             previous.map(|p| Arc::clone(&p.shared)).unwrap_or_default();
         // The breaker's counters survive a push that keeps the limits; new
@@ -249,7 +253,8 @@ impl ClusterRuntime {
             endpoint_set,
             endpoints,
             candidates: candidates.into(),
-            picker,
+            groups,
+            choice,
         }
     }
 
@@ -260,8 +265,8 @@ impl ClusterRuntime {
 
     /// The hash key of the cluster's consistent-hash policy, if it has one.
     pub(crate) fn hash_key(&self) -> Option<&HashKey> {
-        match &self.picker {
-            Picker::RingHash(_, k) | Picker::Maglev(_, k) => Some(k),
+        match &self.config.lb_policy {
+            LbPolicy::RingHash { key, .. } | LbPolicy::Maglev { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -275,7 +280,7 @@ impl ClusterRuntime {
     /// Whether attempts must be timed (peak EWMA) or their outcomes
     /// recorded (outlier detection).
     pub(crate) fn observes(&self) -> bool {
-        self.outlier.is_some() || matches!(self.picker, Picker::PeakEwma(_))
+        self.outlier.is_some() || matches!(self.config.lb_policy, LbPolicy::PeakEwma { .. })
     }
 
     /// Picks an endpoint, skipping ejected ones (unless the cluster is in
@@ -289,11 +294,9 @@ impl ClusterRuntime {
         hash: Option<u64>,
         avoid: impl Fn(&EndpointState) -> bool,
     ) -> Option<&Arc<EndpointState>> {
-        let n = self.candidates.len();
-        if n == 0 {
+        if self.candidates.is_empty() {
             return None;
         }
-        let at = |k: usize| &self.endpoints[self.candidates[k] as usize];
         let detector = self.outlier.as_ref().inspect(|d| {
             d.maybe_sweep(
                 self.endpoints.iter().map(|e| e.outlier()),
@@ -302,11 +305,13 @@ impl ClusterRuntime {
             );
         });
         let total = self.endpoints.len();
-        let usable = |k: usize| {
-            let e = at(k);
+        let usable = |e: &EndpointState| {
             e.is_ready() && !(detector.is_some_and(|d| d.skips(e.outlier(), total)) || avoid(e))
         };
-        let mut first = self.pick_index(hash);
+        let group = &self.groups[self.choose_group(detector)];
+        let n = group.members.len();
+        let at = |k: usize| &self.endpoints[group.members[k] as usize];
+        let mut first = self.pick_index(group, hash);
         // Slow start (Envoy `SlowStartConfig`): an endpoint still warming
         // up keeps a pick with probability equal to its weight factor;
         // otherwise the policy draws again (at most 4 times).
@@ -318,48 +323,93 @@ impl ClusterRuntime {
                 if factor >= 1.0 || fastrand::f64() < factor {
                     break;
                 }
-                first = self.pick_index(hash);
+                first = self.pick_index(group, hash);
             }
         }
-        if usable(first) {
+        if usable(at(first)) {
             return Some(at(first));
         }
         for _ in 0..2 {
             let k = fastrand::usize(..n);
-            if usable(k) {
+            if usable(at(k)) {
                 return Some(at(k));
             }
         }
         let start = fastrand::usize(..n);
-        let found = (0..n).map(|i| (start + i) % n).find(|&k| usable(k));
-        Some(at(found.unwrap_or(first)))
+        if let Some(k) = (0..n).map(|i| (start + i) % n).find(|&k| usable(at(k))) {
+            return Some(at(k));
+        }
+        // Nothing usable in the group: any usable candidate, best group
+        // first.
+        let found = self
+            .groups
+            .iter()
+            .flat_map(|g| g.members.iter())
+            .map(|&i| &self.endpoints[i as usize])
+            .find(|e| usable(e));
+        Some(found.unwrap_or(at(first)))
     }
 
-    fn pick_index(&self, hash: Option<u64>) -> usize {
-        let ep = |k: usize| &self.endpoints[self.candidates[k] as usize];
-        match &self.picker {
+    /// The group a request draws from: the only one, a weighted draw over
+    /// `distribute` targets, or a priority level by Envoy's priority load
+    /// (all traffic to the best level until ejections lower its health).
+    fn choose_group(&self, detector: Option<&OutlierDetector>) -> usize {
+        match &self.choice {
+            Choice::Single => 0,
+            Choice::Distribute(w) => w.pick(),
+            Choice::Priority => {
+                let Some(d) = detector else { return 0 };
+                if d.ejected() == 0 || d.panic(self.endpoints.len()) {
+                    return 0;
+                }
+                let levels = self.groups.len().min(MAX_LEVELS);
+                let mut loads = [0u64; MAX_LEVELS];
+                let health = self.groups[..levels].iter().map(|g| {
+                    let ejected = g
+                        .members
+                        .iter()
+                        .filter(|&&i| self.endpoints[i as usize].outlier().is_ejected())
+                        .count();
+                    ((g.members.len() - ejected) as u32, g.members.len() as u32)
+                });
+                let sum = priority_load(health, &mut loads[..levels]);
+                if sum == 0 {
+                    return 0;
+                }
+                let mut r = fastrand::u64(..sum);
+                for (i, &load) in loads[..levels].iter().enumerate() {
+                    if r < load {
+                        return i;
+                    }
+                    r -= load;
+                }
+                0
+            }
+        }
+    }
+
+    fn pick_index(&self, group: &Group, hash: Option<u64>) -> usize {
+        let ep = |k: usize| &self.endpoints[group.members[k] as usize];
+        let n = group.members.len();
+        match &group.picker {
             Picker::RoundRobin(rr) => rr.pick(self.shared.next.fetch_add(1, Ordering::Relaxed)),
             Picker::Random(w) => w.pick(),
             Picker::LeastRequest(lr) => lr.pick(|k| ep(k).in_flight()),
-            Picker::PeakEwma(p) => p.pick(self.candidates.len(), |k| {
+            Picker::PeakEwma(p) => p.pick(n, |k| {
                 let e = ep(k);
                 p.cost(e.ewma(), e.in_flight())
             }),
             // Without a key the request goes anywhere (Envoy: a random
             // host when no hash is produced).
-            Picker::RingHash(r, _) => hash.map_or_else(|| self.random_index(), |h| r.pick(h)),
-            Picker::Maglev(m, _) => hash.map_or_else(|| self.random_index(), |h| m.pick(h)),
+            Picker::RingHash(r) => hash.map_or_else(|| fastrand::usize(..n), |h| r.pick(h)),
+            Picker::Maglev(m) => hash.map_or_else(|| fastrand::usize(..n), |h| m.pick(h)),
         }
-    }
-
-    fn random_index(&self) -> usize {
-        fastrand::usize(..self.candidates.len())
     }
 
     /// Records what an attempt at `endpoint` produced and how long it
     /// took, for outlier detection and peak EWMA.
     pub(crate) fn record(&self, endpoint: &EndpointState, outcome: Outcome, rtt: Duration) {
-        if let Picker::PeakEwma(p) = &self.picker {
+        if let Some(Picker::PeakEwma(p)) = self.groups.first().map(|g| &g.picker) {
             let failed = match outcome {
                 Outcome::Response(s) => s >= 500,
                 Outcome::LocalFailure => true,
@@ -392,11 +442,6 @@ impl ClusterRuntime {
         &self.breaker
     }
 
-    /// The endpoints requests may go to now.
-    pub(crate) fn candidates(&self) -> impl Iterator<Item = &Arc<EndpointState>> {
-        self.candidates.iter().map(|&i| &self.endpoints[i as usize])
-    }
-
     /// The cluster's retry budget and concurrent-retry gauge, kept for as
     /// long as the cluster exists.
     pub(crate) fn retry_state(&self) -> &Arc<RetryState> {
@@ -407,6 +452,108 @@ impl ClusterRuntime {
     pub(crate) fn endpoints(&self) -> &[Arc<EndpointState>] {
         &self.endpoints
     }
+}
+
+/// The picker for `members` (indexes into `eps`) under `policy`.
+fn picker(policy: &LbPolicy, members: &[u32], eps: &[Endpoint]) -> Picker {
+    let weights: Vec<u32> = members.iter().map(|&i| eps[i as usize].weight).collect();
+    let ids = || -> Vec<String> {
+        members
+            .iter()
+            .map(|&i| eps[i as usize].address.to_string())
+            .collect()
+    };
+    match policy {
+        LbPolicy::RoundRobin => Picker::RoundRobin(RoundRobin::new(&weights)),
+        LbPolicy::Random => Picker::Random(WeightedRandom::new(&weights)),
+        LbPolicy::LeastRequest { choice_count } => {
+            Picker::LeastRequest(LeastRequest::new(&weights, *choice_count))
+        }
+        LbPolicy::PeakEwma { default_rtt, decay } => {
+            Picker::PeakEwma(PeakEwma::new(*default_rtt, *decay))
+        }
+        LbPolicy::RingHash {
+            minimum_ring_size,
+            maximum_ring_size,
+            ..
+        } => Picker::RingHash(RingHash::new(
+            &ids(),
+            &weights,
+            *minimum_ring_size,
+            *maximum_ring_size,
+        )),
+        LbPolicy::Maglev { table_size, .. } => {
+            Picker::Maglev(Maglev::new(&ids(), &weights, *table_size))
+        }
+    }
+}
+
+/// Groups the candidates by locality (Istio `localityLbSetting`, see
+/// `mesh_core::lb::locality`): `distribute` targets when a rule matches
+/// this node's locality; otherwise, with outlier detection on (Istio's
+/// condition for failover), priority levels; otherwise one group. Needs
+/// the node's locality; without it there is one group.
+fn locality_groups(
+    config: &Cluster,
+    node: &Node,
+    candidates: &[u32],
+    eps: &[Endpoint],
+) -> (Box<[Group]>, Choice) {
+    let single = || {
+        let g = Group {
+            members: candidates.into(),
+            picker: picker(&config.lb_policy, candidates, eps),
+        };
+        (Box::from([g]), Choice::Single)
+    };
+    let default = LocalityLbSetting::default();
+    let setting = config.locality_lb.as_ref().unwrap_or(&default);
+    if !setting.enabled || node.locality.is_empty() || candidates.is_empty() {
+        return single();
+    }
+    let refs: Vec<&Endpoint> = candidates.iter().map(|&i| &eps[i as usize]).collect();
+    let mut by_group: Vec<(Vec<u32>, u32)> = Vec::new();
+    let choice = if let Some(dist) = locality::distribution(&node.locality, setting, &refs) {
+        let count = dist
+            .iter()
+            .flatten()
+            .map(|(g, _)| *g + 1)
+            .max()
+            .unwrap_or(0);
+        by_group = (0..count).map(|_| (Vec::new(), 0)).collect();
+        for (&i, d) in candidates.iter().zip(&dist) {
+            if let Some((g, w)) = d {
+                by_group[*g as usize].0.push(i);
+                by_group[*g as usize].1 = *w;
+            }
+        }
+        by_group.retain(|(m, _)| !m.is_empty());
+        let weights: Vec<u32> = by_group.iter().map(|(_, w)| *w).collect();
+        Choice::Distribute(WeightedRandom::new(&weights))
+    } else if config.outlier_detection.is_some() {
+        let prio = locality::priorities(&node.locality, &node.labels, setting, &refs);
+        let levels = prio.iter().max().map_or(0, |m| *m as usize + 1);
+        by_group = (0..levels).map(|_| (Vec::new(), 0)).collect();
+        for (&i, &p) in candidates.iter().zip(&prio) {
+            // Levels past the last weighed one merge into it.
+            by_group[(p as usize).min(MAX_LEVELS - 1)].0.push(i);
+        }
+        by_group.retain(|(m, _)| !m.is_empty());
+        Choice::Priority
+    } else {
+        Choice::Single
+    };
+    if by_group.len() <= 1 && matches!(choice, Choice::Priority) || by_group.is_empty() {
+        return single();
+    }
+    let groups = by_group
+        .into_iter()
+        .map(|(members, _)| Group {
+            picker: picker(&config.lb_policy, &members, eps),
+            members: members.into(),
+        })
+        .collect();
+    (groups, choice)
 }
 
 fn nanos_since(epoch: Instant) -> u64 {

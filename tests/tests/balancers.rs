@@ -250,3 +250,92 @@ async fn an_endpoint_that_cannot_connect_is_not_ready_and_is_avoided() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(mesh.cluster_endpoints(CLUSTER).unwrap()[0].ready);
 }
+
+/// A `backend` ServiceEntry whose endpoints have localities, with a
+/// DestinationRule `trafficPolicy` body.
+fn locality_yaml(eps: &[(SocketAddr, &str)], traffic_policy: &str) -> String {
+    let mut s = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: backend }\nspec:\n  hosts: [backend]\n  ports:\n  - { number: 8080, name: http, protocol: HTTP }\n  resolution: STATIC\n  endpoints:\n",
+    );
+    for (addr, locality) in eps {
+        s.push_str(&format!(
+            "  - {{ address: {}, ports: {{ http: {} }}, locality: {locality} }}\n",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    s.push_str(&format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: backend }}\nspec:\n  host: backend\n  trafficPolicy:\n{traffic_policy}"
+    ));
+    s
+}
+
+fn mesh_at(locality: &str, yaml: &str) -> Mesh {
+    let store = ConfigStore::new();
+    mesh_examples::publish_yaml(&store, yaml);
+    Mesh::with_node(
+        store,
+        mesh_tower::Node::new(locality, mesh_core::model::Labels::default()),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn distribute_splits_traffic_over_localities_by_weight() {
+    let backends = start(3).await;
+    let mesh = mesh_at(
+        "us-west/zone1/a",
+        &locality_yaml(
+            &[
+                (backends[0].addr(), "us-west/zone1/a"),
+                (backends[1].addr(), "us-west/zone2/a"),
+                (backends[2].addr(), "us-east/zone1/a"),
+            ],
+            "    loadBalancer:\n      simple: ROUND_ROBIN\n      localityLbSetting:\n        distribute:\n        - from: us-west/zone1/*\n          to: { \"us-west/zone1/*\": 80, \"us-west/zone2/*\": 20 }\n",
+        ),
+    );
+    let client = mesh.client();
+    for _ in 0..1000 {
+        send(&client, &[]).await;
+    }
+    let hits: Vec<u64> = backends.iter().map(Scripted::hits).collect();
+    assert!(
+        mesh_tests::within_sigmas(hits[0], 1000, 0.8, 5.0),
+        "{hits:?}"
+    );
+    assert_eq!(hits[0] + hits[1], 1000);
+    assert_eq!(hits[2], 0, "no weight for us-east");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_keeps_traffic_local_until_local_endpoints_are_ejected() {
+    let backends = start(3).await;
+    let mesh = mesh_at(
+        "us-west/zone1/a",
+        &locality_yaml(
+            &[
+                (backends[0].addr(), "us-west/zone1/a"),
+                (backends[1].addr(), "us-east/zone1/a"),
+                (backends[2].addr(), "eu-west/zone1/a"),
+            ],
+            "    outlierDetection: { consecutive5xxErrors: 3, maxEjectionPercent: 100 }\n    loadBalancer:\n      localityLbSetting:\n        failover:\n        - { from: us-west, to: eu-west }\n",
+        ),
+    );
+    let client = mesh.client();
+    for _ in 0..50 {
+        send(&client, &[]).await;
+    }
+    assert_eq!(
+        backends[0].hits(),
+        50,
+        "the local endpoint takes everything"
+    );
+    // The local endpoint fails and is ejected; traffic fails over to the
+    // region the failover rule names, not to us-east.
+    backends[0].set_default(Action::status(503));
+    for _ in 0..50 {
+        send(&client, &[]).await;
+    }
+    assert!(backends[0].hits() <= 53, "{}", backends[0].hits());
+    assert!(backends[2].hits() >= 47, "{}", backends[2].hits());
+    assert_eq!(backends[1].hits(), 0);
+}

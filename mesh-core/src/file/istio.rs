@@ -36,9 +36,9 @@ use super::{duration, envoyfilter, linkerd, traffic};
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
     Cluster, Endpoint, EndpointAddress, EndpointSet, FaultPolicy, ForwardAction, Fraction,
-    HeaderMatch, HeaderMutations, HeaderRule, Labels, Listener, Mirror, PathMatch, Protocol, Regex,
-    RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable, ServerPolicy, StringMatch,
-    VirtualHost, WeightedCluster, WeightedClusters,
+    HeaderMatch, HeaderMutations, HeaderRule, Labels, Listener, Locality, Mirror, PathMatch,
+    Protocol, Regex, RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable,
+    ServerPolicy, StringMatch, VirtualHost, WeightedCluster, WeightedClusters,
 };
 use crate::snapshot::Resources;
 
@@ -434,8 +434,8 @@ impl<'o> Translator<'o> {
                 let e = Obj::new(v, &path)?;
                 e.check_fields(
                     &Fields {
-                        supported: &["address", "ports", "labels", "weight"],
-                        unsupported: &["locality", "network", "serviceAccount"],
+                        supported: &["address", "ports", "labels", "weight", "locality"],
+                        unsupported: &["network", "serviceAccount"],
                         ignored: &[],
                     },
                     &mut errors,
@@ -453,6 +453,8 @@ impl<'o> Translator<'o> {
                 }
                 let weight = e.int("weight", 1, i64::from(u32::MAX))?.unwrap_or(1) as u32;
                 let labels = Labels::new(e.str_map("labels")?);
+                // `region/zone/subzone`, as Istio writes endpoint localities.
+                let locality = e.str("locality")?.map(Locality::parse).unwrap_or_default();
                 let port_map_path = path.field("ports");
                 let port_map: BTreeMap<&str, u16> = match e.get("ports") {
                     None => BTreeMap::new(),
@@ -491,11 +493,12 @@ impl<'o> Translator<'o> {
                             port,
                         },
                     };
-                    endpoints.entry(sp.number).or_default().push(
-                        Endpoint::new(address)
+                    endpoints.entry(sp.number).or_default().push(Endpoint {
+                        locality: locality.clone(),
+                        ..Endpoint::new(address)
                             .with_weight(weight)
-                            .with_labels(labels.clone()),
-                    );
+                            .with_labels(labels.clone())
+                    });
                 }
             }
 

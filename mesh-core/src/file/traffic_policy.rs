@@ -15,10 +15,14 @@ use std::time::Duration;
 
 use super::duration;
 use super::yaml::{Fields, Obj};
-use crate::error::InvalidConfig;
+use std::sync::Arc;
+
+use crate::error::{FieldPath, InvalidConfig};
 use serde_json::Value;
 
-use crate::model::{Cluster, ConnectionLimits, HashKey, LbPolicy, OutlierDetection, SlowStart};
+use crate::model::{
+    Cluster, ConnectionLimits, HashKey, LbPolicy, LocalityLbSetting, OutlierDetection, SlowStart,
+};
 
 /// The settings of one `trafficPolicy` (or one of its port-level
 /// entries); `None` where it says nothing.
@@ -26,6 +30,7 @@ use crate::model::{Cluster, ConnectionLimits, HashKey, LbPolicy, OutlierDetectio
 pub(crate) struct PolicySettings {
     pub(crate) lb: Option<LbPolicy>,
     pub(crate) slow_start: Option<SlowStart>,
+    pub(crate) locality: Option<LocalityLbSetting>,
     pub(crate) pool: Option<PoolSettings>,
     pub(crate) outlier: Option<OutlierDetection>,
 }
@@ -76,6 +81,7 @@ pub(crate) fn apply(
         cluster.lb_policy = lb;
     }
     cluster.slow_start = most_specific(subset, rule, port, |s| s.slow_start.as_ref());
+    cluster.locality_lb = most_specific(subset, rule, port, |s| s.locality.as_ref());
     if let Some(pool) = most_specific(subset, rule, port, |s| s.pool.as_ref()) {
         cluster.limits = pool.limits;
         cluster.connect_timeout = pool.connect_timeout;
@@ -147,7 +153,7 @@ fn settings(
     let mut out = PolicySettings::default();
     let lb_path = obj.path.field("loadBalancer");
     if let Some(lb) = obj.obj("loadBalancer", &lb_path)? {
-        (out.lb, out.slow_start) = load_balancer(lb, errors, warnings)?;
+        (out.lb, out.slow_start, out.locality) = load_balancer(lb, errors, warnings)?;
     }
     let cp_path = obj.path.field("connectionPool");
     if let Some(cp) = obj.obj("connectionPool", &cp_path)? {
@@ -170,16 +176,30 @@ const MAX_RING_SIZE: u64 = 8 << 20;
 /// Istio's default `minimumRingSize`, 1024 (`ConsistentHashLB.RingHash`).
 const MIN_RING_SIZE: u64 = 1024;
 
-/// `loadBalancer`: the policy and the slow start.
+/// What a `loadBalancer` sets: the policy, slow start and locality
+/// balancing.
+type LoadBalancer = (
+    Option<LbPolicy>,
+    Option<SlowStart>,
+    Option<LocalityLbSetting>,
+);
+
+/// `loadBalancer`: the policy, the slow start and locality balancing.
 pub(crate) fn load_balancer(
     lb: Obj<'_>,
     errors: &mut Vec<InvalidConfig>,
     warnings: &mut Vec<InvalidConfig>,
-) -> Result<(Option<LbPolicy>, Option<SlowStart>), InvalidConfig> {
+) -> Result<LoadBalancer, InvalidConfig> {
     lb.check_fields(
         &Fields {
-            supported: &["simple", "consistentHash", "warmupDurationSecs", "warmup"],
-            unsupported: &["localityLbSetting"],
+            supported: &[
+                "simple",
+                "consistentHash",
+                "warmupDurationSecs",
+                "warmup",
+                "localityLbSetting",
+            ],
+            unsupported: &[],
             ignored: &[],
         },
         errors,
@@ -249,7 +269,138 @@ pub(crate) fn load_balancer(
             "warmup applies only to ROUND_ROBIN and LEAST_REQUEST",
         ));
     }
-    Ok((policy, slow_start))
+    let loc_path = lb.path.field("localityLbSetting");
+    let locality = match lb.obj("localityLbSetting", &loc_path)? {
+        Some(l) => Some(locality_lb(l, errors, warnings)?),
+        None => None,
+    };
+    Ok((policy, slow_start, locality))
+}
+
+/// Istio `LocalityLoadBalancerSetting`.
+fn locality_lb(
+    l: Obj<'_>,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<LocalityLbSetting, InvalidConfig> {
+    l.check_fields(
+        &Fields {
+            supported: &["enabled", "distribute", "failover", "failoverPriority"],
+            unsupported: &[],
+            ignored: &[],
+        },
+        errors,
+        warnings,
+    );
+    let mut out = LocalityLbSetting {
+        enabled: l.bool("enabled")?.unwrap_or(true),
+        ..LocalityLbSetting::default()
+    };
+    let check_locality = |s: &str, path: FieldPath| -> Result<Arc<str>, InvalidConfig> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let bad = s.is_empty()
+            || parts.len() > 3
+            || parts.iter().any(|p| p.is_empty())
+            || parts
+                .iter()
+                .enumerate()
+                .any(|(i, p)| p.contains('*') && (*p != "*" || i + 1 != parts.len()));
+        if bad {
+            return Err(InvalidConfig::new(
+                path,
+                format!(
+                    "invalid locality {s:?} (expected region/zone/subzone, ending in * to match any)"
+                ),
+            ));
+        }
+        Ok(s.into())
+    };
+    let mut distribute = Vec::new();
+    for (i, v) in l.list("distribute")?.iter().enumerate() {
+        let path = l.path.field("distribute").index(i);
+        let d = Obj::new(v, &path)?;
+        d.check_fields(
+            &Fields {
+                supported: &["from", "to"],
+                unsupported: &[],
+                ignored: &[],
+            },
+            errors,
+            warnings,
+        );
+        let from = check_locality(d.req_str("from")?, path.field("from"))?;
+        let to_path = path.field("to");
+        let mut to = Vec::new();
+        let mut sum = 0i64;
+        match d.get("to") {
+            Some(Value::Object(m)) if !m.is_empty() => {
+                for (k, v) in m {
+                    let loc = check_locality(k, to_path.key(k))?;
+                    let w = super::yaml::int_value(v, &to_path.key(k), 1, 100)?;
+                    sum += w;
+                    to.push((loc, w as u32));
+                }
+            }
+            _ => {
+                return Err(InvalidConfig::new(
+                    to_path,
+                    "required: a mapping of localities to weights",
+                ));
+            }
+        }
+        if sum != 100 {
+            return Err(InvalidConfig::new(
+                to_path,
+                format!("weights sum to {sum}, expected 100"),
+            ));
+        }
+        distribute.push((from, Arc::from(to)));
+    }
+    let mut failover = Vec::new();
+    for (i, v) in l.list("failover")?.iter().enumerate() {
+        let path = l.path.field("failover").index(i);
+        let f = Obj::new(v, &path)?;
+        f.check_fields(
+            &Fields {
+                supported: &["from", "to"],
+                unsupported: &[],
+                ignored: &[],
+            },
+            errors,
+            warnings,
+        );
+        let from = f.req_str("from")?;
+        let to = f.req_str("to")?;
+        for (key, r) in [("from", from), ("to", to)] {
+            if r.is_empty() || r.contains('/') || r.contains('*') {
+                return Err(InvalidConfig::new(
+                    path.field(key),
+                    format!("invalid region {r:?} (failover is between regions)"),
+                ));
+            }
+        }
+        if from == to {
+            return Err(InvalidConfig::new(
+                path.field("to"),
+                format!("failover from {from:?} to itself"),
+            ));
+        }
+        failover.push((Arc::from(from), Arc::from(to)));
+    }
+    if !distribute.is_empty() && !failover.is_empty() {
+        return Err(InvalidConfig::new(
+            l.path.field("failover"),
+            "set either distribute or failover, not both",
+        ));
+    }
+    out.distribute = distribute.into();
+    out.failover = failover.into();
+    out.failover_priority = l
+        .str_list("failoverPriority")?
+        .into_iter()
+        .map(Arc::from)
+        .collect();
+    Ok(out)
 }
 
 /// Istio `WarmupConfiguration`: `duration` (required), `minimumPercent`
@@ -910,6 +1061,60 @@ spec:
     }
 
     #[test]
+    fn locality_lb_setting_translates() {
+        let c = cluster(
+            &rule(
+                "  trafficPolicy:\n    loadBalancer:\n      localityLbSetting:\n        distribute:\n        - from: us-west/zone1/*\n          to: { \"us-west/zone1/*\": 80, \"us-west/zone2/*\": 20 }\n        failoverPriority: [topology.kubernetes.io/region, network]\n",
+            ),
+            9080,
+            "",
+        );
+        let l = c.locality_lb.unwrap();
+        assert!(l.enabled, "Istio: enabled unless set to false");
+        assert_eq!(&*l.distribute[0].0, "us-west/zone1/*");
+        assert_eq!(
+            l.distribute[0]
+                .1
+                .iter()
+                .map(|(k, w)| (&**k, *w))
+                .collect::<Vec<_>>(),
+            [("us-west/zone1/*", 80), ("us-west/zone2/*", 20)]
+        );
+        assert_eq!(l.failover_priority.len(), 2);
+        let c = cluster(
+            &rule(
+                "  trafficPolicy:\n    loadBalancer:\n      localityLbSetting: { enabled: false, failover: [{ from: us-west, to: eu-west }] }\n",
+            ),
+            9080,
+            "",
+        );
+        let l = c.locality_lb.unwrap();
+        assert!(!l.enabled);
+        assert_eq!(
+            (&*l.failover[0].0, &*l.failover[0].1),
+            ("us-west", "eu-west")
+        );
+    }
+
+    #[test]
+    fn service_entry_endpoints_carry_their_locality() {
+        let text = SERVICE.replace(
+            "labels: { version: v1 } }",
+            "labels: { version: v1 }, locality: us-west/zone1/a }",
+        );
+        let t = FileSource::parse_str("mesh.yaml", &text).unwrap();
+        let snap = t.snapshot().unwrap();
+        let eps = snap
+            .endpoints("outbound|9080||reviews.default.svc.cluster.local")
+            .unwrap();
+        assert_eq!(
+            eps.endpoints()[0].locality,
+            crate::model::Locality::parse("us-west/zone1/a")
+        );
+        assert!(eps.endpoints()[1].locality.is_empty());
+    }
+
+    #[test]
     fn linkerd_peak_ewma_defaults() {
         // linkerd2-proxy: default RTT 30 ms, decay 10 s.
         assert_eq!(
@@ -972,6 +1177,36 @@ spec:
             lb("      simple: RANDOM\n      warmup: { duration: 10s }\n"),
             format!(
                 "{DOC}: trafficPolicy.loadBalancer: warmup applies only to ROUND_ROBIN and LEAST_REQUEST"
+            )
+        );
+        assert_eq!(
+            lb(
+                "      localityLbSetting: { distribute: [{ from: \"us-west/*\", to: { \"us-west/zone1/*\": 70 } }] }\n"
+            ),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: weights sum to 70, expected 100"
+            )
+        );
+        assert_eq!(
+            lb(
+                "      localityLbSetting: { distribute: [{ from: \"us-west/*/a\", to: { \"us-west/zone1/*\": 100 } }] }\n"
+            ),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer.localityLbSetting.distribute[0].from: invalid locality \"us-west/*/a\" (expected region/zone/subzone, ending in * to match any)"
+            )
+        );
+        assert_eq!(
+            lb("      localityLbSetting: { failover: [{ from: us-west, to: us-west }] }\n"),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer.localityLbSetting.failover[0].to: failover from \"us-west\" to itself"
+            )
+        );
+        assert_eq!(
+            lb(
+                "      localityLbSetting:\n        failover: [{ from: us-west, to: eu }]\n        distribute: [{ from: \"us-west/*\", to: { \"us-west/*\": 100 } }]\n"
+            ),
+            format!(
+                "{DOC}: trafficPolicy.loadBalancer.localityLbSetting.failover: set either distribute or failover, not both"
             )
         );
         assert_eq!(

@@ -11,6 +11,7 @@
 
 pub mod hash;
 mod least_request;
+pub mod locality;
 mod maglev;
 mod peak_ewma;
 mod random;

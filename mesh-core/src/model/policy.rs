@@ -571,8 +571,15 @@ pub enum HashKey {
 pub type LocalityWeights = Arc<[(Arc<str>, u32)]>;
 
 /// Locality-weighted balancing and failover (Istio `LocalityLbSetting`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Istio turns locality failover on by default for clusters with outlier
+/// detection (`meshConfig.localityLbSetting.enabled` defaults to true);
+/// the cluster's setting refines or disables it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalityLbSetting {
+    /// Whether locality-aware balancing applies at all (`enabled`,
+    /// default true).
+    pub enabled: bool,
     /// Traffic from a locality (`from`, may end in `*`) spread over
     /// localities with weights in percent (`to`).
     pub distribute: Arc<[(Arc<str>, LocalityWeights)]>,
@@ -581,6 +588,19 @@ pub struct LocalityLbSetting {
     /// Labels whose equality with the client's decides failover priority
     /// (`failoverPriority`).
     pub failover_priority: Arc<[Arc<str>]>,
+}
+
+impl Default for LocalityLbSetting {
+    /// Enabled, with no distribution or failover rules: Istio's default
+    /// locality failover (same subzone, then zone, then region, then any).
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            distribute: Arc::from([]),
+            failover: Arc::from([]),
+            failover_priority: Arc::from([]),
+        }
+    }
 }
 
 /// Slow start for new endpoints (Istio `WarmupConfiguration`, Envoy

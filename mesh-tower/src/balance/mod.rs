@@ -59,12 +59,8 @@ fn pick_avoiding<'a>(
     if !tried.contains(pick.address()) {
         return Some(pick);
     }
-    Some(
-        cluster
-            .candidates()
-            .find(|e| !tried.contains(e.address()))
-            .unwrap_or(pick),
-    )
+    // The first untried candidate, best locality group first.
+    cluster.pick_avoiding(hash, |e| tried.contains(e.address()))
 }
 
 /// Sends each request to an endpoint of its routed cluster.
