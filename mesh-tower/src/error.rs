@@ -104,7 +104,8 @@ impl Error {
     pub(crate) fn from_upstream(err: BoxError) -> Self {
         let connect = err
             .downcast_ref::<hyper_util::client::legacy::Error>()
-            .is_some_and(|e| e.is_connect());
+            .is_some_and(|e| e.is_connect())
+            || err.is::<crate::endpoint::ConnectError>();
         // Name the causes: hyper-util's own message is generic. Skip a
         // cause whose text its parent already includes.
         let mut detail = err.to_string();

@@ -189,6 +189,7 @@ impl Mesh {
                     ejected: e.outlier().is_ejected(),
                     ready: e.is_ready(),
                     connect_failures: e.connect_failures(),
+                    http2_connections: e.connections(),
                 })
                 .collect(),
         )
@@ -277,4 +278,6 @@ pub struct EndpointStatus {
     pub ready: bool,
     /// Consecutive failed connects (reset by any response).
     pub connect_failures: u32,
+    /// For an HTTP/2 endpoint, the connections open now and opened so far.
+    pub http2_connections: Option<(usize, u64)>,
 }

@@ -10,7 +10,7 @@ use crate::body::ResponseBody;
 use mesh_core::outlier::Outcome;
 use tokio::time::Instant;
 
-use crate::endpoint::InFlight;
+use crate::endpoint::{InFlight, Sending};
 use crate::error::{BoxError, Error};
 use crate::runtime::ClusterRuntime;
 
@@ -26,7 +26,7 @@ enum State {
     Failed(Option<Error>),
     Sending {
         #[pin]
-        fut: hyper_util::client::legacy::ResponseFuture,
+        fut: Sending,
         in_flight: Option<InFlight>,
         observe: Option<(Arc<ClusterRuntime>, Instant)>,
         set_cookie: Option<HeaderValue>,
@@ -41,7 +41,7 @@ impl ResponseFuture {
     }
 
     pub(crate) fn sending(
-        fut: hyper_util::client::legacy::ResponseFuture,
+        fut: Sending,
         in_flight: InFlight,
         observe: Option<(Arc<ClusterRuntime>, Instant)>,
         set_cookie: Option<HeaderValue>,
@@ -73,10 +73,11 @@ impl Future for ResponseFuture {
                 set_cookie,
             } => match fut.poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(mut res)) => {
-                    let Some(guard) = in_flight.take() else {
+                Poll::Ready(Ok((mut res, stream))) => {
+                    let Some(mut guard) = in_flight.take() else {
                         return Poll::Ready(Err("polled after completion".into()));
                     };
+                    guard.set_stream(stream);
                     guard.endpoint().responded();
                     if let Some((c, start)) = observe.take() {
                         let outcome = Outcome::Response(res.status().as_u16());
@@ -88,6 +89,7 @@ impl Future for ResponseFuture {
                     Poll::Ready(Ok(res.map(|body: Incoming| ResponseBody::new(body, guard))))
                 }
                 Poll::Ready(Err(e)) => {
+                    let mut e = Error::from_upstream(e);
                     if let Some(guard) = in_flight.as_ref()
                         && e.is_connect()
                     {
@@ -97,7 +99,6 @@ impl Future for ResponseFuture {
                         c.record(guard.endpoint(), Outcome::LocalFailure, start.elapsed());
                     }
                     let endpoint = in_flight.take().map(|g| g.endpoint().address().clone());
-                    let mut e = Error::from_upstream(Box::new(e));
                     if let Some(addr) = endpoint {
                         e = e.with_endpoint(addr);
                     }

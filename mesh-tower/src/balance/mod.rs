@@ -84,7 +84,7 @@ impl tower::Service<Request<BoxBody>> for Balance {
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // Readiness is per endpoint and the endpoint is known only per
-        // request; connection limits arrive with the circuit breaker.
+        // request; limits are the circuit breaker's, above.
         Poll::Ready(Ok(()))
     }
 
@@ -115,7 +115,7 @@ impl tower::Service<Request<BoxBody>> for Balance {
         let observe = cluster
             .observes()
             .then(|| (Arc::clone(&cluster), tokio::time::Instant::now()));
-        let fut = in_flight.endpoint().client().request(req);
+        let fut = in_flight.endpoint().send(req);
         ResponseFuture::sending(fut, in_flight, observe, set_cookie)
     }
 }

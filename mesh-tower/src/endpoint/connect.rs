@@ -21,9 +21,19 @@ pub struct ConnectError {
 enum ConnectErrorKind {
     Io(std::io::Error),
     Timeout(Duration),
+    Handshake(hyper::Error),
+    // Another request's failed attempt, shared with those that waited.
+    Shared(String),
 }
 
 impl ConnectError {
+    pub(crate) fn shared(message: String) -> Self {
+        Self {
+            address: String::new(),
+            kind: ConnectErrorKind::Shared(message),
+        }
+    }
+
     /// Whether the connect timeout elapsed.
     pub fn is_timeout(&self) -> bool {
         matches!(self.kind, ConnectErrorKind::Timeout(_))
@@ -37,6 +47,10 @@ impl fmt::Display for ConnectError {
             ConnectErrorKind::Timeout(t) => {
                 write!(f, "connect to {}: timed out after {t:?}", self.address)
             }
+            ConnectErrorKind::Handshake(e) => {
+                write!(f, "connect to {}: HTTP/2 handshake: {e}", self.address)
+            }
+            ConnectErrorKind::Shared(m) => f.write_str(m),
         }
     }
 }
@@ -45,7 +59,8 @@ impl std::error::Error for ConnectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             ConnectErrorKind::Io(e) => Some(e),
-            ConnectErrorKind::Timeout(_) => None,
+            ConnectErrorKind::Handshake(e) => Some(e),
+            ConnectErrorKind::Timeout(_) | ConnectErrorKind::Shared(_) => None,
         }
     }
 }
@@ -62,6 +77,14 @@ pub(crate) struct Connector {
 impl Connector {
     pub(crate) fn new(address: EndpointAddress, timeout: Duration) -> Self {
         Self { address, timeout }
+    }
+
+    /// A failed HTTP/2 handshake on a new connection, as a connect error.
+    pub(crate) fn error_from(&self, e: hyper::Error) -> ConnectError {
+        ConnectError {
+            address: self.address.to_string(),
+            kind: ConnectErrorKind::Handshake(e),
+        }
     }
 }
 

@@ -1,7 +1,10 @@
 //! Endpoints: the connection pool and load gauge of one address.
 //!
-//! Each endpoint owns a hyper-util client whose connector always dials the
-//! endpoint's own address, whatever the request URI says. The URI keeps
+//! Each endpoint owns a connection pool whose connector always dials the
+//! endpoint's own address, whatever the request URI says: our own for
+//! HTTP/2 (`h2`: one multiplexed connection, more when its streams run
+//! out, `maxConnections` / `maxRequestsPerConnection` / `idleTimeout`
+//! enforced), hyper-util's for HTTP/1.1. The URI keeps
 //! the authority the caller addressed (`reviews:9080`), so HTTP/1.1 sends
 //! it as `Host` and HTTP/2 as `:authority`, as a sidecar preserves the
 //! original host. An endpoint that disappears from the config is simply
@@ -9,11 +12,18 @@
 //! connections, and the pool closes when the last of them ends.
 
 mod connect;
+mod h2;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_core::lb::EwmaState;
@@ -23,8 +33,11 @@ use tokio::time::Instant;
 
 pub use connect::ConnectError;
 pub(crate) use connect::Connector;
+pub(crate) use h2::StreamGuard;
 
 use crate::body::BoxBody;
+use crate::error::BoxError;
+use h2::{H2Pool, H2Settings};
 
 /// The longest a pooled connection stays idle, whatever `http.idleTimeout`
 /// says (Istio's default is 1h): below the 5 minute keep-alive most
@@ -40,6 +53,8 @@ pub(crate) struct Transport {
     connect_timeout: Duration,
     idle_timeout: Duration,
     reuse: bool,
+    max_requests_per_connection: Option<u32>,
+    max_connections: u32,
 }
 
 impl Transport {
@@ -51,6 +66,8 @@ impl Transport {
             // `maxRequestsPerConnection: 1` disables keep-alive (Istio
             // `ConnectionPoolSettings.HTTPSettings`).
             reuse: cluster.limits.max_requests_per_connection != Some(1),
+            max_requests_per_connection: cluster.limits.max_requests_per_connection,
+            max_connections: cluster.limits.max_connections,
         }
     }
 }
@@ -69,7 +86,38 @@ pub(crate) struct EndpointState {
     connect_failures: AtomicU32,
     connect_failed_at: AtomicU64,
     created: Instant,
-    client: Client<Connector, BoxBody>,
+    pool: Pool,
+}
+
+/// HTTP/1.1 on hyper-util's pool; HTTP/2 on our own (see `h2`). One per
+/// endpoint, so the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Pool {
+    Http1(Client<Connector, BoxBody>),
+    Http2(Arc<H2Pool>),
+}
+
+/// A request on its way to an endpoint.
+pub(crate) enum Sending {
+    Http1(hyper_util::client::legacy::ResponseFuture),
+    Http2(h2::SendFuture),
+}
+
+impl Future for Sending {
+    type Output = Result<(Response<Incoming>, Option<StreamGuard>), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Sending::Http1(f) => Pin::new(f).poll(cx).map(|r| {
+                r.map(|res| (res, None))
+                    .map_err(|e| Box::new(e) as BoxError)
+            }),
+            Sending::Http2(f) => f
+                .as_mut()
+                .poll(cx)
+                .map(|r| r.map(|(res, g)| (res, Some(g)))),
+        }
+    }
 }
 
 /// How long an endpoint that failed to connect is not ready: one second
@@ -83,18 +131,27 @@ impl EndpointState {
     /// State for `endpoint`; `warming` marks it as newly added (slow
     /// start counts from now).
     pub(crate) fn new(endpoint: &Endpoint, transport: Transport, warming: bool) -> Arc<Self> {
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(transport.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .http2_only(transport.protocol == Protocol::Http2);
-        if !transport.reuse {
-            builder.pool_max_idle_per_host(0);
-        }
-        let client = builder.build(Connector::new(
-            endpoint.address.clone(),
-            transport.connect_timeout,
-        ));
+        let connector = Connector::new(endpoint.address.clone(), transport.connect_timeout);
+        let pool = match transport.protocol {
+            Protocol::Http2 => Pool::Http2(H2Pool::new(
+                connector,
+                H2Settings {
+                    idle_timeout: transport.idle_timeout,
+                    max_requests_per_connection: transport.max_requests_per_connection,
+                    max_connections: transport.max_connections,
+                },
+            )),
+            Protocol::Http1 => {
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .pool_idle_timeout(transport.idle_timeout)
+                    .pool_timer(TokioTimer::new());
+                if !transport.reuse {
+                    builder.pool_max_idle_per_host(0);
+                }
+                Pool::Http1(builder.build(connector))
+            }
+        };
         Arc::new(Self {
             address: endpoint.address.clone(),
             endpoint: endpoint.clone(),
@@ -106,7 +163,7 @@ impl EndpointState {
             connect_failures: AtomicU32::new(0),
             connect_failed_at: AtomicU64::new(0),
             created: Instant::now(),
-            client,
+            pool,
         })
     }
 
@@ -180,27 +237,52 @@ impl EndpointState {
         self.added
     }
 
-    pub(crate) fn client(&self) -> &Client<Connector, BoxBody> {
-        &self.client
+    /// Sends `req` on one of the endpoint's connections.
+    pub(crate) fn send(&self, req: Request<BoxBody>) -> Sending {
+        match &self.pool {
+            Pool::Http1(c) => Sending::Http1(c.request(req)),
+            Pool::Http2(p) => Sending::Http2(p.send(req)),
+        }
+    }
+
+    /// HTTP/2 connections open now and opened so far (`None` for
+    /// HTTP/1.1, whose pool is hyper-util's).
+    pub(crate) fn connections(&self) -> Option<(usize, u64)> {
+        match &self.pool {
+            Pool::Http1(_) => None,
+            Pool::Http2(p) => Some((p.open(), p.opened())),
+        }
     }
 }
 
-/// One request in flight at an endpoint, until dropped.
-pub(crate) struct InFlight(Arc<EndpointState>);
+/// One request in flight at an endpoint (and, for HTTP/2, its stream on
+/// a connection), until dropped.
+pub(crate) struct InFlight {
+    endpoint: Arc<EndpointState>,
+    stream: Option<StreamGuard>,
+}
 
 impl InFlight {
     pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(endpoint)
+        Self {
+            endpoint,
+            stream: None,
+        }
     }
 
     pub(crate) fn endpoint(&self) -> &Arc<EndpointState> {
-        &self.0
+        &self.endpoint
+    }
+
+    /// Holds the request's HTTP/2 stream until the response ends.
+    pub(crate) fn set_stream(&mut self, stream: Option<StreamGuard>) {
+        self.stream = stream;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -219,7 +219,7 @@ async fn send(job: MirrorJob) -> bool {
     };
     let in_flight = InFlight::start(Arc::clone(endpoint));
     let exchange = async {
-        let res = in_flight.endpoint().client().request(job.req).await.ok()?;
+        let (res, _stream) = in_flight.endpoint().send(job.req).await.ok()?;
         res.into_body().collect().await.ok()?;
         Some(())
     };
