@@ -9,29 +9,52 @@ use crate::error::BoxError;
 use crate::route::RouteDecision;
 
 /// The response future of [`Shaping`](super::Shaping).
+#[pin_project::pin_project]
+pub struct ResponseFuture<F, ResB> {
+    #[pin]
+    state: State<F, ResB>,
+}
+
 #[pin_project::pin_project(project = Proj)]
-pub enum ResponseFuture<F, ResB> {
-    /// Passing through; edits the response headers of the decision's
-    /// route, if any.
-    #[doc(hidden)]
+enum State<F, ResB> {
+    // Passing through; edits the response headers of the route, if any.
     Inner {
         #[pin]
         fut: F,
         // Set only when the route edits response headers.
-        decision: Option<RouteDecision>,
+        decision: Option<Edits>,
     },
-    /// Answered locally.
-    #[doc(hidden)]
+    // Answered locally.
     Local(Option<Response<ResB>>),
 }
 
 impl<F, ResB> ResponseFuture<F, ResB> {
-    pub(crate) fn inner(fut: F, decision: Option<RouteDecision>) -> Self {
-        Self::Inner { fut, decision }
+    pub(crate) fn inner(fut: F, decision: Option<Edits>) -> Self {
+        Self {
+            state: State::Inner { fut, decision },
+        }
     }
 
     pub(crate) fn local(res: Response<ResB>) -> Self {
-        Self::Local(Some(res))
+        Self {
+            state: State::Local(Some(res)),
+        }
+    }
+}
+
+/// Where the response edits come from: the routed request's route, or
+/// the layer's static policy.
+pub(crate) enum Edits {
+    Route(RouteDecision),
+    Static(std::sync::Arc<Route>),
+}
+
+impl Edits {
+    fn route(&self) -> &Route {
+        match self {
+            Self::Route(d) => d.route(),
+            Self::Static(r) => r,
+        }
     }
 }
 
@@ -63,7 +86,7 @@ where
     type Output = Result<Response<ResB>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
+        match self.project().state.project() {
             Proj::Inner { fut, decision } => {
                 let mut res = std::task::ready!(fut.poll(cx)).map_err(Into::into)?;
                 if let Some(d) = decision.take()

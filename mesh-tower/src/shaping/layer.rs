@@ -1,9 +1,10 @@
-use super::{Mirrors, Shaping};
+use super::{Mirrors, Shaping, StaticShaping};
 
 /// Applies [`Shaping`] to a service.
 #[derive(Clone, Debug, Default)]
 pub struct ShapingLayer {
     mirrors: Mirrors,
+    policy: Option<StaticShaping>,
 }
 
 impl ShapingLayer {
@@ -16,7 +17,19 @@ impl ShapingLayer {
     /// A layer that sends mirrored copies through `mirrors` (a mesh's,
     /// see [`Mesh::mirrors`](crate::Mesh::mirrors)).
     pub fn with_mirrors(mirrors: Mirrors) -> Self {
-        Self { mirrors }
+        Self {
+            mirrors,
+            policy: None,
+        }
+    }
+
+    /// A layer applying `policy` to requests without a route decision
+    /// (standalone use in a plain `ServiceBuilder`).
+    pub fn with_static(policy: StaticShaping) -> Self {
+        Self {
+            mirrors: Mirrors::default(),
+            policy: Some(policy),
+        }
     }
 }
 
@@ -24,6 +37,9 @@ impl<S> tower::Layer<S> for ShapingLayer {
     type Service = Shaping<S>;
 
     fn layer(&self, inner: S) -> Shaping<S> {
-        Shaping::with_mirrors(inner, self.mirrors.clone())
+        match &self.policy {
+            Some(p) => Shaping::with_static(inner, p.clone()),
+            None => Shaping::with_mirrors(inner, self.mirrors.clone()),
+        }
     }
 }

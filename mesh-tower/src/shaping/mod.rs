@@ -33,8 +33,13 @@ use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use mesh_core::RouteRequest;
-use mesh_core::model::{ForwardAction, PathMatch, Route as RouteConfig, RouteAction};
+use std::sync::Arc;
 
+use mesh_core::model::{
+    ForwardAction, HeaderMutations, PathMatch, Rewrite, Route as RouteConfig, RouteAction,
+};
+
+use future::Edits;
 pub use future::ResponseFuture;
 pub use layer::ShapingLayer;
 pub use mirror::{
@@ -44,11 +49,26 @@ pub use mirror::{
 use crate::error::BoxError;
 use crate::route::{LocalRoute, RouteDecision};
 
+/// A static shaping policy, for [`Shaping`] used without the mesh's
+/// routing (requests without a route decision).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StaticShaping {
+    /// Rewrites (`path_prefix` replaces the leading `/`, as for a route
+    /// without a path condition).
+    pub rewrite: Option<Rewrite>,
+    /// Request header edits.
+    pub request_headers: HeaderMutations,
+    /// Response header edits.
+    pub response_headers: HeaderMutations,
+}
+
 /// Rewrites, header edits, mirrors and local answers; see the module docs.
 #[derive(Clone, Debug)]
 pub struct Shaping<S> {
     inner: S,
     mirrors: Mirrors,
+    // The static policy as a route without matches.
+    fixed: Option<Arc<RouteConfig>>,
 }
 
 impl<S> Shaping<S> {
@@ -57,12 +77,37 @@ impl<S> Shaping<S> {
         Self {
             inner,
             mirrors: Mirrors::default(),
+            fixed: None,
         }
     }
 
     /// Shaping that sends mirrored copies through `mirrors`.
     pub fn with_mirrors(inner: S, mirrors: Mirrors) -> Self {
-        Self { inner, mirrors }
+        Self {
+            inner,
+            mirrors,
+            fixed: None,
+        }
+    }
+
+    /// Shaping that applies `policy` to requests without a route
+    /// decision.
+    pub fn with_static(inner: S, policy: StaticShaping) -> Self {
+        let action = ForwardAction {
+            rewrite: policy.rewrite,
+            request_headers: policy.request_headers,
+            response_headers: policy.response_headers,
+            ..ForwardAction::to("static")
+        };
+        Self {
+            inner,
+            mirrors: Mirrors::default(),
+            fixed: Some(Arc::new(RouteConfig {
+                name: None,
+                matches: Arc::from([]),
+                action: RouteAction::Forward(Box::new(action)),
+            })),
+        }
     }
 
     /// The inner service.
@@ -167,14 +212,22 @@ where
             return ResponseFuture::local(res);
         }
         let Some(decision) = req.extensions().get::<RouteDecision>() else {
-            return ResponseFuture::inner(self.inner.call(req), None);
+            let Some(route) = &self.fixed else {
+                return ResponseFuture::inner(self.inner.call(req), None);
+            };
+            let RouteAction::Forward(fwd) = &route.action else {
+                return ResponseFuture::inner(self.inner.call(req), None);
+            };
+            apply_request_edits(fwd, route, &mut req);
+            let keep = (!fwd.response_headers.is_empty()).then(|| Edits::Static(Arc::clone(route)));
+            return ResponseFuture::inner(self.inner.call(req), keep);
         };
         let Some(fwd) = decision.forward() else {
             return ResponseFuture::inner(self.inner.call(req), None);
         };
         let edits_response = !fwd.response_headers.is_empty();
         if !has_request_work(fwd) {
-            let keep = edits_response.then(|| decision.clone());
+            let keep = edits_response.then(|| Edits::Route(decision.clone()));
             return ResponseFuture::inner(self.inner.call(req), keep);
         }
         let decision = decision.clone();
@@ -193,14 +246,14 @@ where
             }
             match decision.runtime().clusters.get(&m.cluster) {
                 Some(cluster) => self.mirrors.send(
-                    std::sync::Arc::clone(cluster),
+                    Arc::clone(cluster),
                     &req,
                     fwd.timeout.unwrap_or(DEFAULT_MIRROR_TIMEOUT),
                 ),
                 None => self.mirrors.skip(),
             }
         }
-        let keep = edits_response.then_some(decision);
+        let keep = edits_response.then_some(Edits::Route(decision));
         ResponseFuture::inner(self.inner.call(req), keep)
     }
 }

@@ -64,3 +64,49 @@ fn header_edits_remove_then_set_then_add() {
     assert_eq!(values, ["set", "added"]);
     assert!(!headers.contains_key("x-gone"));
 }
+
+#[tokio::test]
+async fn static_policies_apply_without_a_route_decision() {
+    use http::{HeaderName, HeaderValue};
+    use tower::{Service, ServiceExt};
+    let policy = StaticShaping {
+        rewrite: Some(mesh_core::model::Rewrite {
+            path_prefix: Some("/v2/".into()),
+            authority: None,
+        }),
+        request_headers: mesh_core::model::HeaderMutations {
+            set: Arc::from([(
+                HeaderName::from_static("x-req"),
+                HeaderValue::from_static("1"),
+            )]),
+            ..Default::default()
+        },
+        response_headers: mesh_core::model::HeaderMutations {
+            set: Arc::from([(
+                HeaderName::from_static("x-res"),
+                HeaderValue::from_static("2"),
+            )]),
+            ..Default::default()
+        },
+    };
+    let mut svc = Shaping::with_static(
+        tower::service_fn(|req: Request<http_body_util::Empty<Bytes>>| async move {
+            let mut res = Response::new(crate::ResponseBody::empty());
+            res.headers_mut()
+                .insert("x-seen-req", req.headers()["x-req"].clone());
+            res.headers_mut().insert(
+                "x-seen-path",
+                HeaderValue::from_str(req.uri().path()).unwrap(),
+            );
+            Ok::<_, std::convert::Infallible>(res)
+        }),
+        policy,
+    );
+    let req = Request::get("http://a/items/1")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.headers()["x-seen-req"], "1");
+    assert_eq!(res.headers()["x-seen-path"], "/v2/items/1");
+    assert_eq!(res.headers()["x-res"], "2");
+}
