@@ -161,10 +161,13 @@ impl<S> Ctx<S> {
     }
 
     /// Decides what follows an attempt that produced `outcome`.
+    /// `pushback` holds the headers (or trailers) that may carry
+    /// `retry-after` / `grpc-retry-pushback-ms`; they are read only when a
+    /// retry is due.
     fn decide(
         &mut self,
         outcome: Outcome,
-        pushback: Pushback,
+        pushback: Option<&HeaderMap>,
         endpoint: Option<&EndpointAddress>,
         last: &dyn fmt::Display,
     ) -> Verdict {
@@ -179,7 +182,7 @@ impl<S> Ctx<S> {
         {
             return Verdict::Return;
         }
-        let delay = match pushback {
+        let delay = match pushback.map_or(Pushback::None, policy::pushback) {
             Pushback::Stop => return Verdict::Return,
             Pushback::After(d) => d,
             Pushback::None => policy::backoff(&policy.backoff, self.retries + 1),
@@ -240,12 +243,13 @@ impl<S> Ctx<S> {
     }
 }
 
-struct Status(http::StatusCode, Option<i32>);
+/// A response as the last attempt's outcome, formatted only if needed.
+struct Status<'a>(http::StatusCode, Option<&'a HeaderMap>);
 
-impl fmt::Display for Status {
+impl fmt::Display for Status<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)?;
-        if let Some(g) = self.1 {
+        if let Some(g) = self.1.and_then(policy::grpc_status) {
             write!(f, " with grpc-status {g}")?;
         }
         Ok(())
@@ -302,15 +306,23 @@ where
                         other => other,
                     };
                     let verdict = match &result {
-                        Ok(res) => ctx.decide(
-                            Outcome::of_response(res.status(), grpc_of(res.headers())),
-                            policy::pushback(res.headers()),
-                            res.body().endpoint(),
-                            &Status(res.status(), policy::grpc_status(res.headers())),
-                        ),
+                        Ok(res) => {
+                            // Only gRPC responses are read for `grpc-status`.
+                            let grpc = if ctx.grpc {
+                                grpc_of(res.headers())
+                            } else {
+                                None
+                            };
+                            ctx.decide(
+                                Outcome::of_response(res.status(), grpc),
+                                Some(res.headers()),
+                                res.body().endpoint(),
+                                &Status(res.status(), grpc),
+                            )
+                        }
                         Err(e) => {
                             let endpoint = e.downcast_ref::<Error>().and_then(Error::endpoint);
-                            ctx.decide(Outcome::of_error(e), Pushback::None, endpoint, e)
+                            ctx.decide(Outcome::of_error(e), None, endpoint, e)
                         }
                     };
                     match verdict {
@@ -350,12 +362,7 @@ where
                             let after = ctx.per_try.unwrap_or_default();
                             let e = Elapsed::because(after, TimeoutReason::PerTry);
                             let endpoint = body.as_ref().and_then(|b| b.endpoint().cloned());
-                            match ctx.decide(
-                                Outcome::PerTryTimeout,
-                                Pushback::None,
-                                endpoint.as_ref(),
-                                &e,
-                            ) {
+                            match ctx.decide(Outcome::PerTryTimeout, None, endpoint.as_ref(), &e) {
                                 Verdict::Return => {
                                     this.attempt.set(Attempt::Done);
                                     return Poll::Ready(Err(Box::new(e)));
@@ -384,8 +391,7 @@ where
                         Some(Err(e)) => {
                             let e: BoxError = e.into();
                             let e = Error::from_upstream(e);
-                            match ctx.decide(Outcome::Reset, Pushback::None, endpoint.as_ref(), &e)
-                            {
+                            match ctx.decide(Outcome::Reset, None, endpoint.as_ref(), &e) {
                                 Verdict::Return => Err(e),
                                 v => Ok(v),
                             }
@@ -397,12 +403,11 @@ where
                                 status: parts.status.as_u16(),
                                 grpc,
                             };
-                            let push = trailers.map_or(Pushback::None, policy::pushback);
                             match ctx.decide(
                                 outcome,
-                                push,
+                                trailers,
                                 endpoint.as_ref(),
-                                &Status(parts.status, grpc),
+                                &Status(parts.status, trailers),
                             ) {
                                 Verdict::Return => {
                                     this.attempt.set(Attempt::Done);
