@@ -113,3 +113,43 @@ async fn mesh_failures_reach_tonic_as_unavailable_with_the_reason() {
         status.message()
     );
 }
+
+/// A tonic client reads the mesh's local gRPC replies (Trailers-Only) as
+/// the statuses they carry: an injected `grpcStatus` abort, and the local
+/// rate limit's `RESOURCE_EXHAUSTED`, each without reaching the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonic_clients_see_injected_aborts_and_rate_limits_as_statuses() {
+    let layer = MeshServerLayer::new();
+    let (addr, _server) = tonic_server("tonic-server", layer.clone()).await;
+    let services = ratings_yaml(&[(addr, "v1")]);
+    let abort = format!(
+        "{services}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: ratings }}\nspec:\n  hosts: [ratings]\n  http:\n  - route: [{{ destination: {{ host: ratings }} }}]\n    fault: {{ abort: {{ grpcStatus: PERMISSION_DENIED, percentage: {{ value: 100 }} }} }}\n"
+    );
+    let mesh = mesh_from_yaml(&abort);
+    let mut client = RatingsClient::new(mesh.client_for("http://ratings:50051").unwrap());
+    let status = client
+        .get(RatingRequest {
+            product: "book-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(status.message(), "fault filter abort");
+
+    let limited = format!(
+        "{services}---\napiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{ name: rl }}\nspec:\n  configPatches:\n  - applyTo: HTTP_FILTER\n    match: {{ context: SIDECAR_OUTBOUND }}\n    patch:\n      operation: INSERT_BEFORE\n      value:\n        name: envoy.filters.http.local_ratelimit\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n          stat_prefix: rl\n          token_bucket: {{ max_tokens: 1, fill_interval: 60s }}\n          filter_enabled: {{ default_value: {{ numerator: 100 }} }}\n          filter_enforced: {{ default_value: {{ numerator: 100 }} }}\n"
+    );
+    let mesh = mesh_from_yaml(&limited);
+    let mut client = RatingsClient::new(mesh.client_for("http://ratings:50051").unwrap());
+    let req = || RatingRequest {
+        product: "book-1".into(),
+    };
+    assert!(client.get(req()).await.is_ok(), "the first takes the token");
+    let status = client.get(req()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let served: u64 = layer.stats().routes().iter().map(|r| r.requests).sum();
+    assert_eq!(
+        served, 1,
+        "neither the abort nor the limited call reached the server"
+    );
+}

@@ -140,6 +140,30 @@ async fn rewrites_and_header_edits_reach_the_backend() {
 }
 
 #[tokio::test]
+async fn destination_header_edits_apply_before_the_routes() {
+    let (backend, _) = echo().await;
+    let mesh = mesh_from_yaml(&with_vs(
+        &services(backend.addr(), None),
+        r#"  - route:
+    - destination: { host: svc }
+      headers:
+        request: { set: { x-dest: d, x-both: dest } }
+        response: { set: { x-resp-dest: "1" } }
+    headers:
+      request: { set: { x-both: route } }
+"#,
+    ));
+    let res = send(&mesh, "http://svc:8080/x", &[]).await;
+    assert_eq!(res.headers()["echo-x-dest"], "d");
+    assert_eq!(
+        res.headers()["echo-x-both"],
+        "route",
+        "the route's edits come after the destination's (Envoy's order)"
+    );
+    assert_eq!(res.headers()["x-resp-dest"], "1");
+}
+
+#[tokio::test]
 async fn redirects_and_direct_responses_answer_without_a_backend() {
     let (backend, hits) = echo().await;
     let mesh = mesh_from_yaml(&with_vs(

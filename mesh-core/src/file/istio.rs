@@ -132,6 +132,8 @@ struct Destination {
     subset: Option<String>,
     port: Option<u16>,
     weight: u32,
+    // `route[].headers`: request and response edits for this destination.
+    headers: Option<(HeaderMutations, HeaderMutations)>,
 }
 
 const ISTIO_VERSIONS: &[&str] = &[
@@ -937,25 +939,22 @@ impl<'o> Translator<'o> {
             let d = Obj::new(dv, &dpath)?;
             d.check_fields(
                 &Fields {
-                    supported: &["destination", "weight"],
+                    supported: &["destination", "weight", "headers"],
                     unsupported: &[],
-                    ignored: &["headers"],
+                    ignored: &[],
                 },
                 errors,
                 warnings,
             );
-            if d.get("headers").is_some() {
-                // Ignoring them would forward requests unedited.
-                return Err(InvalidConfig::new(
-                    dpath.field("headers"),
-                    "not supported per destination; set http[].headers",
-                ));
-            }
             let dest_path = dpath.field("destination");
             let weight = d.int("weight", 0, 100)?;
             let weight = weight.unwrap_or(if dests.len() == 1 { 100 } else { 0 }) as u32;
-            destinations
-                .push(self.destination(&d, dest_path, namespace, weight, errors, warnings)?);
+            let mut dest = self.destination(&d, dest_path, namespace, weight, errors, warnings)?;
+            let hpath = dpath.field("headers");
+            if let Some(hd) = d.obj("headers", &hpath)? {
+                dest.headers = Some(traffic::headers(hd, (errors, warnings))?);
+            }
+            destinations.push(dest);
         }
         let shaping = self.shaping(&h, errors, warnings)?;
         let mirrors = self.mirrors(&h, namespace, errors, warnings)?;
@@ -1044,6 +1043,7 @@ impl<'o> Translator<'o> {
             subset,
             port,
             weight,
+            headers: None,
         })
     }
 
@@ -1453,6 +1453,14 @@ impl<'o> Translator<'o> {
                     request_headers: r.shaping.request_headers.clone(),
                     response_headers: r.shaping.response_headers.clone(),
                     mirrors: mirrors.into(),
+                    target_headers: if r.destinations.iter().any(|d| d.headers.is_some()) {
+                        r.destinations
+                            .iter()
+                            .map(|d| d.headers.clone().unwrap_or_default())
+                            .collect()
+                    } else {
+                        Arc::from([])
+                    },
                     ..ForwardAction::new(clusters)
                         .with_timeout(r.timeout)
                         .with_retry(r.retry.clone())

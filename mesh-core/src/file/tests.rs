@@ -906,6 +906,19 @@ fn rewrite_headers_and_mirror_translate() {
     );
     assert_eq!(f.mirrors[0].fraction, Fraction::from_percent(25.0).unwrap());
 
+    assert!(f.target_headers.is_empty(), "no destination edits headers");
+
+    let t = parse(&vs_route(
+        r#"  - route:
+    - { destination: { host: reviews, subset: v1 }, weight: 50, headers: { request: { set: { x-v: "1" } } } }
+    - { destination: { host: reviews, subset: v2 }, weight: 50 }
+"#,
+    ));
+    let f = forward(&t);
+    assert_eq!(f.target_headers.len(), 2, "one entry per target");
+    assert_eq!(f.target_headers[0].0.set[0].1, "1");
+    assert!(f.target_headers[1].0.is_empty());
+
     // istio.io VirtualService reference, `mirrorPercentage`: "If this
     // field is absent, all the traffic (100%) will be mirrored."
     let t = parse(&vs_route(
@@ -969,10 +982,6 @@ fn shaping_errors_name_the_field() {
         (
             "  - directResponse: { status: 200, body: { string: a, bytes: YQ== } }\n",
             "http[0].directResponse.body: exactly one of string and bytes is required",
-        ),
-        (
-            "  - route: [{ destination: { host: reviews }, headers: { request: { set: { a: b } } } }]\n",
-            "http[0].route[0].headers: not supported per destination; set http[].headers",
         ),
         (
             "  - route: [{ destination: { host: reviews } }]\n    headers: { request: { set: { host: x } } }\n",

@@ -129,6 +129,11 @@ pub struct ForwardAction {
     pub response_headers: HeaderMutations,
     /// Copies sent elsewhere.
     pub mirrors: Arc<[Mirror]>,
+    /// Header edits per target of `clusters`, in the same order (Istio
+    /// `route[].headers`, Envoy's weighted-cluster header edits): request
+    /// and response edits applied before the route's own. Empty when no
+    /// target edits headers.
+    pub target_headers: Arc<[(HeaderMutations, HeaderMutations)]>,
     /// What counts as a failure, in order (Linkerd `responseClasses`);
     /// empty means the default: a 5xx, a reset or a connect failure.
     pub response_classes: Arc<[ResponseClass]>,
@@ -148,6 +153,7 @@ impl ForwardAction {
             response_headers: HeaderMutations::default(),
             mirrors: Arc::from([]),
             response_classes: Arc::from([]),
+            target_headers: Arc::from([]),
         }
     }
 

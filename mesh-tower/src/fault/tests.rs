@@ -203,3 +203,24 @@ async fn requests_without_a_policy_pass() {
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(hits.load(Ordering::Relaxed), 1);
 }
+
+/// The fault layer sits above the route timeout, as Envoy's fault filter
+/// runs before the router: an injected delay longer than the timeout does
+/// not make the request time out.
+#[tokio::test(start_paused = true)]
+async fn injected_delays_do_not_count_against_the_route_timeout() {
+    let hits = Arc::default();
+    let inner = crate::timeout::Timeout::new(backend(Arc::clone(&hits)), Duration::from_secs(1));
+    let mut svc = Fault::new(inner, delay(Duration::from_secs(3), Fraction::ALL));
+    let start = tokio::time::Instant::now();
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(hits.load(Ordering::Relaxed), 1);
+}

@@ -56,6 +56,19 @@ impl Edits {
             Self::Static(r) => r,
         }
     }
+
+    /// Applies the response edits: the picked target's, then the route's.
+    fn apply(&self, headers: &mut http::HeaderMap) {
+        if let Self::Route(d) = self
+            && let Some(f) = d.forward()
+            && let Some((_, m)) = super::target_edits(f, &d.cluster().name)
+        {
+            mutate(headers, m);
+        }
+        if let Some(m) = response_edits(self.route()) {
+            mutate(headers, m);
+        }
+    }
 }
 
 /// Applies header edits: remove, then set, then add.
@@ -89,10 +102,8 @@ where
         match self.project().state.project() {
             Proj::Inner { fut, decision } => {
                 let mut res = std::task::ready!(fut.poll(cx)).map_err(Into::into)?;
-                if let Some(d) = decision.take()
-                    && let Some(m) = response_edits(d.route())
-                {
-                    mutate(res.headers_mut(), m);
+                if let Some(d) = decision.take() {
+                    d.apply(res.headers_mut());
                 }
                 Poll::Ready(Ok(res))
             }

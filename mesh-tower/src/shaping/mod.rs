@@ -127,7 +127,27 @@ impl<S> Shaping<S> {
 }
 
 fn has_request_work(f: &ForwardAction) -> bool {
-    f.rewrite.is_some() || !f.request_headers.is_empty() || !f.mirrors.is_empty()
+    f.rewrite.is_some()
+        || !f.request_headers.is_empty()
+        || !f.mirrors.is_empty()
+        || !f.target_headers.is_empty()
+}
+
+/// The header edits of the split target `cluster` (Istio
+/// `route[].headers`), if the route has any.
+pub(crate) fn target_edits<'a>(
+    f: &'a ForwardAction,
+    cluster: &mesh_core::ClusterName,
+) -> Option<&'a (HeaderMutations, HeaderMutations)> {
+    if f.target_headers.is_empty() {
+        return None;
+    }
+    let i = f
+        .clusters
+        .targets()
+        .iter()
+        .position(|t| &t.cluster == cluster)?;
+    f.target_headers.get(i)
 }
 
 /// The path after `rewrite.uri`: the matched prefix of the clause that
@@ -157,7 +177,18 @@ fn rewritten_path<B>(route: &RouteConfig, req: &Request<B>, to: &str) -> Option<
     PathAndQuery::try_from(s).ok()
 }
 
-fn apply_request_edits<B>(f: &ForwardAction, route: &RouteConfig, req: &mut Request<B>) {
+/// Applies the request edits: the picked target's (`target`), then the
+/// route's, as Envoy applies weighted-cluster edits before route edits;
+/// then the rewrites.
+fn apply_request_edits<B>(
+    f: &ForwardAction,
+    target: Option<&(HeaderMutations, HeaderMutations)>,
+    route: &RouteConfig,
+    req: &mut Request<B>,
+) {
+    if let Some((m, _)) = target {
+        future::mutate(req.headers_mut(), m);
+    }
     future::mutate(req.headers_mut(), &f.request_headers);
     let Some(rewrite) = &f.rewrite else { return };
     let mut parts = None;
@@ -218,14 +249,15 @@ where
             let RouteAction::Forward(fwd) = &route.action else {
                 return ResponseFuture::inner(self.inner.call(req), None);
             };
-            apply_request_edits(fwd, route, &mut req);
+            apply_request_edits(fwd, None, route, &mut req);
             let keep = (!fwd.response_headers.is_empty()).then(|| Edits::Static(Arc::clone(route)));
             return ResponseFuture::inner(self.inner.call(req), keep);
         };
         let Some(fwd) = decision.forward() else {
             return ResponseFuture::inner(self.inner.call(req), None);
         };
-        let edits_response = !fwd.response_headers.is_empty();
+        let edits_response = !fwd.response_headers.is_empty()
+            || fwd.target_headers.iter().any(|(_, r)| !r.is_empty());
         if !has_request_work(fwd) {
             let keep = edits_response.then(|| Edits::Route(decision.clone()));
             return ResponseFuture::inner(self.inner.call(req), keep);
@@ -234,7 +266,8 @@ where
         let Some(fwd) = decision.forward() else {
             return ResponseFuture::inner(self.inner.call(req), None);
         };
-        apply_request_edits(fwd, decision.route(), &mut req);
+        let target = target_edits(fwd, &decision.cluster().name);
+        apply_request_edits(fwd, target, decision.route(), &mut req);
         for m in fwd.mirrors.iter() {
             if !m.fraction.sample() {
                 continue;
