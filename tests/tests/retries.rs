@@ -630,3 +630,65 @@ fn the_replay_bound_defaults_to_64_kib() {
     // Linkerd's retry layer buffers up to 64 KiB; so do we by default.
     assert_eq!(mesh_tower::retry::DEFAULT_MAX_REPLAY_BYTES, 64 * 1024);
 }
+
+/// An HTTP/2 server that refuses the first `refuse` streams with
+/// RST_STREAM(REFUSED_STREAM) and answers 200 after that; counts streams.
+async fn refusing_server(
+    refuse: u64,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = std::sync::Arc::clone(&streams);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let seen = std::sync::Arc::clone(&seen);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    if n < refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else {
+                        let _ = respond.send_response(Response::new(()), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, streams)
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_streams_are_retried_under_refused_stream() {
+    use std::sync::atomic::Ordering;
+    let (addr, streams) = refusing_server(1).await;
+    let m = mesh_from_yaml(&yaml(
+        &[addr],
+        "HTTP2",
+        "ROUND_ROBIN",
+        &["retries: { attempts: 1, retryOn: refused-stream }"],
+    ));
+    // Even a POST: the server never processed a refused stream.
+    let res = send(&m.client(), Method::POST, &[], Bytes::from("x")).await;
+    assert_eq!(res.unwrap().status(), 200);
+    assert_eq!(streams.load(Ordering::SeqCst), 2);
+
+    let (addr, streams) = refusing_server(1).await;
+    let m = mesh_from_yaml(&yaml(
+        &[addr],
+        "HTTP2",
+        "ROUND_ROBIN",
+        &["retries: { attempts: 1, retryOn: gateway-error }"],
+    ));
+    let err = get(&m.client()).await.unwrap_err();
+    assert!(err.is_upstream(), "{err}");
+    assert_eq!(
+        streams.load(Ordering::SeqCst),
+        1,
+        "gateway-error does not cover a refused stream"
+    );
+}
