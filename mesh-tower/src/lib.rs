@@ -5,12 +5,16 @@
 //! client and server from it:
 //!
 //! - [`MeshClient`] is a `tower::Service<http::Request<B>>` that routes
-//!   each request by the live config (route → timeout → balance), usable
-//!   with hyper-style code and as the transport of tonic clients;
-//! - [`MeshServerLayer`] goes on an axum `Router` or a tonic `Server`.
+//!   each request by the live config (route → shaping → fault → rate
+//!   limit → timeout → retry → circuit breaker → balance, Envoy's order),
+//!   usable with hyper-style code and as the transport of tonic clients;
+//! - [`MeshServerLayer`] goes on an axum `Router` or a tonic `Server`, with
+//!   [`Mesh::server_rate_limit`] inside it for inbound local rate limits.
 //!
 //! Each policy is also a layer of its own ([`route::RouteLayer`],
-//! [`timeout::TimeoutLayer`], [`balance::Balance`]) in tower's layout. The
+//! [`shaping::ShapingLayer`], [`fault::FaultLayer`],
+//! [`ratelimit::RateLimitLayer`], [`timeout::TimeoutLayer`],
+//! [`balance::Balance`], ...) in tower's layout. The
 //! layers read per-request policy from the [`route::RouteDecision`] that
 //! the route layer puts into the request's extensions, so an edit of the
 //! config applies from the next request on, without restarting anything
