@@ -94,7 +94,10 @@ where
     let Some(policy) = source.policy() else {
         return ResponseFuture::passthrough(svc.call(req));
     };
-    source.state().deposit(source.budget());
+    // A hedged copy was counted by the hedging layer.
+    if req.extensions().get::<super::hedge::Hedged>().is_none() {
+        source.state().deposit(source.budget());
+    }
     let grpc = is_grpc(req.headers());
     let any_method = grpc || policy::idempotent(req.method());
     let per_try = policy.per_try_timeout;

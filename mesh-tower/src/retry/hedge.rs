@@ -211,6 +211,12 @@ impl<S> tower::Layer<S> for HedgeLayer {
     }
 }
 
+/// Marks requests sent by [`Hedge`], which already counted them in the
+/// retry budget, so that [`Retry`](super::Retry) below does not count
+/// them again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hedged;
+
 struct Template {
     method: Method,
     uri: Uri,
@@ -230,6 +236,7 @@ impl Template {
         if let Some(d) = &self.decision {
             req.extensions_mut().insert(d.clone());
         }
+        req.extensions_mut().insert(Hedged);
         req
     }
 }
@@ -317,6 +324,8 @@ where
         };
         let max = policy.max_attempts.min(MAX_ATTEMPTS);
         state.deposit(&budget);
+        let mut req = req;
+        req.extensions_mut().insert(Hedged);
         let (parts, body) = req.into_parts();
         let (replay, body) = replay::capture(body, self.shared.max_replay_bytes);
         let Some(replay) = replay else {
