@@ -93,6 +93,40 @@ async fn max_connections_caps_connections_and_queues_on_them() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn max_concurrent_streams_opens_connections_before_the_peer_limit() {
+    let backend = Scripted::start("b1").await.unwrap();
+    backend.set_default(Action::delayed(Duration::from_millis(100)));
+    let mesh = mesh_tests::mesh_from_yaml(&yaml(
+        &backend,
+        "      http: { maxConcurrentStreams: 10 }\n",
+    ));
+    let client = mesh.client();
+    burst(&client, 35).await;
+    assert_eq!(backend.max_in_flight(), 35);
+    assert_eq!(backend.connections(), 4, "10 streams per connection");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_requests_per_connection_rotates_http2_connections() {
+    let backend = Scripted::start("b1").await.unwrap();
+    let mesh = mesh_tests::mesh_from_yaml(&yaml(
+        &backend,
+        "      http: { maxRequestsPerConnection: 3 }\n",
+    ));
+    let client = mesh.client();
+    for _ in 0..9 {
+        assert_eq!(get(&client).await, 200);
+    }
+    assert_eq!(backend.connections(), 3);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        connections(&mesh),
+        (0, 3),
+        "a connection that served its requests closes"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn max_requests_per_connection_one_opens_a_connection_per_request() {
     let backend = Scripted::start("b1").await.unwrap();
     let mesh = mesh_tests::mesh_from_yaml(&yaml(

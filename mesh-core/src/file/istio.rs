@@ -1276,12 +1276,22 @@ impl<'o> Translator<'o> {
                 for (subset, eps, subset_policy) in clusters {
                     let name = cluster_name(port.number, subset, fqdn);
                     let mut cluster = Cluster::new(name.as_str()).with_protocol(port.protocol);
-                    traffic_policy::apply(
+                    if let Err(e) = traffic_policy::apply(
                         &mut cluster,
                         subset_policy,
                         rule.map(|r| &r.policy),
                         port.number,
-                    );
+                    ) && let Some(r) = rule
+                    {
+                        let problem = Problem {
+                            doc: Some(r.doc.clone()),
+                            error: e,
+                        };
+                        // Once, however many subsets share the setting.
+                        if !self.errors.contains(&problem) {
+                            self.errors.push(problem);
+                        }
+                    }
                     cluster.service = Some(fqdn.as_str().into());
                     cluster.subset = subset.map(Arc::from);
                     if let Some(budget) = self.profiles.get(fqdn).and_then(|(_, p)| p.budget) {

@@ -40,6 +40,8 @@ pub(crate) struct PolicySettings {
 pub(crate) struct PoolSettings {
     pub(crate) limits: ConnectionLimits,
     pub(crate) connect_timeout: Duration,
+    // Where `maxRequestsPerConnection` was set, for the HTTP/1.1 check.
+    pub(crate) per_connection_path: Option<FieldPath>,
 }
 
 /// A `trafficPolicy` with its `portLevelSettings`.
@@ -60,13 +62,14 @@ impl TrafficPolicy {
 }
 
 /// Applies the policies that cover `port` to `cluster`: the subset's
-/// first, then the rule's.
+/// first, then the rule's. Fails for `maxRequestsPerConnection` above 1 on
+/// an HTTP/1.1 port, which the HTTP/1.1 pool (hyper-util's) cannot count.
 pub(crate) fn apply(
     cluster: &mut Cluster,
     subset: Option<&TrafficPolicy>,
     rule: Option<&TrafficPolicy>,
     port: u16,
-) {
+) -> Result<(), InvalidConfig> {
     fn most_specific<T: Clone>(
         subset: Option<&TrafficPolicy>,
         rule: Option<&TrafficPolicy>,
@@ -83,10 +86,23 @@ pub(crate) fn apply(
     cluster.slow_start = most_specific(subset, rule, port, |s| s.slow_start.as_ref());
     cluster.locality_lb = most_specific(subset, rule, port, |s| s.locality.as_ref());
     if let Some(pool) = most_specific(subset, rule, port, |s| s.pool.as_ref()) {
+        if let (Some(n @ 2..), Some(path), crate::model::Protocol::Http1) = (
+            pool.limits.max_requests_per_connection,
+            &pool.per_connection_path,
+            cluster.protocol,
+        ) {
+            return Err(InvalidConfig::new(
+                path.clone(),
+                format!(
+                    "{n} is not supported on HTTP/1.1 ports: only 0 (unlimited) and 1 (no keep-alive) are"
+                ),
+            ));
+        }
         cluster.limits = pool.limits;
         cluster.connect_timeout = pool.connect_timeout;
     }
     cluster.outlier_detection = most_specific(subset, rule, port, |s| s.outlier.as_ref());
+    Ok(())
 }
 
 /// Reads a `trafficPolicy` object.
@@ -669,6 +685,7 @@ fn connection_pool(
     let mut out = PoolSettings {
         limits: ConnectionLimits::default(),
         connect_timeout: Cluster::DEFAULT_CONNECT_TIMEOUT,
+        per_connection_path: None,
     };
     let tcp_path = cp.path.field("tcp");
     if let Some(tcp) = cp.obj("tcp", &tcp_path)? {
@@ -710,19 +727,20 @@ fn connection_pool(
         out.limits.max_pending_requests = limit(&http, "http1MaxPendingRequests")?;
         out.limits.max_requests = limit(&http, "http2MaxRequests")?;
         out.limits.max_retries = limit(&http, "maxRetries")?;
+        // 0 is unlimited; above 1 only HTTP/2 ports can enforce it (see
+        // `apply`).
         out.limits.max_requests_per_connection =
             match http.int("maxRequestsPerConnection", 0, INT32_MAX)? {
                 None | Some(0) => None,
-                Some(1) => Some(1),
                 Some(n) => {
-                    return Err(InvalidConfig::new(
-                        http.path.field("maxRequestsPerConnection"),
-                        format!(
-                            "{n} is not supported: only 0 (unlimited) and 1 (no keep-alive) are"
-                        ),
-                    ));
+                    out.per_connection_path = Some(http.path.field("maxRequestsPerConnection"));
+                    Some(n as u32)
                 }
             };
+        out.limits.max_concurrent_streams = match http.int("maxConcurrentStreams", 0, INT32_MAX)? {
+            None | Some(0) => None,
+            Some(n) => Some(n as u32),
+        };
         if let Some(t) = positive_duration(&http, "idleTimeout")? {
             out.limits.idle_timeout = t;
         }
@@ -862,9 +880,21 @@ spec:
                 max_retries: 3,
                 max_requests_per_connection: Some(1),
                 idle_timeout: Duration::from_secs(30),
+                max_concurrent_streams: None,
             }
         );
         assert_eq!(c.connect_timeout, Duration::from_millis(250));
+        let text = format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: reviews }}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool: {{ http: {{ maxConcurrentStreams: 50, maxRequestsPerConnection: 100 }} }}\n",
+            SERVICE.replace("protocol: HTTP }", "protocol: HTTP2 }")
+        );
+        let c = cluster(&text, 9080, "");
+        assert_eq!(c.limits.max_concurrent_streams, Some(50));
+        assert_eq!(
+            c.limits.max_requests_per_connection,
+            Some(100),
+            "HTTP/2 ports take any maxRequestsPerConnection"
+        );
     }
 
     #[test]
@@ -1238,7 +1268,7 @@ spec:
                 "  trafficPolicy:\n    connectionPool: { http: { maxRequestsPerConnection: 5 } }\n"
             )),
             format!(
-                "{DOC}: trafficPolicy.connectionPool.http.maxRequestsPerConnection: 5 is not supported: only 0 (unlimited) and 1 (no keep-alive) are"
+                "{DOC}: trafficPolicy.connectionPool.http.maxRequestsPerConnection: 5 is not supported on HTTP/1.1 ports: only 0 (unlimited) and 1 (no keep-alive) are"
             )
         );
         assert_eq!(

@@ -421,6 +421,10 @@ pub struct ConnectionLimits {
     pub max_requests_per_connection: Option<u32>,
     /// How long a connection may stay idle (`http.idleTimeout`).
     pub idle_timeout: Duration,
+    /// Streams opened at once on one HTTP/2 connection before another
+    /// connection is opened (`http.maxConcurrentStreams`; `None` follows
+    /// the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl Default for ConnectionLimits {
@@ -436,6 +440,7 @@ impl Default for ConnectionLimits {
             max_retries: u32::MAX,
             max_requests_per_connection: None,
             idle_timeout: Duration::from_secs(3600),
+            max_concurrent_streams: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! One multiplexed connection per endpoint; another only when every open
 //! one has as many streams in flight as its peer allows
 //! (`SETTINGS_MAX_CONCURRENT_STREAMS`, read from the connection as it is
-//! driven) or has served `maxRequestsPerConnection` requests, up to the
+//! driven) or as `http.maxConcurrentStreams` allows or has served `maxRequestsPerConnection` requests, up to the
 //! cluster's `tcp.maxConnections` per endpoint; past that, requests queue
 //! on the least loaded connection inside h2, bounded by the breaker's
 //! request limit.
@@ -51,6 +51,9 @@ pub(crate) struct H2Settings {
     pub(crate) idle_timeout: Duration,
     pub(crate) max_requests_per_connection: Option<u32>,
     pub(crate) max_connections: u32,
+    /// `http.maxConcurrentStreams`: at most this many streams per
+    /// connection, below the peer's own limit.
+    pub(crate) max_concurrent_streams: Option<u32>,
 }
 
 /// The response of one request, with the stream's place on its
@@ -98,7 +101,11 @@ impl H2Conn {
         {
             return None;
         }
-        let max = self.max_streams.load(Ordering::Relaxed).max(1);
+        let mut max = self.max_streams.load(Ordering::Relaxed);
+        if let Some(cap) = settings.max_concurrent_streams {
+            max = max.min(cap as usize);
+        }
+        let max = max.max(1);
         // SeqCst with `retiring`: either the driver sees this stream or
         // this request sees the connection retiring.
         if self.streams.fetch_add(1, Ordering::SeqCst) >= max
@@ -167,6 +174,13 @@ impl H2Pool {
         let conns = self.conns.load();
         for c in conns.iter() {
             if let Some(g) = c.try_stream(&self.settings) {
+                if let Some(max) = self.settings.max_requests_per_connection
+                    && c.requests.load(Ordering::Relaxed) >= max
+                {
+                    // Its last request: out of the pool, so the connection
+                    // closes once its streams end (the guards hold it).
+                    self.remove(c.id);
+                }
                 return Some((c.sender.clone(), g));
             }
         }

@@ -55,6 +55,7 @@ pub(crate) struct Transport {
     reuse: bool,
     max_requests_per_connection: Option<u32>,
     max_connections: u32,
+    max_concurrent_streams: Option<u32>,
 }
 
 impl Transport {
@@ -68,6 +69,7 @@ impl Transport {
             reuse: cluster.limits.max_requests_per_connection != Some(1),
             max_requests_per_connection: cluster.limits.max_requests_per_connection,
             max_connections: cluster.limits.max_connections,
+            max_concurrent_streams: cluster.limits.max_concurrent_streams,
         }
     }
 }
@@ -139,6 +141,7 @@ impl EndpointState {
                     idle_timeout: transport.idle_timeout,
                     max_requests_per_connection: transport.max_requests_per_connection,
                     max_connections: transport.max_connections,
+                    max_concurrent_streams: transport.max_concurrent_streams,
                 },
             )),
             Protocol::Http1 => {
