@@ -96,10 +96,12 @@ impl RetryState {
         self.active_retries.load(Ordering::Relaxed)
     }
 
-    fn period(&self, budget: &RetryBudget) -> (u64, u64) {
-        let slot_ms = (budget.ttl.as_millis() as u64 / SLOTS).max(1);
-        let now = self.start.elapsed().as_millis() as u64;
-        (now / slot_ms, slot_ms)
+    fn period(&self, budget: &RetryBudget) -> u64 {
+        // u64 nanoseconds: no u128 arithmetic on the request path.
+        let ttl = budget.ttl.as_secs() * 1_000_000_000 + u64::from(budget.ttl.subsec_nanos());
+        let slot = (ttl / SLOTS).max(1);
+        let e = self.start.elapsed();
+        (e.as_secs() * 1_000_000_000 + u64::from(e.subsec_nanos())) / slot
     }
 
     fn slot(&self, period: u64) -> &Slot {
@@ -119,7 +121,7 @@ impl RetryState {
 
     /// Records one original request.
     pub(crate) fn deposit(&self, budget: &RetryBudget) {
-        let (period, _) = self.period(budget);
+        let period = self.period(budget);
         self.slot(period).requests.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -138,7 +140,7 @@ impl RetryState {
             return Err(Refusal::Concurrency(max_retries));
         }
         let guard = RetryGuard(Arc::clone(self));
-        let (period, _) = self.period(budget);
+        let period = self.period(budget);
         // Count this retry first, then check: concurrent withdrawals can
         // then never overshoot together.
         self.slot(period).retries.fetch_add(1, Ordering::AcqRel);

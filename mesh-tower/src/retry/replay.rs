@@ -27,7 +27,9 @@ pub const DEFAULT_MAX_REPLAY_BYTES: usize = 64 * 1024;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Replay {
     data: Bytes,
-    trailers: Option<HeaderMap>,
+    // Boxed: request trailers are rare, and the replay copy lives in every
+    // retryable request's future.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl Replay {
@@ -39,7 +41,7 @@ impl Replay {
         }
         crate::body::boxed(Frames {
             data: (!self.data.is_empty()).then(|| self.data.clone()),
-            trailers: self.trailers.clone(),
+            trailers: self.trailers.as_deref().cloned(),
             rest: None,
         })
     }
@@ -104,7 +106,10 @@ pub(crate) fn capture(mut body: BoxBody, max: usize) -> (Option<Replay>, BoxBody
     };
     let data = more.map(BytesMut::freeze).or(first).unwrap_or_default();
     if complete {
-        let replay = Replay { data, trailers };
+        let replay = Replay {
+            data,
+            trailers: trailers.map(Box::new),
+        };
         let body = replay.body();
         (Some(replay), body)
     } else {
