@@ -217,8 +217,14 @@ impl H2Pool {
                     .min_by_key(|c| c.streams.load(Ordering::Relaxed))
                 {
                     c.streams.fetch_add(1, Ordering::SeqCst);
-                    c.requests.fetch_add(1, Ordering::Relaxed);
                     let guard = StreamGuard(Arc::clone(c));
+                    if c.retiring.load(Ordering::SeqCst) {
+                        // Being closed for idleness: try again.
+                        drop(guard);
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    c.requests.fetch_add(1, Ordering::Relaxed);
                     let res = c.sender.clone().send_request(req).await?;
                     return Ok((res, guard));
                 }
