@@ -81,6 +81,24 @@ async fn five_consecutive_5xx_eject_an_endpoint_until_its_time_is_up() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn trailers_only_grpc_unavailable_counts_as_a_5xx() {
+    let good = Scripted::start("good").await.unwrap();
+    let bad = Scripted::start("bad").await.unwrap();
+    // HTTP 200 with grpc-status 14 in its only HEADERS frame.
+    bad.set_default(Action::GrpcTrailersOnly(14));
+    let mesh = mesh_tests::mesh_from_yaml(&yaml(
+        &[good.addr(), bad.addr()],
+        "      consecutive5xxErrors: 3\n      interval: 1s\n      maxEjectionPercent: 100\n",
+    ));
+    let client = mesh.client();
+    for _ in 0..10 {
+        send(&client).await.unwrap();
+    }
+    assert_eq!(bad.hits(), 3, "ejected after its third UNAVAILABLE");
+    assert_eq!(ejected(&mesh), [false, true]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_endpoint_that_refuses_connections_is_ejected_and_avoided() {
     let good = Scripted::start("good").await.unwrap();
     // A port nothing listens on.

@@ -80,7 +80,7 @@ impl Future for ResponseFuture {
                     guard.set_stream(stream);
                     guard.endpoint().responded();
                     if let Some((c, start)) = observe.take() {
-                        let outcome = Outcome::Response(res.status().as_u16());
+                        let outcome = Outcome::Response(outlier_status(&res));
                         c.record(guard.endpoint(), outcome, start.elapsed());
                     }
                     if let Some(v) = set_cookie.take() {
@@ -106,5 +106,75 @@ impl Future for ResponseFuture {
                 }
             },
         }
+    }
+}
+
+/// The status outlier detection counts for a response: the HTTP status,
+/// or for a gRPC error answered Trailers-Only (`grpc-status` in the
+/// headers of an HTTP 200) the HTTP status gRPC maps that code to, as
+/// Envoy's router reports it to its outlier detector (`router.cc`,
+/// `Grpc::Utility::grpcToHttpStatus`; an HTTP 5xx is kept as is). A
+/// `grpc-status` that arrives in trailers after a body is not seen here.
+fn outlier_status<B>(res: &Response<B>) -> u16 {
+    let status = res.status().as_u16();
+    if status >= 500 {
+        return status;
+    }
+    match res.headers().get("grpc-status").map(HeaderValue::as_bytes) {
+        Some(code) => grpc_to_http(code).unwrap_or(status),
+        None => status,
+    }
+}
+
+/// gRPC code (as its decimal header value) to HTTP status, per Envoy's
+/// `Grpc::Utility::grpcToHttpStatus` (the mapping of googleapis'
+/// `google.rpc.Code` comments). Unknown codes map to 500.
+fn grpc_to_http(code: &[u8]) -> Option<u16> {
+    Some(match code {
+        b"0" => 200,
+        b"1" => 499,
+        b"2" | b"13" | b"15" => 500,
+        b"3" | b"9" | b"11" => 400,
+        b"4" => 504,
+        b"5" => 404,
+        b"6" | b"10" => 409,
+        b"7" => 403,
+        b"8" => 429,
+        b"12" => 501,
+        b"14" => 503,
+        b"16" => 401,
+        c if !c.is_empty() && c.iter().all(u8::is_ascii_digit) => 500,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, grpc: Option<&'static str>) -> Response<()> {
+        let mut res = Response::builder().status(status);
+        if let Some(g) = grpc {
+            res = res.header("grpc-status", g);
+        }
+        res.body(()).unwrap()
+    }
+
+    #[test]
+    fn trailers_only_grpc_errors_count_as_their_http_status() {
+        assert_eq!(outlier_status(&response(200, None)), 200);
+        assert_eq!(outlier_status(&response(200, Some("0"))), 200);
+        // UNAVAILABLE, INTERNAL and DEADLINE_EXCEEDED are 5xx to outlier
+        // detection, as in Envoy.
+        assert_eq!(outlier_status(&response(200, Some("14"))), 503);
+        assert_eq!(outlier_status(&response(200, Some("13"))), 500);
+        assert_eq!(outlier_status(&response(200, Some("4"))), 504);
+        // Caller errors are not.
+        assert_eq!(outlier_status(&response(200, Some("5"))), 404);
+        assert_eq!(outlier_status(&response(200, Some("8"))), 429);
+        // An unassigned code is UNKNOWN; garbage is ignored; HTTP 5xx wins.
+        assert_eq!(outlier_status(&response(200, Some("42"))), 500);
+        assert_eq!(outlier_status(&response(200, Some("x"))), 200);
+        assert_eq!(outlier_status(&response(502, Some("0"))), 502);
     }
 }
