@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mesh_benches::{Report, closed_loop, fixed_rate, spawn_h2_server};
+use mesh_benches::{EVERY_POLICY, Report, closed_loop, fixed_rate, spawn_h2_server};
 use tower::ServiceExt;
 
 fn median(mut reports: Vec<Report>) -> Report {
@@ -40,59 +40,6 @@ fn row(name: &str, r: &Report) {
         r.throughput, r.latency_us[0], r.latency_us[1], r.latency_us[2], r.latency_us[3], r.errors
     );
 }
-
-/// Every resilience policy of issue 3 on the `bench` service, none of which
-/// changes what a healthy backend answers.
-const EVERY_POLICY: &str = r#"---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: { name: bench }
-spec:
-  host: bench
-  trafficPolicy:
-    loadBalancer: { simple: LEAST_REQUEST }
-    connectionPool:
-      tcp: { maxConnections: 100, connectTimeout: 1s }
-      http: { http2MaxRequests: 10000, maxRetries: 100, idleTimeout: 60s }
-    outlierDetection: { consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s }
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: { name: bench }
-spec:
-  hosts: [bench]
-  http:
-  - route: [{ destination: { host: bench } }]
-    timeout: 5s
-    retries: { attempts: 3, perTryTimeout: 2s, retryOn: "5xx,reset,connect-failure" }
-    fault:
-      delay: { fixedDelay: 1s, percentage: { value: 0 } }
-    headers:
-      request:
-        set: { x-bench: "1" }
----
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: { name: bench-ratelimit }
-spec:
-  configPatches:
-  - applyTo: HTTP_FILTER
-    match:
-      context: SIDECAR_OUTBOUND
-      listener: { portNumber: 8080 }
-    patch:
-      operation: INSERT_BEFORE
-      value:
-        name: envoy.filters.http.local_ratelimit
-        typed_config:
-          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
-          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-          value:
-            stat_prefix: http_local_rate_limiter
-            token_bucket: { max_tokens: 1000000, tokens_per_fill: 1000000, fill_interval: 1s }
-            filter_enabled: { default_value: { numerator: 100, denominator: HUNDRED } }
-            filter_enforced: { default_value: { numerator: 100, denominator: HUNDRED } }
-"#;
 
 /// Sends one request through `client` and reads the whole response.
 /// Every client in this bench builds its request the same way from a
