@@ -1,13 +1,18 @@
-//! Workload identity for the mesh: SPIFFE IDs, and (as the identity work
-//! lands) X.509-SVID validation against trust bundles, rotating
-//! credentials, rustls client and server configs that verify SPIFFE IDs
-//! rather than DNS names, and the acceptor that serves mTLS and plaintext
-//! on one port (Istio's PERMISSIVE mode).
+//! Workload identity for the mesh: SPIFFE IDs, X.509-SVID validation
+//! against per-trust-domain bundles, credentials that rotate with no
+//! restart, and rustls client and server configs that verify SPIFFE IDs
+//! rather than DNS names.
 //!
-//! What is here today is the identity itself: [`SpiffeId`], parsed and
-//! validated as the SPIFFE specification (`standards/SPIFFE-ID.md`)
-//! requires, with Istio's `spiffe://<trust domain>/ns/<namespace>/sa/<service
-//! account>` form built in.
+//! - [`SpiffeId`]: parsed and validated as the SPIFFE specification
+//!   (`standards/SPIFFE-ID.md`) requires, with Istio's
+//!   `spiffe://<trust domain>/ns/<namespace>/sa/<service account>` form.
+//! - [`svid::validate_leaf`]: the X.509-SVID leaf rules.
+//! - [`TrustBundle`]: roots per trust domain.
+//! - [`Credentials`] and [`CredentialStore`]: the workload's SVID and key,
+//!   swapped atomically; new handshakes read the current ones.
+//! - [`tls::server_config`] / [`tls::client_config`]: mutual TLS with
+//!   SPIFFE verifiers and a [`tls::PeerMatcher`]; ring provider.
+//! - `test_util` (feature `test-util`): a test CA issuing SVIDs.
 //!
 //! ```
 //! use mesh_identity::SpiffeId;
@@ -19,6 +24,17 @@
 //! # Ok::<(), mesh_identity::InvalidSpiffeId>(())
 //! ```
 
+mod bundle;
+mod credentials;
 mod spiffe;
+pub mod svid;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
+pub mod tls;
 
+#[cfg(test)]
+mod tests;
+
+pub use bundle::{InvalidBundle, TrustBundle};
+pub use credentials::{CredentialStore, Credentials, InvalidCredentials};
 pub use spiffe::{InvalidSpiffeId, SpiffeId};

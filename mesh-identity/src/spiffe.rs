@@ -59,7 +59,11 @@ impl SpiffeId {
         if s.len() > MAX_ID {
             return Err(bad("longer than 2048 bytes"));
         }
-        if s.len() < SCHEME.len() || !s[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        // Compare bytes, not a `str` slice: a multi-byte character across
+        // byte 9 must be an error, not a panic on a char boundary.
+        if s.len() < SCHEME.len()
+            || !s.as_bytes()[..SCHEME.len()].eq_ignore_ascii_case(SCHEME.as_bytes())
+        {
             return Err(bad("the scheme must be spiffe://"));
         }
         let rest = &s[SCHEME.len()..];
@@ -283,6 +287,15 @@ mod tests {
             ("https://trustdomain/path", "the scheme must be spiffe://"),
             ("spiffe:/trustdomain", "the scheme must be spiffe://"),
             ("", "the scheme must be spiffe://"),
+            ("spiffe:/\u{e4}trustdomain", "the scheme must be spiffe://"),
+            ("spiffe:", "the scheme must be spiffe://"),
+            ("spiffe://", "the trust domain is empty"),
+            ("spiffe://?q", "a query is not allowed"),
+            ("spiffe://td#f", "a fragment is not allowed"),
+            (
+                "spiffe://trustdomain/pa th",
+                "path segments may only hold letters, digits, '.', '-' and '_'",
+            ),
         ] {
             assert_eq!(
                 SpiffeId::parse(input).unwrap_err().reason(),
