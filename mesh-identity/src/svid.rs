@@ -61,10 +61,14 @@ pub fn validate_leaf(der: &[u8]) -> Result<SpiffeId, InvalidSvid> {
         .subject_alternative_name()
         .map_err(|_| bad("the subject alternative name extension is malformed"))?
         .ok_or_else(|| bad("no URI SAN"))?;
-    let mut uris = san.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) => Some(*uri),
-        _ => None,
-    });
+    let mut uris = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        });
     let uri = uris.next().ok_or_else(|| bad("no URI SAN"))?;
     if uris.next().is_some() {
         return Err(bad("more than one URI SAN"));

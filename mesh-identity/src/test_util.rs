@@ -76,9 +76,8 @@ impl TestCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{trust_domain}").try_into()?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         let now = SystemTime::now();
         params.not_before = (now - Duration::from_secs(86_400)).into();
         params.not_after = (now + Duration::from_secs(10 * 365 * 86_400)).into();
@@ -108,7 +107,8 @@ impl TestCa {
 
     /// A bundle that trusts this CA for its trust domain.
     pub fn bundle(&self) -> Result<TrustBundle, TestCaError> {
-        Ok(TrustBundle::new().with_der_roots(&self.trust_domain, std::slice::from_ref(&self.root))?)
+        Ok(TrustBundle::new()
+            .with_der_roots(&self.trust_domain, std::slice::from_ref(&self.root))?)
     }
 
     /// Starts a leaf with the given URI SAN (normally a SPIFFE ID), valid

@@ -40,11 +40,7 @@ fn a_valid_svid_yields_its_spiffe_id() {
 fn rejects_svids_that_break_the_leaf_rules() {
     let ca = TestCa::new("cluster.local").unwrap();
     // B2.1: exactly one URI SAN.
-    let two = ca
-        .leaf(CLIENT)
-        .with_extra_uri(SERVER)
-        .issue()
-        .unwrap();
+    let two = ca.leaf(CLIENT).with_extra_uri(SERVER).issue().unwrap();
     assert_eq!(svid_error(&two.chain[0]), "more than one URI SAN");
     // B2.2: a leaf is not a CA and does not sign certificates.
     let ca_leaf = ca.leaf(CLIENT).as_ca().issue().unwrap();
@@ -80,8 +76,14 @@ fn rejects_svids_that_break_the_leaf_rules() {
          digits, '.', '-' and '_')"
     );
     // The CA certificate itself is not a workload SVID.
-    assert_eq!(svid_error(ca.root_der()), "the SPIFFE ID of a leaf must have a path");
-    assert_eq!(svid_error(b"not a certificate"), "the certificate is not valid DER");
+    assert_eq!(
+        svid_error(ca.root_der()),
+        "the SPIFFE ID of a leaf must have a path"
+    );
+    assert_eq!(
+        svid_error(b"not a certificate"),
+        "the certificate is not valid DER"
+    );
 }
 
 // === Bundles and credentials ===
@@ -97,7 +99,9 @@ fn bundle_entries_are_validated() {
         "invalid trust bundle for \"Cluster.local\": the trust domain may only hold lowercase \
          letters, digits, '.', '-' and '_'"
     );
-    let e = TrustBundle::new().with_pem_roots("cluster.local", "").unwrap_err();
+    let e = TrustBundle::new()
+        .with_pem_roots("cluster.local", "")
+        .unwrap_err();
     assert_eq!(e.reason(), "no root certificate");
     let e = TrustBundle::new()
         .with_pem_roots("cluster.local/ns", ca.root_pem())
@@ -119,12 +123,16 @@ fn credentials_require_a_valid_svid_and_its_own_key() {
     assert_eq!(creds.id(), &id(CLIENT));
     let mismatched = Credentials::from_der(a.chain.clone(), b.key).unwrap_err();
     assert!(
-        mismatched.reason().starts_with("the private key does not fit"),
+        mismatched
+            .reason()
+            .starts_with("the private key does not fit"),
         "{mismatched}"
     );
     let two = ca.leaf(CLIENT).with_extra_uri(SERVER).issue().unwrap();
     assert_eq!(
-        Credentials::from_der(two.chain, two.key).unwrap_err().reason(),
+        Credentials::from_der(two.chain, two.key)
+            .unwrap_err()
+            .reason(),
         "invalid X.509-SVID: more than one URI SAN"
     );
     assert_eq!(
@@ -446,7 +454,10 @@ async fn pushed_credentials_and_bundles_apply_to_the_next_handshake() {
     client.set_credentials(next_ca.leaf(CLIENT).credentials().unwrap());
     client.set_bundle(
         TrustBundle::new()
-            .with_der_roots("cluster.local", &[ca.root_der().clone(), next_ca.root_der().clone()])
+            .with_der_roots(
+                "cluster.local",
+                &[ca.root_der().clone(), next_ca.root_der().clone()],
+            )
             .unwrap(),
     );
     let out = handshake(server_cfg.clone(), client_cfg.clone()).await;
@@ -459,7 +470,10 @@ async fn pushed_credentials_and_bundles_apply_to_the_next_handshake() {
     );
     server.set_bundle(
         TrustBundle::new()
-            .with_der_roots("cluster.local", &[ca.root_der().clone(), next_ca.root_der().clone()])
+            .with_der_roots(
+                "cluster.local",
+                &[ca.root_der().clone(), next_ca.root_der().clone()],
+            )
             .unwrap(),
     );
     let out = handshake(server_cfg, client_cfg).await;

@@ -23,8 +23,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -119,9 +119,7 @@ fn pki_error(e: webpki::Error) -> Error {
         E::UnknownIssuer => CertificateError::UnknownIssuer,
         E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
         E::BadDer | E::BadDerTime | E::TrailingData(_) => CertificateError::BadEncoding,
-        E::RequiredEkuNotFoundContext(_) => {
-            CertificateError::InvalidPurpose
-        }
+        E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
         other => return self::other(other),
     };
     Error::InvalidCertificate(cert)
@@ -144,16 +142,8 @@ fn verify_peer(
         .roots(id.trust_domain())
         .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
     let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-    cert.verify_for_usage(
-        algorithms.all,
-        roots,
-        intermediates,
-        now,
-        usage,
-        None,
-        None,
-    )
-    .map_err(pki_error)?;
+    cert.verify_for_usage(algorithms.all, roots, intermediates, now, usage, None, None)
+        .map_err(pki_error)?;
     if !matcher.matches(&id) {
         return Err(other(UnexpectedPeer(id)));
     }
