@@ -22,6 +22,7 @@ use crate::route::{self, Route, RouteDecision};
 pub use crate::route::{InvalidTarget, Target};
 use crate::shaping::{self, Shaping};
 use crate::timeout::Timeout;
+use crate::trace::{self, Propagators, SpanContext};
 
 /// The stack below [`Shaping`]: fault injection, the rate limit, the route timeout
 /// over everything below it, then retries.
@@ -64,6 +65,7 @@ type LeafFuture = fault::ResponseFuture<
 #[derive(Clone)]
 pub struct MeshClient {
     inner: Route<Shaping<Leaf>>,
+    propagators: Propagators,
 }
 
 impl std::fmt::Debug for MeshClient {
@@ -112,7 +114,18 @@ impl MeshClient {
             Some(t) => Route::with_target(leaf, mesh, t),
             None => Route::new(leaf, mesh),
         };
-        Self { inner }
+        Self {
+            inner,
+            propagators: Propagators::default(),
+        }
+    }
+
+    /// The trace header formats this client injects (and reads from a
+    /// request sent outside any server's trace context);
+    /// [`Propagators::default`] unless set. See [`trace`](crate::trace).
+    pub fn with_propagators(mut self, propagators: Propagators) -> Self {
+        self.propagators = propagators;
+        self
     }
 
     /// Makes the routing and balancing decision for `req` without sending
@@ -153,7 +166,8 @@ where
             .map_err(Error::from_box)
     }
 
-    fn call(&mut self, req: Request<B>) -> ResponseFuture {
+    fn call(&mut self, mut req: Request<B>) -> ResponseFuture {
+        let span = trace::outbound(req.headers_mut(), self.propagators);
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -161,16 +175,20 @@ where
         ResponseFuture {
             inner: self.inner.call(req.map(body::boxed)),
             grpc,
+            span,
         }
     }
 }
 
-/// The response future of [`MeshClient`].
+/// The response future of [`MeshClient`]. A response carries the
+/// logical call's [`SpanContext`] in its extensions (its parent is the
+/// span of the request being handled, if any).
 #[pin_project::pin_project]
 pub struct ResponseFuture {
     #[pin]
     inner: route::ResponseFuture<shaping::ResponseFuture<LeafFuture, ResponseBody>>,
     grpc: bool,
+    span: SpanContext,
 }
 
 impl Future for ResponseFuture {
@@ -178,9 +196,16 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        this.inner.poll(cx).map_err(|e| {
-            let e = Error::from_box(e);
-            if *this.grpc { e.for_grpc() } else { e }
-        })
+        let span = *this.span;
+        this.inner
+            .poll(cx)
+            .map_ok(|mut res| {
+                res.extensions_mut().insert(span);
+                res
+            })
+            .map_err(|e| {
+                let e = Error::from_box(e);
+                if *this.grpc { e.for_grpc() } else { e }
+            })
     }
 }

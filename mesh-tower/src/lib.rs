@@ -83,6 +83,7 @@ mod runtime;
 pub mod server;
 pub mod shaping;
 pub mod timeout;
+pub mod trace;
 
 pub use body::{BoxBody, ResponseBody};
 pub use client::{Decision, InvalidTarget, MeshClient, ResponseFuture, Target};

@@ -33,18 +33,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response};
+use tokio::task::futures::TaskLocalFuture;
 
 pub use stats::{MAX_ROUTES, RouteStats, ServerStats};
 
 use stats::RouteCounters;
 
-/// The request id header (Envoy and Istio's `x-request-id`).
-pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub use crate::trace::REQUEST_ID;
+use crate::trace::{Propagators, TraceContext, new_request_id, valid_request_id};
 
 /// Applies [`MeshServer`] to a service.
 #[derive(Clone, Debug, Default)]
 pub struct MeshServerLayer {
     stats: Arc<ServerStats>,
+    propagators: Propagators,
 }
 
 impl MeshServerLayer {
@@ -55,7 +57,17 @@ impl MeshServerLayer {
 
     /// A layer that counts into `stats` (shared with a [`Mesh`](crate::Mesh)).
     pub fn with_stats(stats: Arc<ServerStats>) -> Self {
-        Self { stats }
+        Self {
+            stats,
+            propagators: Propagators::default(),
+        }
+    }
+
+    /// The trace header formats extracted from inbound requests
+    /// ([`Propagators::default`] unless set).
+    pub fn with_propagators(mut self, propagators: Propagators) -> Self {
+        self.propagators = propagators;
+        self
     }
 
     /// The counters.
@@ -71,6 +83,7 @@ impl<S> tower::Layer<S> for MeshServerLayer {
         MeshServer {
             inner,
             stats: Arc::clone(&self.stats),
+            propagators: self.propagators,
         }
     }
 }
@@ -81,6 +94,7 @@ impl<S> tower::Layer<S> for MeshServerLayer {
 pub struct MeshServer<S> {
     inner: S,
     stats: Arc<ServerStats>,
+    propagators: Propagators,
 }
 
 impl<S> MeshServer<S> {
@@ -116,34 +130,6 @@ fn route_key<B>(req: &Request<B>) -> &str {
     }
 }
 
-/// A request id in UUID v4 form, from a thread-local generator.
-fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
-    // Version 4, variant 10xx.
-    n = (n & !(0xf << 76)) | (0x4 << 76);
-    n = (n & !(0x3 << 62)) | (0x2 << 62);
-    let mut buf = [0u8; 36];
-    let mut i = 0;
-    for (k, slot) in buf.iter_mut().enumerate() {
-        if matches!(k, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-        } else {
-            *slot = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
-            i += 1;
-        }
-    }
-    // Hex digits and dashes are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-fn valid_request_id(v: &HeaderValue) -> bool {
-    (1..=128).contains(&v.len())
-        && v.as_bytes()
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
 impl<S, B, ResB> tower::Service<Request<B>> for MeshServer<S>
 where
     S: tower::Service<Request<B>, Response = Response<ResB>>,
@@ -151,7 +137,10 @@ where
     type Response = Response<ResB>;
     type Error = S::Error;
     type Future = ResponseFuture<
-        tokio::task::futures::TaskLocalFuture<Option<tokio::time::Instant>, S::Future>,
+        TaskLocalFuture<
+            Option<TraceContext>,
+            TaskLocalFuture<Option<tokio::time::Instant>, S::Future>,
+        >,
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
@@ -171,8 +160,12 @@ where
         let counters = self.stats.counters(route_key(&req));
         counters.request();
         let deadline = crate::deadline::inbound(&req);
+        let trace = crate::trace::server_context(req.headers(), self.propagators, Some(id.clone()));
         ResponseFuture {
-            inner: crate::deadline::scope(deadline, self.inner.call(req)),
+            inner: crate::trace::scope(
+                Some(trace),
+                crate::deadline::scope(deadline, self.inner.call(req)),
+            ),
             counters,
             id: Some(id),
         }
