@@ -1,0 +1,266 @@
+//! Serving axum routers and tower HTTP services with Istio's
+//! `PeerAuthentication` modes.
+//!
+//! [`serve`] accepts connections on a listener and serves each with
+//! hyper-util's `auto` builder (HTTP/1.1 and HTTP/2, ALPN `h2` and
+//! `http/1.1` offered by the TLS configs from `mesh_identity::tls`). The
+//! transport depends on the [`TransportMode`], named after Istio's
+//! `PeerAuthentication.mtls.mode` (istio.io, "PeerAuthentication"):
+//!
+//! - `STRICT`: mutual TLS only; a plaintext client or a client whose SVID
+//!   does not verify fails the handshake and is closed.
+//! - `PERMISSIVE`: mutual TLS and plaintext on one port. The first bytes
+//!   decide: a TLS ClientHello goes to the mTLS path, anything else to
+//!   plaintext (reference checklist B.5; see `detect.rs`).
+//! - `DISABLE`: plaintext only.
+//!
+//! Every request carries a [`ConnectionSecurity`] extension: the mode the
+//! connection was served with and the verified peer SPIFFE ID (none for
+//! plaintext), for handlers and for an authorization layer.
+//!
+//! Detection and the TLS handshake share one deadline,
+//! [`ServeConfig::with_handshake_timeout`] (default 10 s, Linkerd's
+//! `detect_protocol_timeout` default, `linkerd/app/core/src/config.rs`), so a
+//! slow or silent client holds a connection task for at most that long and
+//! never the accept loop. Server-speaks-first protocols cannot be served
+//! in PERMISSIVE mode (B.5.2): they would wait out this deadline.
+//!
+//! The helper lives in `mesh-tower`, not `mesh-identity`, because it is
+//! HTTP serving (hyper, tower) and the authorization layer that reads the
+//! extension will live here too; `mesh-identity` stays TLS and identity
+//! only.
+
+mod detect;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use mesh_identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsAcceptor;
+use tower::{Service, ServiceExt};
+use tracing::debug;
+
+use crate::BoxError;
+use detect::{Detected, Prefixed};
+
+/// How a server port treats transport security (Istio
+/// `PeerAuthentication.mtls.mode`).
+#[derive(Clone, Debug)]
+pub enum TransportMode {
+    /// Mutual TLS only (`STRICT`).
+    Strict(Arc<rustls::ServerConfig>),
+    /// Mutual TLS and plaintext on one port (`PERMISSIVE`).
+    Permissive(Arc<rustls::ServerConfig>),
+    /// Plaintext only (`DISABLE`).
+    Disable,
+}
+
+/// How one connection was secured: the request extension [`serve`] adds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionSecurity {
+    mode: SecurityMode,
+    peer: Option<SpiffeId>,
+}
+
+/// The security of a served connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecurityMode {
+    /// Mutual TLS with a verified client SVID.
+    MutualTls,
+    /// Plaintext (PERMISSIVE without a ClientHello, or DISABLE).
+    Plaintext,
+}
+
+impl ConnectionSecurity {
+    /// The connection's security mode.
+    pub fn mode(&self) -> SecurityMode {
+        self.mode
+    }
+
+    /// The verified SPIFFE ID of the client; `None` on plaintext.
+    pub fn peer(&self) -> Option<&SpiffeId> {
+        self.peer.as_ref()
+    }
+}
+
+/// Options of [`serve`].
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    mode: TransportMode,
+    handshake_timeout: Duration,
+}
+
+/// Linkerd's `detect_protocol_timeout` default.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ServeConfig {
+    /// Serves with `mode` and the default 10 s handshake timeout.
+    pub fn new(mode: TransportMode) -> Self {
+        Self {
+            mode,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// Sets the deadline for protocol detection plus the TLS handshake,
+    /// from accept; a connection that has not finished both by then is
+    /// closed.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The transport mode.
+    pub fn mode(&self) -> &TransportMode {
+        &self.mode
+    }
+
+    /// The detection and handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+}
+
+/// Accepts connections on `listener` and serves `service` on each, as
+/// `config` says (see the module docs). Runs until dropped; dropping it
+/// closes the listener and aborts every connection task (they are owned
+/// by a `JoinSet` here). Graceful draining is not part of this helper yet.
+///
+/// `service` is cloned per request, as tower services are; an axum
+/// `Router` fits as is.
+pub async fn serve<S, B>(listener: TcpListener, config: ServeConfig, service: S)
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let config = Arc::new(config);
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead
+                // of spinning (hyper's old `AddrIncoming` slept 1 s; a
+                // shorter pause keeps a transient error cheap).
+                debug!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let config = Arc::clone(&config);
+        let service = service.clone();
+        connections.spawn(async move {
+            if let Err(error) = connection(stream, &config, service).await {
+                debug!(%remote, %error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn connection<S, B>(
+    stream: TcpStream,
+    config: &ServeConfig,
+    service: S,
+) -> Result<(), BoxError>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let deadline = Instant::now() + config.handshake_timeout;
+    match &config.mode {
+        TransportMode::Disable => http(stream, plaintext(), service).await,
+        TransportMode::Strict(tls) => {
+            let acceptor = TlsAcceptor::from(Arc::clone(tls));
+            mtls(acceptor, stream, deadline, service).await
+        }
+        TransportMode::Permissive(tls) => {
+            let mut stream = stream;
+            let Some((found, prefix)) = timeout_at(deadline, detect::detect(&mut stream))
+                .await
+                .map_err(|_| "protocol detection timed out")??
+            else {
+                return Ok(());
+            };
+            let io = Prefixed::new(prefix, stream);
+            match found {
+                Detected::Plaintext => http(io, plaintext(), service).await,
+                Detected::Tls => {
+                    let acceptor = TlsAcceptor::from(Arc::clone(tls));
+                    mtls(acceptor, io, deadline, service).await
+                }
+            }
+        }
+    }
+}
+
+fn plaintext() -> ConnectionSecurity {
+    ConnectionSecurity {
+        mode: SecurityMode::Plaintext,
+        peer: None,
+    }
+}
+
+async fn mtls<I, S, B>(
+    acceptor: TlsAcceptor,
+    io: I,
+    deadline: Instant,
+    service: S,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let tls = timeout_at(deadline, acceptor.accept(io))
+        .await
+        .map_err(|_| "TLS handshake timed out")??;
+    let peer = mesh_identity::tls::peer_identity(tls.get_ref().1.peer_certificates());
+    let security = ConnectionSecurity {
+        mode: SecurityMode::MutualTls,
+        peer,
+    };
+    http(tls, security, service).await
+}
+
+async fn http<I, S, B>(io: I, security: ConnectionSecurity, service: S) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(security.clone());
+        service.clone().oneshot(request)
+    });
+    auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await
+}
