@@ -41,11 +41,15 @@ impl InvalidBundle {
 
 impl fmt::Display for InvalidBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid trust bundle for {:?}: {}",
-            self.trust_domain, self.reason
-        )
+        if self.trust_domain.is_empty() {
+            write!(f, "invalid trust bundle map: {}", self.reason)
+        } else {
+            write!(
+                f,
+                "invalid trust bundle for {:?}: {}",
+                self.trust_domain, self.reason
+            )
+        }
     }
 }
 
@@ -94,6 +98,84 @@ impl TrustBundle {
             .collect::<Result<Vec<_>, _>>()?;
         self.domains.insert(trust_domain.into(), anchors.into());
         Ok(self)
+    }
+
+    /// Parses a SPIFFE trust bundle map (gRFC A87; the SPIFFE "Trust
+    /// Domain and Bundle" JWK set format per domain):
+    ///
+    /// ```json
+    /// {"trust_domains": {"example.org": {"spiffe_sequence": 1,
+    ///   "keys": [{"kty": "EC", "use": "x509-svid", "x5c": ["<base64 DER>"]}]}}}
+    /// ```
+    ///
+    /// As A87 subsets it (reference checklist B.2.6): per domain only
+    /// `keys` and `spiffe_sequence` are read; per key `kty`, `use` and the
+    /// first `x5c` element. Keys whose `use` is not `x509-svid` (JWT-SVID
+    /// keys) are skipped. Any bad entry rejects the whole map, as gRPC
+    /// ignores the whole bundle on an entry error. An empty map is valid
+    /// and trusts nothing; so is a domain with no X.509 key (go-spiffe's
+    /// parser, which grpc-go uses, accepts both).
+    pub fn from_spiffe_bundle_map(json: &str) -> Result<Self, InvalidBundle> {
+        use base64::Engine as _;
+        use serde_json::Value;
+
+        let top = |reason: String| invalid("", reason);
+        let doc: Value = serde_json::from_str(json).map_err(|e| top(format!("not JSON: {e}")))?;
+        let domains = doc
+            .get("trust_domains")
+            .and_then(Value::as_object)
+            .ok_or_else(|| top("\"trust_domains\" must be an object".to_owned()))?;
+        let mut bundle = Self::new();
+        for (td, entry) in domains {
+            let bad = |reason: String| invalid(td, reason);
+            let id = SpiffeId::parse(&format!("spiffe://{td}"))
+                .map_err(|e| bad(e.reason().to_owned()))?;
+            if id.is_workload() {
+                return Err(bad("not a trust domain name".to_owned()));
+            }
+            if let Some(seq) = entry.get("spiffe_sequence")
+                && !seq.is_u64()
+            {
+                return Err(bad(
+                    "\"spiffe_sequence\" must be a non-negative integer".to_owned()
+                ));
+            }
+            let keys = entry
+                .get("keys")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad("\"keys\" must be an array".to_owned()))?;
+            let mut anchors = Vec::with_capacity(keys.len());
+            for (i, key) in keys.iter().enumerate() {
+                if key.get("kty").and_then(Value::as_str).is_none() {
+                    return Err(bad(format!("keys[{i}].kty must be a string")));
+                }
+                match key.get("use").and_then(Value::as_str) {
+                    Some("x509-svid") => {}
+                    Some(_) => continue,
+                    None => return Err(bad(format!("keys[{i}].use must be a string"))),
+                }
+                let first = key
+                    .get("x5c")
+                    .and_then(Value::as_array)
+                    .and_then(|x5c| x5c.first())
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "keys[{i}].x5c must be a non-empty array of base64 certificates"
+                        ))
+                    })?;
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(first)
+                    .map_err(|e| bad(format!("keys[{i}].x5c[0] is not base64: {e}")))?;
+                let der = CertificateDer::from(der);
+                let anchor = webpki::anchor_from_trusted_cert(&der)
+                    .map_err(|e| bad(format!("keys[{i}].x5c[0]: {e}")))?
+                    .to_owned();
+                anchors.push(anchor);
+            }
+            bundle.domains.insert(td.as_str().into(), anchors.into());
+        }
+        Ok(bundle)
     }
 
     /// The roots of `trust_domain`, if the bundle has an entry for it.

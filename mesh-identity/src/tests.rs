@@ -479,3 +479,125 @@ async fn pushed_credentials_and_bundles_apply_to_the_next_handshake() {
     let out = handshake(server_cfg, client_cfg).await;
     assert_eq!(out.server.unwrap(), Some(id(CLIENT)));
 }
+
+// === SPIFFE bundle maps (gRFC A87, checklist B.2.6) ===
+
+fn x5c(ca: &TestCa) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(ca.root_der())
+}
+
+#[test]
+fn parses_a_spiffe_bundle_map() {
+    let a = TestCa::new("cluster.local").unwrap();
+    let b = TestCa::new("other.local").unwrap();
+    let json = format!(
+        r#"{{"trust_domains": {{
+            "cluster.local": {{"spiffe_sequence": 7, "keys": [
+                {{"kty": "EC", "use": "x509-svid", "x5c": ["{}"]}},
+                {{"kty": "EC", "use": "jwt-svid", "kid": "k1", "crv": "P-256", "x": "AA", "y": "AA"}}
+            ]}},
+            "other.local": {{"keys": [{{"kty": "EC", "use": "x509-svid", "x5c": ["{}"]}}]}},
+            "empty.local": {{"keys": []}}
+        }}}}"#,
+        x5c(&a),
+        x5c(&b)
+    );
+    let bundle = TrustBundle::from_spiffe_bundle_map(&json).unwrap();
+    assert_eq!(bundle.roots("cluster.local").map(<[_]>::len), Some(1));
+    assert_eq!(bundle.roots("other.local").map(<[_]>::len), Some(1));
+    assert_eq!(bundle.roots("empty.local").map(<[_]>::len), Some(0));
+    let empty = TrustBundle::from_spiffe_bundle_map(r#"{"trust_domains": {}}"#).unwrap();
+    assert_eq!(
+        empty.trust_domains().count(),
+        0,
+        "an empty map trusts nothing"
+    );
+}
+
+#[test]
+fn a_bad_bundle_map_entry_rejects_the_whole_map() {
+    let ca = TestCa::new("cluster.local").unwrap();
+    let good = format!(
+        r#"{{"kty": "EC", "use": "x509-svid", "x5c": ["{}"]}}"#,
+        x5c(&ca)
+    );
+    for (json, message) in [
+        (
+            "[",
+            "invalid trust bundle map: not JSON: EOF while parsing a list at line 1 column 1",
+        ),
+        (
+            "{}",
+            "invalid trust bundle map: \"trust_domains\" must be an object",
+        ),
+        (
+            r#"{"trust_domains": {"Bad.Domain": {"keys": []}}}"#,
+            "invalid trust bundle for \"Bad.Domain\": the trust domain may only hold lowercase \
+             letters, digits, '.', '-' and '_'",
+        ),
+        (
+            r#"{"trust_domains": {"td": {}}}"#,
+            "invalid trust bundle for \"td\": \"keys\" must be an array",
+        ),
+        (
+            r#"{"trust_domains": {"td": {"spiffe_sequence": -1, "keys": []}}}"#,
+            "invalid trust bundle for \"td\": \"spiffe_sequence\" must be a non-negative integer",
+        ),
+        (
+            r#"{"trust_domains": {"td": {"keys": [{"kty": "EC", "use": "x509-svid", "x5c": []}]}}}"#,
+            "invalid trust bundle for \"td\": keys[0].x5c must be a non-empty array of base64 \
+             certificates",
+        ),
+        (
+            r#"{"trust_domains": {"td": {"keys": [{"kty": "EC", "use": "x509-svid", "x5c": ["!!"]}]}}}"#,
+            "invalid trust bundle for \"td\": keys[0].x5c[0] is not base64: Invalid symbol 33, \
+             offset 0.",
+        ),
+        (
+            r#"{"trust_domains": {"td": {"keys": [{"kty": "EC", "use": "x509-svid", "x5c": ["AAAA"]}]}}}"#,
+            "invalid trust bundle for \"td\": keys[0].x5c[0]: TrailingData(SignedData)",
+        ),
+        (
+            r#"{"trust_domains": {"td": {"keys": [{"use": "x509-svid", "x5c": []}]}}}"#,
+            "invalid trust bundle for \"td\": keys[0].kty must be a string",
+        ),
+    ] {
+        assert_eq!(
+            TrustBundle::from_spiffe_bundle_map(json)
+                .unwrap_err()
+                .to_string(),
+            message,
+            "{json}"
+        );
+    }
+    // One bad domain next to a good one still rejects the map.
+    let json =
+        format!(r#"{{"trust_domains": {{"cluster.local": {{"keys": [{good}]}}, "td": {{}}}}}}"#);
+    assert!(TrustBundle::from_spiffe_bundle_map(&json).is_err());
+}
+
+#[tokio::test]
+async fn a_bundle_map_validates_peers_per_trust_domain() {
+    let ca = TestCa::new("cluster.local").unwrap();
+    let other = TestCa::new("other.local").unwrap();
+    let json = format!(
+        r#"{{"trust_domains": {{
+            "cluster.local": {{"keys": [{{"kty": "EC", "use": "x509-svid", "x5c": ["{}"]}}]}},
+            "other.local": {{"keys": [{{"kty": "EC", "use": "x509-svid", "x5c": ["{}"]}}]}}
+        }}}}"#,
+        x5c(&ca),
+        x5c(&other)
+    );
+    let bundle = || TrustBundle::from_spiffe_bundle_map(&json).unwrap();
+    let server = store(ca.leaf(SERVER).credentials().unwrap(), bundle());
+    let foreign_id = "spiffe://other.local/ns/default/sa/client";
+    let client = store(other.leaf(foreign_id).credentials().unwrap(), bundle());
+    let out = handshake(
+        server_config(server, PeerMatcher::AnyTrusted).unwrap(),
+        client_config(client, PeerMatcher::exact(id(SERVER))).unwrap(),
+    )
+    .await;
+    assert_eq!(out.server.unwrap(), Some(id(foreign_id)));
+    assert_eq!(out.client.unwrap(), Some(id(SERVER)));
+}
