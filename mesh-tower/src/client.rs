@@ -16,6 +16,7 @@ use crate::endpoint::EndpointState;
 use crate::error::{BoxError, Error};
 use crate::fault::{self, Fault};
 use crate::mesh::Mesh;
+use crate::metrics::{self, IstioMetrics};
 use crate::ratelimit::RateLimit;
 use crate::retry::{Hedge, Retry};
 use crate::route::{self, Route, RouteDecision};
@@ -168,6 +169,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> ResponseFuture {
         let span = trace::outbound(req.headers_mut(), self.propagators);
+        let request_bytes = metrics::body_bytes(req.headers(), &req.body().size_hint());
+        let protocol = metrics::Protocol::of(req.headers());
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -176,6 +179,10 @@ where
             inner: self.inner.call(req.map(body::boxed)),
             grpc,
             span,
+            metrics: Arc::clone(self.inner_mesh().metrics()),
+            start: tokio::time::Instant::now(),
+            request_bytes,
+            protocol,
         }
     }
 }
@@ -189,23 +196,56 @@ pub struct ResponseFuture {
     inner: route::ResponseFuture<shaping::ResponseFuture<LeafFuture, ResponseBody>>,
     grpc: bool,
     span: SpanContext,
+    metrics: Arc<IstioMetrics>,
+    start: tokio::time::Instant,
+    request_bytes: u64,
+    protocol: metrics::Protocol,
 }
 
 impl Future for ResponseFuture {
     type Output = Result<Response<ResponseBody>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let span = *this.span;
-        this.inner
-            .poll(cx)
-            .map_ok(|mut res| {
-                res.extensions_mut().insert(span);
-                res
-            })
-            .map_err(|e| {
+        let mut this = self.project();
+        let result = std::task::ready!(this.inner.as_mut().poll(cx));
+        let destination = this.inner.as_ref().get_ref().cluster();
+        let mut record = metrics::Record {
+            reporter: metrics::Reporter::Source,
+            destination,
+            code: 0,
+            grpc_status: None,
+            flag: metrics::ResponseFlag::None,
+            protocol: *this.protocol,
+            duration: this.start.elapsed(),
+            request_bytes: *this.request_bytes,
+            response_bytes: 0,
+        };
+        let result = match result {
+            Ok(mut res) => {
+                record.code = res.status().as_u16();
+                record.grpc_status = metrics::grpc_status(res.headers());
+                record.flag = res
+                    .extensions()
+                    .get::<metrics::ResponseFlag>()
+                    .copied()
+                    .unwrap_or(metrics::ResponseFlag::None);
+                record.response_bytes =
+                    metrics::body_bytes(res.headers(), &http_body::Body::size_hint(res.body()));
+                res.extensions_mut().insert(*this.span);
+                Ok(res)
+            }
+            Err(e) => {
                 let e = Error::from_box(e);
-                if *this.grpc { e.for_grpc() } else { e }
-            })
+                let e = if *this.grpc { e.for_grpc() } else { e };
+                record.code = e.http_status().as_u16();
+                record.flag = metrics::ResponseFlag::of_error(&e);
+                if *this.grpc {
+                    record.grpc_status = u8::try_from(e.grpc_code() as i32).ok();
+                }
+                Err(e)
+            }
+        };
+        this.metrics.record(&record);
+        Poll::Ready(result)
     }
 }

@@ -66,6 +66,7 @@
 //!   the last handle.
 //! - Time comes from `tokio::time`, so tests can pause it.
 
+pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod breaker;
@@ -76,6 +77,7 @@ mod error;
 pub mod fault;
 mod local_reply;
 mod mesh;
+pub mod metrics;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;

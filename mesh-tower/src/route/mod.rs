@@ -306,12 +306,13 @@ where
         let runtime = self.mesh.runtime().load_full();
         match decide_any(&runtime, self.target.as_deref(), &mut req) {
             Ok(Decided::Forward(decision)) => {
+                let cluster = decision.cluster().name.clone();
                 req.extensions_mut().insert(decision);
-                ResponseFuture::inner(self.inner.call(req))
+                ResponseFuture::inner(self.inner.call(req), Some(cluster))
             }
             Ok(Decided::Local(local)) => {
                 req.extensions_mut().insert(local);
-                ResponseFuture::inner(self.inner.call(req))
+                ResponseFuture::inner(self.inner.call(req), None)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "request not routed");

@@ -39,6 +39,7 @@ pub use stats::{MAX_ROUTES, RouteStats, ServerStats};
 
 use stats::RouteCounters;
 
+use crate::metrics::{self, IstioMetrics};
 pub use crate::trace::REQUEST_ID;
 use crate::trace::{Propagators, TraceContext, new_request_id, valid_request_id};
 
@@ -47,6 +48,7 @@ use crate::trace::{Propagators, TraceContext, new_request_id, valid_request_id};
 pub struct MeshServerLayer {
     stats: Arc<ServerStats>,
     propagators: Propagators,
+    metrics: Option<Arc<IstioMetrics>>,
 }
 
 impl MeshServerLayer {
@@ -60,7 +62,16 @@ impl MeshServerLayer {
         Self {
             stats,
             propagators: Propagators::default(),
+            metrics: None,
         }
+    }
+
+    /// Records Istio's standard metrics (`reporter="destination"`) of
+    /// every request into `metrics` ([`Mesh::server_layer`](crate::Mesh::server_layer)
+    /// records into the mesh's).
+    pub fn with_metrics(mut self, metrics: Arc<IstioMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The trace header formats extracted from inbound requests
@@ -84,6 +95,7 @@ impl<S> tower::Layer<S> for MeshServerLayer {
             inner,
             stats: Arc::clone(&self.stats),
             propagators: self.propagators,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -95,6 +107,7 @@ pub struct MeshServer<S> {
     inner: S,
     stats: Arc<ServerStats>,
     propagators: Propagators,
+    metrics: Option<Arc<IstioMetrics>>,
 }
 
 impl<S> MeshServer<S> {
@@ -133,6 +146,8 @@ fn route_key<B>(req: &Request<B>) -> &str {
 impl<S, B, ResB> tower::Service<Request<B>> for MeshServer<S>
 where
     S: tower::Service<Request<B>, Response = Response<ResB>>,
+    B: http_body::Body,
+    ResB: http_body::Body,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
@@ -158,6 +173,12 @@ where
             }
         };
         let counters = self.stats.counters(route_key(&req));
+        let metrics = self.metrics.as_ref().map(|m| Inbound {
+            metrics: Arc::clone(m),
+            start: tokio::time::Instant::now(),
+            request_bytes: metrics::body_bytes(req.headers(), &req.body().size_hint()),
+            protocol: metrics::Protocol::of(req.headers()),
+        });
         counters.request();
         let deadline = crate::deadline::inbound(&req);
         let trace = crate::trace::server_context(req.headers(), self.propagators, Some(id.clone()));
@@ -168,6 +189,7 @@ where
             ),
             counters,
             id: Some(id),
+            metrics,
         }
     }
 }
@@ -179,11 +201,21 @@ pub struct ResponseFuture<F> {
     inner: F,
     counters: Arc<RouteCounters>,
     id: Option<HeaderValue>,
+    metrics: Option<Inbound>,
+}
+
+/// What the server records when the response is ready.
+struct Inbound {
+    metrics: Arc<IstioMetrics>,
+    start: tokio::time::Instant,
+    request_bytes: u64,
+    protocol: metrics::Protocol,
 }
 
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: http_body::Body,
 {
     type Output = F::Output;
 
@@ -193,6 +225,33 @@ where
         match &result {
             Ok(res) => this.counters.response(res.status()),
             Err(_) => this.counters.failure(),
+        }
+        if let Some(m) = this.metrics.take() {
+            let (code, grpc_status, flag, response_bytes) = match &result {
+                Ok(res) => (
+                    res.status().as_u16(),
+                    metrics::grpc_status(res.headers()),
+                    res.extensions()
+                        .get::<metrics::ResponseFlag>()
+                        .copied()
+                        .unwrap_or(metrics::ResponseFlag::None),
+                    metrics::body_bytes(res.headers(), &res.body().size_hint()),
+                ),
+                // The connection is reset: Envoy logs code 0 with `DC`-like
+                // flags; 0 with no flag here.
+                Err(_) => (0, None, metrics::ResponseFlag::None, 0),
+            };
+            m.metrics.record(&metrics::Record {
+                reporter: metrics::Reporter::Destination,
+                destination: None,
+                code,
+                grpc_status,
+                flag,
+                protocol: m.protocol,
+                duration: m.start.elapsed(),
+                request_bytes: m.request_bytes,
+                response_bytes,
+            });
         }
         Poll::Ready(result.map(|mut res| {
             if let Some(id) = this.id.take() {
@@ -222,20 +281,23 @@ mod tests {
     #[tokio::test]
     async fn keeps_valid_ids_replaces_bad_ones_and_counts() {
         let layer = MeshServerLayer::new();
-        let mut svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+        let mut svc = layer.layer(tower::service_fn(|req: Request<String>| async move {
             let id = req.headers().get(&REQUEST_ID).cloned().unwrap();
             let status = if req.uri().path() == "/fail" {
                 500
             } else {
                 200
             };
-            let mut res = Response::builder().status(status).body(()).unwrap();
+            let mut res = Response::builder()
+                .status(status)
+                .body(String::new())
+                .unwrap();
             res.headers_mut().insert("x-seen-id", id);
             Ok::<_, Infallible>(res)
         }));
         let req = Request::builder()
             .header("x-request-id", "abc-123")
-            .body(())
+            .body(String::new())
             .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(res.headers()["x-request-id"], "abc-123");
@@ -244,7 +306,7 @@ mod tests {
         let req = Request::builder()
             .uri("/fail")
             .header("x-request-id", "<script>")
-            .body(())
+            .body(String::new())
             .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
