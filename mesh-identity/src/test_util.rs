@@ -118,6 +118,7 @@ impl TestCa {
         LeafBuilder {
             ca: self,
             uris: vec![uri.to_owned()],
+            dns_names: Vec::new(),
             not_before: now - Duration::from_secs(3_600),
             not_after: now + Duration::from_secs(86_400),
             is_ca: false,
@@ -135,6 +136,7 @@ impl TestCa {
 pub struct LeafBuilder<'a> {
     ca: &'a TestCa,
     uris: Vec<String>,
+    dns_names: Vec<String>,
     not_before: SystemTime,
     not_after: SystemTime,
     is_ca: bool,
@@ -169,6 +171,13 @@ impl LeafBuilder<'_> {
         self
     }
 
+    /// Adds a DNS SAN (an SVID may carry DNS SANs besides its one URI
+    /// SAN; plain webpki verification, as in the comparison bench, needs one).
+    pub fn with_dns_name(mut self, name: &str) -> Self {
+        self.dns_names.push(name.to_owned());
+        self
+    }
+
     /// Makes the leaf a CA (invalid for an SVID leaf).
     pub fn as_ca(mut self) -> Self {
         self.is_ca = true;
@@ -193,6 +202,11 @@ impl LeafBuilder<'_> {
             .uris
             .iter()
             .map(|u| Ok(SanType::URI(u.as_str().try_into()?)))
+            .chain(
+                self.dns_names
+                    .iter()
+                    .map(|d| Ok(SanType::DnsName(d.as_str().try_into()?))),
+            )
             .collect::<Result<_, rcgen::Error>>()?;
         params.is_ca = if self.is_ca {
             IsCa::Ca(BasicConstraints::Unconstrained)
