@@ -27,7 +27,7 @@ fn metrics(c: &mut Criterion) {
             m.record(black_box(&Record {
                 reporter: Reporter::Source,
                 destination: Some(&clusters[i % clusters.len()]),
-                code: if i % 10 == 0 { 503 } else { 200 },
+                code: if i.is_multiple_of(10) { 503 } else { 200 },
                 grpc_status: None,
                 flag: ResponseFlag::None,
                 protocol: Protocol::Http,
