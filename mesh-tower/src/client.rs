@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use mesh_core::model::EndpointAddress;
 
+use crate::access_log;
 use crate::balance::Balance;
 use crate::body::{self, ResponseBody};
 use crate::breaker::CircuitBreaker;
@@ -171,6 +172,11 @@ where
         let span = trace::outbound(req.headers_mut(), self.propagators);
         let request_bytes = metrics::body_bytes(req.headers(), &req.body().size_hint());
         let protocol = metrics::Protocol::of(req.headers());
+        let access = access_log::Start::capture(
+            &req,
+            Some(span.trace_id),
+            req.headers().get(trace::REQUEST_ID).cloned(),
+        );
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -183,6 +189,7 @@ where
             start: tokio::time::Instant::now(),
             request_bytes,
             protocol,
+            access,
         }
     }
 }
@@ -200,6 +207,7 @@ pub struct ResponseFuture {
     start: tokio::time::Instant,
     request_bytes: u64,
     protocol: metrics::Protocol,
+    access: Option<Box<access_log::Start>>,
 }
 
 impl Future for ResponseFuture {
@@ -246,6 +254,9 @@ impl Future for ResponseFuture {
             }
         };
         this.metrics.record(&record);
+        if let Some(a) = this.access.take() {
+            a.log(&record);
+        }
         Poll::Ready(result)
     }
 }

@@ -173,15 +173,18 @@ where
             }
         };
         let counters = self.stats.counters(route_key(&req));
-        let metrics = self.metrics.as_ref().map(|m| Inbound {
-            metrics: Arc::clone(m),
+        counters.request();
+        let deadline = crate::deadline::inbound(&req);
+        let trace = crate::trace::server_context(req.headers(), self.propagators, Some(id.clone()));
+        let access =
+            crate::access_log::Start::capture(&req, Some(trace.span.trace_id), Some(id.clone()));
+        let metrics = (self.metrics.is_some() || access.is_some()).then(|| Inbound {
+            metrics: self.metrics.clone(),
+            access,
             start: tokio::time::Instant::now(),
             request_bytes: metrics::body_bytes(req.headers(), &req.body().size_hint()),
             protocol: metrics::Protocol::of(req.headers()),
         });
-        counters.request();
-        let deadline = crate::deadline::inbound(&req);
-        let trace = crate::trace::server_context(req.headers(), self.propagators, Some(id.clone()));
         ResponseFuture {
             inner: crate::trace::scope(
                 Some(trace),
@@ -206,7 +209,8 @@ pub struct ResponseFuture<F> {
 
 /// What the server records when the response is ready.
 struct Inbound {
-    metrics: Arc<IstioMetrics>,
+    metrics: Option<Arc<IstioMetrics>>,
+    access: Option<Box<crate::access_log::Start>>,
     start: tokio::time::Instant,
     request_bytes: u64,
     protocol: metrics::Protocol,
@@ -241,7 +245,7 @@ where
                 // flags; 0 with no flag here.
                 Err(_) => (0, None, metrics::ResponseFlag::None, 0),
             };
-            m.metrics.record(&metrics::Record {
+            let record = metrics::Record {
                 reporter: metrics::Reporter::Destination,
                 destination: None,
                 code,
@@ -251,7 +255,13 @@ where
                 duration: m.start.elapsed(),
                 request_bytes: m.request_bytes,
                 response_bytes,
-            });
+            };
+            if let Some(metrics) = &m.metrics {
+                metrics.record(&record);
+            }
+            if let Some(a) = &m.access {
+                a.log(&record);
+            }
         }
         Poll::Ready(result.map(|mut res| {
             if let Some(id) = this.id.take() {
