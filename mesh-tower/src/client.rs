@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use mesh_core::model::EndpointAddress;
 
-use crate::access_log;
 use crate::balance::Balance;
 use crate::body::{self, ResponseBody};
 use crate::breaker::CircuitBreaker;
@@ -17,14 +16,12 @@ use crate::endpoint::EndpointState;
 use crate::error::{BoxError, Error};
 use crate::fault::{self, Fault};
 use crate::mesh::Mesh;
-use crate::metrics::{self, IstioMetrics};
 use crate::ratelimit::RateLimit;
 use crate::retry::{Hedge, Retry};
 use crate::route::{self, Route, RouteDecision};
 pub use crate::route::{InvalidTarget, Target};
 use crate::shaping::{self, Shaping};
 use crate::timeout::Timeout;
-use crate::trace::{self, Propagators, SpanContext};
 
 /// The stack below [`Shaping`]: fault injection, the rate limit, the route timeout
 /// over everything below it, then retries.
@@ -67,7 +64,6 @@ type LeafFuture = fault::ResponseFuture<
 #[derive(Clone)]
 pub struct MeshClient {
     inner: Route<Shaping<Leaf>>,
-    propagators: Propagators,
 }
 
 impl std::fmt::Debug for MeshClient {
@@ -116,18 +112,7 @@ impl MeshClient {
             Some(t) => Route::with_target(leaf, mesh, t),
             None => Route::new(leaf, mesh),
         };
-        Self {
-            inner,
-            propagators: Propagators::default(),
-        }
-    }
-
-    /// The trace header formats this client injects (and reads from a
-    /// request sent outside any server's trace context);
-    /// [`Propagators::default`] unless set. See [`trace`](crate::trace).
-    pub fn with_propagators(mut self, propagators: Propagators) -> Self {
-        self.propagators = propagators;
-        self
+        Self { inner }
     }
 
     /// Makes the routing and balancing decision for `req` without sending
@@ -168,15 +153,7 @@ where
             .map_err(Error::from_box)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> ResponseFuture {
-        let span = trace::outbound(req.headers_mut(), self.propagators);
-        let request_bytes = metrics::body_bytes(req.headers(), &req.body().size_hint());
-        let protocol = metrics::Protocol::of(req.headers());
-        let access = access_log::Start::capture(
-            &req,
-            Some(span.trace_id),
-            req.headers().get(trace::REQUEST_ID).cloned(),
-        );
+    fn call(&mut self, req: Request<B>) -> ResponseFuture {
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -184,79 +161,26 @@ where
         ResponseFuture {
             inner: self.inner.call(req.map(body::boxed)),
             grpc,
-            span,
-            metrics: Arc::clone(self.inner_mesh().metrics()),
-            start: tokio::time::Instant::now(),
-            request_bytes,
-            protocol,
-            access,
         }
     }
 }
 
-/// The response future of [`MeshClient`]. A response carries the
-/// logical call's [`SpanContext`] in its extensions (its parent is the
-/// span of the request being handled, if any).
+/// The response future of [`MeshClient`].
 #[pin_project::pin_project]
 pub struct ResponseFuture {
     #[pin]
     inner: route::ResponseFuture<shaping::ResponseFuture<LeafFuture, ResponseBody>>,
     grpc: bool,
-    span: SpanContext,
-    metrics: Arc<IstioMetrics>,
-    start: tokio::time::Instant,
-    request_bytes: u64,
-    protocol: metrics::Protocol,
-    access: Option<Box<access_log::Start>>,
 }
 
 impl Future for ResponseFuture {
     type Output = Result<Response<ResponseBody>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let result = std::task::ready!(this.inner.as_mut().poll(cx));
-        let destination = this.inner.as_ref().get_ref().cluster();
-        let mut record = metrics::Record {
-            reporter: metrics::Reporter::Source,
-            destination,
-            code: 0,
-            grpc_status: None,
-            flag: metrics::ResponseFlag::None,
-            protocol: *this.protocol,
-            duration: this.start.elapsed(),
-            request_bytes: *this.request_bytes,
-            response_bytes: 0,
-        };
-        let result = match result {
-            Ok(mut res) => {
-                record.code = res.status().as_u16();
-                record.grpc_status = metrics::grpc_status(res.headers());
-                record.flag = res
-                    .extensions()
-                    .get::<metrics::ResponseFlag>()
-                    .copied()
-                    .unwrap_or(metrics::ResponseFlag::None);
-                record.response_bytes =
-                    metrics::body_bytes(res.headers(), &http_body::Body::size_hint(res.body()));
-                res.extensions_mut().insert(*this.span);
-                Ok(res)
-            }
-            Err(e) => {
-                let e = Error::from_box(e);
-                let e = if *this.grpc { e.for_grpc() } else { e };
-                record.code = e.http_status().as_u16();
-                record.flag = metrics::ResponseFlag::of_error(&e);
-                if *this.grpc {
-                    record.grpc_status = u8::try_from(e.grpc_code() as i32).ok();
-                }
-                Err(e)
-            }
-        };
-        this.metrics.record(&record);
-        if let Some(a) = this.access.take() {
-            a.log(&record);
-        }
-        Poll::Ready(result)
+        let this = self.project();
+        this.inner.poll(cx).map_err(|e| {
+            let e = Error::from_box(e);
+            if *this.grpc { e.for_grpc() } else { e }
+        })
     }
 }

@@ -66,8 +66,6 @@
 //!   the last handle.
 //! - Time comes from `tokio::time`, so tests can pause it.
 
-pub mod access_log;
-pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod breaker;
@@ -78,7 +76,6 @@ mod error;
 pub mod fault;
 mod local_reply;
 mod mesh;
-pub mod metrics;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
@@ -87,7 +84,6 @@ pub mod serve;
 pub mod server;
 pub mod shaping;
 pub mod timeout;
-pub mod trace;
 
 pub use body::{BoxBody, ResponseBody};
 pub use client::{Decision, InvalidTarget, MeshClient, ResponseFuture, Target};

@@ -2,8 +2,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use mesh_core::ClusterName;
-
 use crate::error::{BoxError, Error};
 
 /// The response future of [`Route`](super::Route).
@@ -12,23 +10,14 @@ pub enum ResponseFuture<F> {
     /// Routing failed.
     #[doc(hidden)]
     Failed(Option<Error>),
-    /// The inner service's future, and the cluster routed to.
+    /// The inner service's future.
     #[doc(hidden)]
-    Inner(#[pin] F, Option<ClusterName>),
+    Inner(#[pin] F),
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn inner(f: F, cluster: Option<ClusterName>) -> Self {
-        Self::Inner(f, cluster)
-    }
-
-    /// The cluster the request was routed to (none when routing failed or
-    /// the route answers locally).
-    pub(crate) fn cluster(&self) -> Option<&ClusterName> {
-        match self {
-            Self::Inner(_, c) => c.as_ref(),
-            Self::Failed(_) => None,
-        }
+    pub(crate) fn inner(f: F) -> Self {
+        Self::Inner(f)
     }
 
     pub(crate) fn error(e: Error) -> Self {
@@ -45,7 +34,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            Proj::Inner(f, _) => f.poll(cx).map_err(Into::into),
+            Proj::Inner(f) => f.poll(cx).map_err(Into::into),
             Proj::Failed(e) => Poll::Ready(Err(match e.take() {
                 Some(e) => Box::new(e),
                 None => "polled after completion".into(),

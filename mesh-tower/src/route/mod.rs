@@ -306,13 +306,12 @@ where
         let runtime = self.mesh.runtime().load_full();
         match decide_any(&runtime, self.target.as_deref(), &mut req) {
             Ok(Decided::Forward(decision)) => {
-                let cluster = decision.cluster().name.clone();
                 req.extensions_mut().insert(decision);
-                ResponseFuture::inner(self.inner.call(req), Some(cluster))
+                ResponseFuture::inner(self.inner.call(req))
             }
             Ok(Decided::Local(local)) => {
                 req.extensions_mut().insert(local);
-                ResponseFuture::inner(self.inner.call(req), None)
+                ResponseFuture::inner(self.inner.call(req))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "request not routed");
