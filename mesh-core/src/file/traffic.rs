@@ -206,16 +206,33 @@ pub(crate) fn rewrite(
         warnings,
     );
     not_supported(&o, &["uriRegexRewrite"])?;
+    // An empty `uri` rewrites the matched prefix away.
+    let uri = uri_path(&o, true)?;
+    let authority = authority(&o)?;
+    Ok(Rewrite {
+        path_prefix: uri.map(Arc::from),
+        authority: authority.map(Arc::from),
+    })
+}
+
+/// The `uri` field of a rewrite or redirect: a path starting with `/`
+/// (or empty, where `empty_ok`).
+fn uri_path<'v>(o: &Obj<'v>, empty_ok: bool) -> Result<Option<&'v str>, InvalidConfig> {
     let uri = o.str("uri")?;
     if let Some(u) = uri
-        && !u.is_empty()
-        && !u.starts_with('/')
+        && !(u.starts_with('/') || empty_ok && u.is_empty())
     {
         return Err(InvalidConfig::new(
             o.path.field("uri"),
             format!("{u:?} does not start with '/'"),
         ));
     }
+    Ok(uri)
+}
+
+/// The `authority` field of a rewrite or redirect, checked as a URI
+/// authority.
+fn authority<'v>(o: &Obj<'v>) -> Result<Option<&'v str>, InvalidConfig> {
     let authority = o.str("authority")?;
     if let Some(a) = authority
         && http::uri::Authority::try_from(a).is_err()
@@ -225,10 +242,7 @@ pub(crate) fn rewrite(
             format!("invalid authority {a:?}"),
         ));
     }
-    Ok(Rewrite {
-        path_prefix: uri.map(Arc::from),
-        authority: authority.map(Arc::from),
-    })
+    Ok(authority)
 }
 
 fn header_name(name: &str, path: &FieldPath) -> Result<HeaderName, InvalidConfig> {
@@ -339,15 +353,7 @@ pub(crate) fn redirect(
             format!("{status} is not a redirect code (expected 301, 302, 303, 307 or 308)"),
         ));
     }
-    let path = o.str("uri")?;
-    if let Some(p) = path
-        && !p.starts_with('/')
-    {
-        return Err(InvalidConfig::new(
-            o.path.field("uri"),
-            format!("{p:?} does not start with '/'"),
-        ));
-    }
+    let path = uri_path(&o, false)?;
     let scheme = o.str("scheme")?;
     if let Some(s) = scheme
         && !matches!(s, "http" | "https")
@@ -357,15 +363,7 @@ pub(crate) fn redirect(
             format!("unknown scheme {s:?} (expected http or https)"),
         ));
     }
-    let authority = o.str("authority")?;
-    if let Some(a) = authority
-        && http::uri::Authority::try_from(a).is_err()
-    {
-        return Err(InvalidConfig::new(
-            o.path.field("authority"),
-            format!("invalid authority {a:?}"),
-        ));
-    }
+    let authority = authority(&o)?;
     Ok(Redirect {
         scheme: scheme.map(Arc::from),
         authority: authority.map(Arc::from),
