@@ -125,40 +125,51 @@ fn pki_error(e: webpki::Error) -> Error {
     Error::InvalidCertificate(cert)
 }
 
-/// Full verification of a peer chain; returns the peer's SPIFFE ID.
-fn verify_peer(
-    store: &CredentialStore,
-    matcher: &PeerMatcher,
-    algorithms: &WebPkiSupportedAlgorithms,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    now: UnixTime,
-    usage: webpki::KeyUsage,
-) -> Result<SpiffeId, Error> {
-    let id = svid::validate_leaf(end_entity).map_err(other)?;
-    let bundle = store.bundle();
-    // Only the roots of the trust domain the peer claims (B.2.5).
-    let roots = bundle
-        .roots(id.trust_domain())
-        .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
-    let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-    cert.verify_for_usage(algorithms.all, roots, intermediates, now, usage, None, None)
-        .map_err(pki_error)?;
-    if !matcher.matches(&id) {
-        return Err(other(UnexpectedPeer(id)));
-    }
-    Ok(id)
-}
-
-/// Verifies servers for a client (see the module docs).
+/// Verifies the peer of a handshake, on either side: full path
+/// validation against the roots of the trust domain the peer claims, then
+/// `matcher` on its SPIFFE ID (see the module docs).
 #[derive(Debug)]
-struct SpiffeServerVerifier {
+struct SpiffeVerifier {
     store: Arc<CredentialStore>,
     matcher: PeerMatcher,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl SpiffeVerifier {
+    /// Full verification of a peer chain; returns the peer's SPIFFE ID.
+    fn verify_peer(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+    ) -> Result<SpiffeId, Error> {
+        let id = svid::validate_leaf(end_entity).map_err(other)?;
+        let bundle = self.store.bundle();
+        // Only the roots of the trust domain the peer claims (B.2.5).
+        let roots = bundle
+            .roots(id.trust_domain())
+            .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        cert.verify_for_usage(
+            self.algorithms.all,
+            roots,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(pki_error)?;
+        if !self.matcher.matches(&id) {
+            return Err(other(UnexpectedPeer(id)));
+        }
+        Ok(id)
+    }
+}
+
+/// A client verifying its server.
+impl ServerCertVerifier for SpiffeVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -167,10 +178,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        verify_peer(
-            &self.store,
-            &self.matcher,
-            &self.algorithms,
+        self.verify_peer(
             end_entity,
             intermediates,
             now,
@@ -202,17 +210,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// Verifies clients for a server; a client certificate is mandatory.
-#[derive(Debug)]
-struct SpiffeClientVerifier {
-    store: Arc<CredentialStore>,
-    matcher: PeerMatcher,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for SpiffeClientVerifier {
+/// A server verifying its client; a client certificate is mandatory.
+impl ClientCertVerifier for SpiffeVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // Hints are optional (RFC 8446 §4.2.4); ours clients present their
+        // Hints are optional (RFC 8446 §4.2.4); our clients present their
         // one SVID whatever the hints say.
         &[]
     }
@@ -223,10 +224,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        verify_peer(
-            &self.store,
-            &self.matcher,
-            &self.algorithms,
+        self.verify_peer(
             end_entity,
             intermediates,
             now,
@@ -290,7 +288,7 @@ pub fn server_config(
     clients: PeerMatcher,
 ) -> Result<ServerConfig, Error> {
     let provider = provider();
-    let verifier = SpiffeClientVerifier {
+    let verifier = SpiffeVerifier {
         store: store.clone(),
         matcher: clients,
         algorithms: provider.signature_verification_algorithms,
@@ -313,7 +311,7 @@ pub fn client_config(
     servers: PeerMatcher,
 ) -> Result<ClientConfig, Error> {
     let provider = provider();
-    let verifier = SpiffeServerVerifier {
+    let verifier = SpiffeVerifier {
         store: store.clone(),
         matcher: servers,
         algorithms: provider.signature_verification_algorithms,
