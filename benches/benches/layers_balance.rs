@@ -19,11 +19,8 @@
 
 use std::alloc::System;
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -35,7 +32,7 @@ use mesh_core::lb::{
 use mesh_core::model::{ConnectionLimits, HashKey, OutlierDetection, Protocol};
 use mesh_core::outlier::{HostOutlier, Outcome, OutlierDetector, OutlierStats};
 use mesh_tower::breaker::{BreakerState, CircuitBreaker};
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use tower::Service;
 
 #[global_allocator]
@@ -52,43 +49,8 @@ fn noop() -> impl Service<
     tower::service_fn(|_: Request<()>| std::future::ready(Ok(Response::new(()))))
 }
 
-/// One request through `svc`: ready, call, poll once.
-fn once<S>(svc: &mut S) -> bool
-where
-    S: Service<Request<()>>,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => return false,
-    }
-    let fut = pin!(svc.call(Request::new(())));
-    matches!(fut.poll(&mut cx), Poll::Ready(Ok(_)))
-}
-
-/// Prints heap allocations per call of `f`.
-fn allocs(name: &str, mut f: impl FnMut()) {
-    for _ in 0..100 {
-        f();
-    }
-    let region = Region::new(GLOBAL);
-    for _ in 0..1000 {
-        f();
-    }
-    let c = region.change();
-    println!(
-        "{name}: {:.3} heap allocations per request",
-        c.allocations as f64 / 1000.0
-    );
-}
-
-fn bench<S: Service<Request<()>>>(c: &mut Criterion, group: &str, name: &str, mut svc: S) {
-    assert!(once(&mut svc), "{name}: the request succeeds");
-    allocs(&format!("{group}/{name}"), || {
-        black_box(once(&mut svc));
-    });
-    c.benchmark_group(group)
-        .bench_function(name, |b| b.iter(|| black_box(once(&mut svc))));
+fn bench<S: Service<Request<()>>>(c: &mut Criterion, group: &str, name: &str, svc: S) {
+    mesh_benches::bench_layer(c, GLOBAL, group, name, svc, || Request::new(()));
 }
 
 fn breakers(c: &mut Criterion) {
@@ -157,7 +119,7 @@ fn outliers(c: &mut Criterion) {
         detector.maybe_sweep(hosts.iter(), t, &stats);
         black_box(detector.skips(&hosts[3], ENDPOINTS));
     };
-    allocs("outlier/record+sweep check+skip check", &mut record);
+    mesh_benches::print_allocs(GLOBAL, "outlier/record+sweep check+skip check", &mut record);
     c.benchmark_group("outlier")
         .bench_function("record+sweep check+skip check", |b| b.iter(&mut record));
 }
@@ -188,7 +150,7 @@ fn pickers(c: &mut Criterion) {
     let mut g = c.benchmark_group("picker");
     macro_rules! pick {
         ($name:expr, $e:expr) => {{
-            allocs(&format!("picker/{}", $name), || {
+            mesh_benches::print_allocs(GLOBAL, &format!("picker/{}", $name), || {
                 black_box($e);
             });
             g.bench_function($name, |b| b.iter(|| black_box($e)));

@@ -21,10 +21,6 @@
 
 use std::alloc::System;
 use std::convert::Infallible;
-use std::future::Future;
-use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,7 +31,7 @@ use mesh_core::model::RetryPolicy;
 use mesh_tower::body::{BoxBody, boxed};
 use mesh_tower::retry::RetryLayer;
 use mesh_tower::timeout::TimeoutLayer;
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use tower::{Layer, Service};
 
 #[global_allocator]
@@ -87,46 +83,8 @@ fn noop_head() -> impl Service<
     tower::service_fn(|_: Head| std::future::ready(Ok(())))
 }
 
-/// One request through `svc`: ready, call, poll once.
-fn once<S, R>(svc: &mut S, req: R) -> bool
-where
-    S: Service<R>,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => return false,
-    }
-    let fut = pin!(svc.call(req));
-    matches!(fut.poll(&mut cx), Poll::Ready(Ok(_)))
-}
-
-/// Prints heap allocations per call of `f`.
-fn allocs(name: &str, mut f: impl FnMut()) {
-    for _ in 0..100 {
-        f();
-    }
-    let region = Region::new(GLOBAL);
-    for _ in 0..1000 {
-        f();
-    }
-    let c = region.change();
-    println!(
-        "{name}: {:.3} heap allocations per request",
-        c.allocations as f64 / 1000.0
-    );
-}
-
-fn bench<S, R>(c: &mut Criterion, group: &str, name: &str, mut svc: S, make: fn() -> R)
-where
-    S: Service<R>,
-{
-    assert!(once(&mut svc, make()), "{name}: the request succeeds");
-    allocs(&format!("{group}/{name}"), || {
-        black_box(once(&mut svc, make()));
-    });
-    c.benchmark_group(group)
-        .bench_function(name, |b| b.iter(|| black_box(once(&mut svc, make()))));
+fn bench<S: Service<R>, R>(c: &mut Criterion, group: &str, name: &str, svc: S, make: fn() -> R) {
+    mesh_benches::bench_layer(c, GLOBAL, group, name, svc, make);
 }
 
 /// tower's retry policy: retry errors up to 2 times, copying the head.

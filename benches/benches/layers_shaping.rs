@@ -18,11 +18,7 @@
 
 use std::alloc::System;
 use std::convert::Infallible;
-use std::future::Future;
-use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +33,7 @@ use mesh_tower::ResponseBody;
 use mesh_tower::fault::Fault;
 use mesh_tower::ratelimit::RateLimit;
 use mesh_tower::shaping::{Shaping, StaticShaping};
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use tower::Service;
 
 #[global_allocator]
@@ -54,43 +50,10 @@ fn noop() -> impl Service<
     tower::service_fn(|_: Req| std::future::ready(Ok(Response::new(ResponseBody::empty()))))
 }
 
-/// One request through `svc`: ready, call, poll once.
-fn once<S>(svc: &mut S) -> bool
-where
-    S: Service<Req>,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => return false,
-    }
-    let fut = pin!(svc.call(Request::new(Empty::new())));
-    matches!(fut.poll(&mut cx), Poll::Ready(Ok(_)))
-}
-
-/// Prints heap allocations per call of `f`.
-fn allocs(name: &str, mut f: impl FnMut()) {
-    for _ in 0..100 {
-        f();
-    }
-    let region = Region::new(GLOBAL);
-    for _ in 0..1000 {
-        f();
-    }
-    let c = region.change();
-    println!(
-        "{name}: {:.3} heap allocations per request",
-        c.allocations as f64 / 1000.0
-    );
-}
-
-fn bench<S: Service<Req>>(c: &mut Criterion, name: &str, mut svc: S) {
-    assert!(once(&mut svc), "{name}: the request succeeds");
-    allocs(&format!("layers_shaping/{name}"), || {
-        black_box(once(&mut svc));
+fn bench<S: Service<Req>>(c: &mut Criterion, name: &str, svc: S) {
+    mesh_benches::bench_layer(c, GLOBAL, "layers_shaping", name, svc, || {
+        Request::new(Empty::new())
     });
-    c.benchmark_group("layers_shaping")
-        .bench_function(name, |b| b.iter(|| black_box(once(&mut svc))));
 }
 
 fn layers(c: &mut Criterion) {

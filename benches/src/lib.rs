@@ -120,6 +120,64 @@ spec:
             filter_enforced: { default_value: { numerator: 100, denominator: HUNDRED } }
 "#;
 
+/// One request through `svc` as a layer bench drives it: `poll_ready`,
+/// `call`, and one poll of the response future with a no-op waker.
+/// Whether the response was ready and successful at once.
+pub fn poll_once<S: tower::Service<R>, R>(svc: &mut S, req: R) -> bool {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        std::task::Poll::Ready(Ok(())) => {}
+        _ => return false,
+    }
+    let fut = std::pin::pin!(svc.call(req));
+    matches!(fut.poll(&mut cx), std::task::Poll::Ready(Ok(_)))
+}
+
+/// Prints the heap allocations per call of `f` (after 100 warm-up calls),
+/// counted by `global`, the bench binary's instrumented allocator.
+pub fn print_allocs(
+    global: &'static stats_alloc::StatsAlloc<std::alloc::System>,
+    name: &str,
+    mut f: impl FnMut(),
+) {
+    for _ in 0..100 {
+        f();
+    }
+    let region = stats_alloc::Region::new(global);
+    for _ in 0..1000 {
+        f();
+    }
+    let allocs = region.change().allocations;
+    println!(
+        "{name}: {:.3} heap allocations per request",
+        allocs as f64 / 1000.0
+    );
+}
+
+/// Benches one layer over a no-op service under `group/name`: asserts the
+/// request succeeds, prints its heap allocations per request (counted by
+/// `global`, the bench binary's instrumented allocator), then times it
+/// with criterion. `make` builds each request.
+pub fn bench_layer<S, R>(
+    c: &mut criterion::Criterion,
+    global: &'static stats_alloc::StatsAlloc<std::alloc::System>,
+    group: &str,
+    name: &str,
+    mut svc: S,
+    make: impl Fn() -> R,
+) where
+    S: tower::Service<R>,
+{
+    use std::hint::black_box;
+    assert!(poll_once(&mut svc, make()), "{name}: the request succeeds");
+    print_allocs(global, &format!("{group}/{name}"), || {
+        black_box(poll_once(&mut svc, make()));
+    });
+    c.benchmark_group(group)
+        .bench_function(name, |b| b.iter(|| black_box(poll_once(&mut svc, make()))));
+}
+
 /// What a load run measured.
 #[derive(Debug)]
 pub struct Report {
