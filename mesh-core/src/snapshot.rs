@@ -8,7 +8,9 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::error::{FieldPath, InvalidConfig};
-use crate::model::{Cluster, EndpointSet, Listener, Route, RouteAction, RouteTable, VirtualHost};
+use crate::model::{
+    Cluster, EndpointSet, Listener, Route, RouteAction, RouteTable, SecurityPolicies, VirtualHost,
+};
 use crate::name::{ClusterName, ListenerName, RouteTableName};
 use crate::request::RouteRequest;
 use crate::store::SourceId;
@@ -59,6 +61,9 @@ pub struct Resources {
     pub clusters: Vec<Cluster>,
     /// Endpoint sets.
     pub endpoints: Vec<EndpointSet>,
+    /// Server-side security policies (`PeerAuthentication`,
+    /// `RequestAuthentication`, `AuthorizationPolicy`).
+    pub security: SecurityPolicies,
     /// Config the source read but does not apply (unsupported fields or
     /// kinds), one line each, recorded in the store's status.
     pub warnings: Vec<String>,
@@ -117,6 +122,7 @@ pub struct Snapshot {
     route_tables: HashMap<RouteTableName, Arc<RouteTable>>,
     clusters: HashMap<ClusterName, Arc<Cluster>>,
     endpoints: HashMap<ClusterName, Arc<EndpointSet>>,
+    security: Arc<SecurityPolicies>,
     provenance: HashMap<(ResourceKind, Arc<str>), Provenance>,
     // Derived: the route table of the client listener on each port.
     client_ports: HashMap<u16, Arc<RouteTable>>,
@@ -242,6 +248,10 @@ impl Snapshot {
             Ok(())
         }
 
+        snap.security = match previous {
+            Some(p) if *p.security == resources.security => Arc::clone(&p.security),
+            _ => Arc::new(resources.security),
+        };
         for l in resources.listeners {
             insert(
                 ResourceKind::Listener,

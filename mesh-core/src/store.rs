@@ -412,6 +412,7 @@ fn merge(
         merged.route_tables.extend(r.route_tables.iter().cloned());
         merged.clusters.extend(r.clusters.iter().cloned());
         merged.endpoints.extend(r.endpoints.iter().cloned());
+        merged.security.extend(r.security.clone());
     }
     Snapshot::build_with(
         version,

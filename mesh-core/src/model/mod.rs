@@ -12,6 +12,7 @@ mod listener;
 pub mod matcher;
 pub mod policy;
 mod route;
+pub mod security;
 
 pub use cluster::{Cluster, LbPolicy, Protocol};
 pub use endpoint::{
@@ -29,4 +30,8 @@ pub use policy::{
 pub use route::{
     ForwardAction, Route, RouteAction, RouteMatch, RouteTable, VirtualHost, WeightedCluster,
     WeightedClusters,
+};
+pub use security::{
+    AuthorizationPolicy, PeerAuthentication, PolicyScope, RequestAuthentication, SecurityPolicies,
+    VerifiedJwt, Workload,
 };

@@ -34,6 +34,7 @@ mod detect;
 #[cfg(test)]
 mod tests;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,8 @@ pub enum TransportMode {
 pub struct ConnectionSecurity {
     mode: SecurityMode,
     peer: Option<SpiffeId>,
+    remote: SocketAddr,
+    local: SocketAddr,
 }
 
 /// The security of a served connection.
@@ -90,6 +93,17 @@ impl ConnectionSecurity {
     /// The verified SPIFFE ID of the client; `None` on plaintext.
     pub fn peer(&self) -> Option<&SpiffeId> {
         self.peer.as_ref()
+    }
+
+    /// The client's address (authorization's `source.ip`).
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// The address the connection was accepted on (authorization's
+    /// `destination.port`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 }
 
@@ -187,11 +201,12 @@ where
     B::Error: Into<BoxError>,
 {
     let deadline = Instant::now() + config.handshake_timeout;
+    let addrs = (stream.peer_addr()?, stream.local_addr()?);
     match &config.mode {
-        TransportMode::Disable => http(stream, plaintext(), service).await,
+        TransportMode::Disable => http(stream, plaintext(addrs), service).await,
         TransportMode::Strict(tls) => {
             let acceptor = TlsAcceptor::from(Arc::clone(tls));
-            mtls(acceptor, stream, deadline, service).await
+            mtls(acceptor, stream, addrs, deadline, service).await
         }
         TransportMode::Permissive(tls) => {
             let mut stream = stream;
@@ -203,26 +218,29 @@ where
             };
             let io = Prefixed::new(prefix, stream);
             match found {
-                Detected::Plaintext => http(io, plaintext(), service).await,
+                Detected::Plaintext => http(io, plaintext(addrs), service).await,
                 Detected::Tls => {
                     let acceptor = TlsAcceptor::from(Arc::clone(tls));
-                    mtls(acceptor, io, deadline, service).await
+                    mtls(acceptor, io, addrs, deadline, service).await
                 }
             }
         }
     }
 }
 
-fn plaintext() -> ConnectionSecurity {
+fn plaintext((remote, local): (SocketAddr, SocketAddr)) -> ConnectionSecurity {
     ConnectionSecurity {
         mode: SecurityMode::Plaintext,
         peer: None,
+        remote,
+        local,
     }
 }
 
 async fn mtls<I, S, B>(
     acceptor: TlsAcceptor,
     io: I,
+    (remote, local): (SocketAddr, SocketAddr),
     deadline: Instant,
     service: S,
 ) -> Result<(), BoxError>
@@ -242,6 +260,8 @@ where
     let security = ConnectionSecurity {
         mode: SecurityMode::MutualTls,
         peer,
+        remote,
+        local,
     };
     http(tls, security, service).await
 }
