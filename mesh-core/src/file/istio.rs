@@ -32,13 +32,13 @@ use serde_json::Value;
 
 use super::traffic_policy::{self, TrafficPolicy};
 use super::yaml::{Fields, Obj, RawDocument};
-use super::{duration, envoyfilter, linkerd, traffic};
+use super::{duration, envoyfilter, linkerd, security, traffic};
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
     Cluster, Endpoint, EndpointAddress, EndpointSet, FaultPolicy, ForwardAction, Fraction,
     HeaderMatch, HeaderMutations, HeaderRule, Labels, Listener, Locality, Mirror, PathMatch,
     Protocol, Regex, RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable,
-    ServerPolicy, StringMatch, VirtualHost, WeightedCluster, WeightedClusters,
+    SecurityPolicies, ServerPolicy, StringMatch, VirtualHost, WeightedCluster, WeightedClusters,
 };
 use crate::snapshot::Resources;
 
@@ -70,6 +70,8 @@ pub(crate) struct Translator<'o> {
     // Linkerd ServiceProfiles and SMI TrafficSplits, by the service FQDN.
     profiles: BTreeMap<String, (DocRef, linkerd::ServiceProfile)>,
     splits: BTreeMap<String, (DocRef, linkerd::TrafficSplit)>,
+    // `security.istio.io` policies, in document order.
+    security: SecurityPolicies,
 }
 
 struct Service {
@@ -155,6 +157,7 @@ impl<'o> Translator<'o> {
             envoy_filters: Vec::new(),
             profiles: BTreeMap::new(),
             splits: BTreeMap::new(),
+            security: SecurityPolicies::default(),
         }
     }
 
@@ -221,7 +224,21 @@ impl<'o> Translator<'o> {
             "ServiceEntry" | "VirtualService" | "DestinationRule" | "EnvoyFilter"
         );
         let is_linkerd = linkerd::is_linkerd_group(group);
-        if is_linkerd {
+        let is_security = group == "security.istio.io" && security::SECURITY_KINDS.contains(&kind);
+        if is_security {
+            if !security::SECURITY_VERSIONS.contains(&api_version) {
+                return self.error(
+                    &doc,
+                    InvalidConfig::new(
+                        FieldPath::root().field("apiVersion"),
+                        format!(
+                            "unsupported version {api_version:?} (expected one of {})",
+                            security::SECURITY_VERSIONS.join(", ")
+                        ),
+                    ),
+                );
+            }
+        } else if is_linkerd {
             if let Err(e) = linkerd::check_kind(api_version, kind) {
                 return self.error(&doc, e);
             }
@@ -235,7 +252,7 @@ impl<'o> Translator<'o> {
             });
             return;
         }
-        if !is_linkerd && !ISTIO_VERSIONS.contains(&api_version) {
+        if !is_linkerd && !is_security && !ISTIO_VERSIONS.contains(&api_version) {
             return self.error(
                 &doc,
                 InvalidConfig::new(
@@ -281,6 +298,19 @@ impl<'o> Translator<'o> {
             "VirtualService" => self.virtual_service(doc, &namespace, spec),
             "EnvoyFilter" => self.envoy_filter(doc, &namespace, name, spec),
             "ServiceProfile" | "TrafficSplit" => self.linkerd(doc, &namespace, name, kind, spec),
+            _ if is_security => {
+                let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+                security::translate(
+                    kind,
+                    name,
+                    &namespace,
+                    spec,
+                    &mut self.security,
+                    &mut errors,
+                    &mut warnings,
+                );
+                self.collect(&doc, errors, warnings);
+            }
             _ => self.destination_rule(doc, &namespace, spec),
         }
     }
@@ -1378,6 +1408,7 @@ impl<'o> Translator<'o> {
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
+        resources.security = std::mem::take(&mut self.security);
         Ok(resources)
     }
 

@@ -42,6 +42,7 @@ mod envoyfilter;
 mod istio;
 mod linkerd;
 mod retries;
+mod security;
 mod traffic;
 mod traffic_policy;
 mod watch;

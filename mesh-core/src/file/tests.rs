@@ -493,9 +493,9 @@ spec:
   - route: [{ destination: { host: reviews } }]
     corsPolicy: { allowOrigins: [{ exact: "https://example.com" }] }
 ---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: deny-all }
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: ingress }
 spec: {}
 "#,
     ));
@@ -503,7 +503,7 @@ spec: {}
         t.warnings(),
         [
             "mesh.yaml: document 4 (VirtualService reviews): http[0].corsPolicy: not supported yet; ignored",
-            "mesh.yaml: document 5 (AuthorizationPolicy deny-all): kind AuthorizationPolicy (security.istio.io/v1) is not supported yet; document ignored",
+            "mesh.yaml: document 5 (Gateway ingress): kind Gateway (networking.istio.io/v1) is not supported yet; document ignored",
         ]
     );
 }
