@@ -413,6 +413,14 @@ impl Snapshot {
             && self.route_tables == other.route_tables
             && self.clusters == other.clusters
             && self.endpoints == other.endpoints
+            && self.security == other.security
+    }
+
+    /// The server-side security policies (`PeerAuthentication`,
+    /// `RequestAuthentication`, `AuthorizationPolicy`) of every source, in
+    /// source order and, within a file, document order.
+    pub fn security(&self) -> &Arc<SecurityPolicies> {
+        &self.security
     }
 
     /// A listener by name.

@@ -527,6 +527,24 @@ mod tests {
     }
 
     #[test]
+    fn a_change_to_security_policies_alone_is_a_new_version() {
+        use crate::model::{PeerAuthentication, PolicyScope};
+        let store = ConfigStore::new();
+        let r = Resources::new().with_cluster(Cluster::new("c"));
+        let v1 = store.publish("a".into(), r.clone()).unwrap();
+        let mut with_policy = r;
+        with_policy
+            .security
+            .peer_authentications
+            .push(PeerAuthentication {
+                scope: PolicyScope::new("default", "istio-system"),
+            });
+        let v2 = store.publish("a".into(), with_policy).unwrap();
+        assert!(v2 > v1, "a security-only change must reach readers");
+        assert_eq!(store.snapshot().security().peer_authentications.len(), 1);
+    }
+
+    #[test]
     fn unchanged_resources_stay_pointer_equal() {
         let store = ConfigStore::new();
         let r = Resources::new().with_cluster(Cluster::new("c"));
