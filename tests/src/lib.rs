@@ -15,6 +15,8 @@ use http_body_util::{BodyExt, Empty};
 use mesh_tower::{Mesh, MeshClient};
 use tower::ServiceExt;
 
+pub mod peers;
+
 pub use mesh_examples::mesh_from_yaml;
 
 /// Replaces the config of a mesh made by [`mesh_from_yaml`] and waits
