@@ -536,9 +536,10 @@ mod tests {
         with_policy
             .security
             .peer_authentications
-            .push(PeerAuthentication {
-                scope: PolicyScope::new("default", "istio-system"),
-            });
+            .push(PeerAuthentication::new(
+                PolicyScope::new("default", "istio-system"),
+                crate::model::security::MtlsMode::Strict,
+            ));
         let v2 = store.publish("a".into(), with_policy).unwrap();
         assert!(v2 > v1, "a security-only change must reach readers");
         assert_eq!(store.snapshot().security().peer_authentications.len(), 1);

@@ -41,8 +41,10 @@ pub(crate) fn translate(
         Err(e) => return errors.push(e),
     };
     let result = match kind {
-        "PeerAuthentication" => peer_authn::translate(scope, spec, errors, warnings)
-            .map(|p| out.peer_authentications.push(p)),
+        "PeerAuthentication" => {
+            peer_authn::translate(scope, spec, &out.peer_authentications, errors, warnings)
+                .map(|p| out.peer_authentications.push(p))
+        }
         "RequestAuthentication" => request_authn::translate(scope, spec, errors, warnings)
             .map(|p| out.request_authentications.push(p)),
         _ => authz::translate(scope, spec, errors, warnings)

@@ -16,7 +16,9 @@ mod request_authn;
 use std::sync::Arc;
 
 pub use authz::AuthorizationPolicy;
-pub use peer_authn::PeerAuthentication;
+pub use peer_authn::{
+    EffectiveMtlsMode, MtlsMode, PeerAuthentication, PeerAuthnLevel, effective_mtls_mode,
+};
 pub use request_authn::RequestAuthentication;
 
 use crate::model::endpoint::Labels;
