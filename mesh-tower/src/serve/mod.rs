@@ -13,6 +13,26 @@
 //!   decide: a TLS ClientHello goes to the mTLS path, anything else to
 //!   plaintext (reference checklist B.5; see `detect.rs`).
 //! - `DISABLE`: plaintext only.
+//! - [`TransportMode::Policy`]: one of the three, chosen per new connection
+//!   from the live config: the effective `PeerAuthentication` mode of the
+//!   declared [`Workload`] on the listener's port (`portLevelMtls`), see
+//!   [`mesh_core::model::security::effective_mtls_mode`]. Each accepted
+//!   connection does one `ArcSwap` load of the store's snapshot. A policy
+//!   change applies to connections accepted after it; an established
+//!   connection keeps the mode it was accepted with (Envoy likewise applies
+//!   a new listener filter chain to new connections and drains old ones).
+//!   Bound how long old connections live with
+//!   [`ServeConfig::with_max_connection_age`].
+//!
+//! **Max connection age** (gRFC A9, `MAX_CONNECTION_AGE` and
+//! `MAX_CONNECTION_AGE_GRACE`; off by default, as gRPC's default is
+//! infinite): once a connection has served for the age, with ±10% jitter
+//! so that connections made together do not all leave together, it is shut
+//! down gracefully: HTTP/2 sends GOAWAY and finishes the streams in flight,
+//! HTTP/1 closes after the request in flight. After the grace period, if
+//! set, it is closed whatever is still running. This bounds how long a
+//! connection keeps a rotated-out certificate or an old transport mode
+//! (reference checklist B.4.4, C.7.2).
 //!
 //! Every request carries a [`ConnectionSecurity`] extension: the mode the
 //! connection was served with and the verified peer SPIFFE ID (none for
@@ -42,11 +62,15 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use mesh_identity::SpiffeId;
+use mesh_core::ConfigStore;
+use mesh_core::model::Workload;
+use mesh_core::model::security::{EffectiveMtlsMode, effective_mtls_mode};
+use mesh_identity::tls::{PeerMatcher, server_config};
+use mesh_identity::{CredentialStore, SpiffeId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 use tracing::debug;
@@ -64,6 +88,56 @@ pub enum TransportMode {
     Permissive(Arc<rustls::ServerConfig>),
     /// Plaintext only (`DISABLE`).
     Disable,
+    /// The mode the live config's `PeerAuthentication` policies give a
+    /// workload on the listener's port, chosen per new connection.
+    Policy(PolicyTransport),
+}
+
+/// [`TransportMode::Policy`]: a config store, the workload the server runs
+/// as, and the TLS config for the modes that accept mutual TLS.
+#[derive(Clone, Debug)]
+pub struct PolicyTransport {
+    store: ConfigStore,
+    workload: Arc<Workload>,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl PolicyTransport {
+    /// Follows the `PeerAuthentication` policies of `store` (a
+    /// [`Mesh`](crate::Mesh)'s is `mesh.store().clone()`) for `workload`,
+    /// with `tls` on the mutual TLS paths.
+    pub fn new(store: ConfigStore, workload: Workload, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            store,
+            workload: Arc::new(workload),
+            tls,
+        }
+    }
+
+    /// As [`new`](Self::new), with the TLS config built from `credentials`
+    /// (`mesh_identity::tls::server_config`): the store's current SVID on
+    /// each handshake, so rotation applies to new connections, and any
+    /// client SVID of a trust domain in its bundle (what an Istio server
+    /// accepts before authorization).
+    pub fn from_credentials(
+        store: ConfigStore,
+        workload: Workload,
+        credentials: Arc<CredentialStore>,
+    ) -> Result<Self, rustls::Error> {
+        let tls = server_config(credentials, PeerMatcher::AnyTrusted)?;
+        Ok(Self::new(store, workload, Arc::new(tls)))
+    }
+
+    /// The mode a connection accepted now on `port` gets.
+    pub fn mode_for_port(&self, port: u16) -> EffectiveMtlsMode {
+        let snapshot = self.store.load();
+        effective_mtls_mode(snapshot.security(), &self.workload, port)
+    }
+
+    /// The workload the policies are selected for.
+    pub fn workload(&self) -> &Workload {
+        &self.workload
+    }
 }
 
 /// How one connection was secured: the request extension [`serve`] adds.
@@ -112,6 +186,25 @@ impl ConnectionSecurity {
 pub struct ServeConfig {
     mode: TransportMode,
     handshake_timeout: Duration,
+    max_connection_age: Option<MaxConnectionAge>,
+}
+
+/// gRFC A9's `MAX_CONNECTION_AGE` and `MAX_CONNECTION_AGE_GRACE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxConnectionAge {
+    /// How long a connection serves before it is drained (±10% jitter).
+    pub age: Duration,
+    /// How long draining may take before the connection is closed;
+    /// `None` waits for the requests in flight however long they take
+    /// (gRPC's default).
+    pub grace: Option<Duration>,
+}
+
+impl MaxConnectionAge {
+    /// The age with A9's jitter: uniform in 90% to 110% of `age`.
+    fn jittered(&self) -> Duration {
+        self.age.mul_f64(0.9 + 0.2 * fastrand::f64())
+    }
 }
 
 /// Linkerd's `detect_protocol_timeout` default.
@@ -123,7 +216,21 @@ impl ServeConfig {
         Self {
             mode,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_connection_age: None,
         }
+    }
+
+    /// Drains each connection after it has served for `age` (±10%
+    /// jitter) and closes it `grace` later if requests are still in flight
+    /// (`None`: no limit). See the module docs; default: no maximum age.
+    pub fn with_max_connection_age(mut self, age: Duration, grace: Option<Duration>) -> Self {
+        self.max_connection_age = Some(MaxConnectionAge { age, grace });
+        self
+    }
+
+    /// The maximum connection age, if any.
+    pub fn max_connection_age(&self) -> Option<MaxConnectionAge> {
+        self.max_connection_age
     }
 
     /// Sets the deadline for protocol detection plus the TLS handshake,
@@ -202,13 +309,19 @@ where
 {
     let deadline = Instant::now() + config.handshake_timeout;
     let addrs = (stream.peer_addr()?, stream.local_addr()?);
-    match &config.mode {
-        TransportMode::Disable => http(stream, plaintext(addrs), service).await,
-        TransportMode::Strict(tls) => {
+    let age = config.max_connection_age;
+    let (mode, tls) = match &config.mode {
+        TransportMode::Disable => (EffectiveMtlsMode::Disable, None),
+        TransportMode::Strict(tls) => (EffectiveMtlsMode::Strict, Some(tls)),
+        TransportMode::Permissive(tls) => (EffectiveMtlsMode::Permissive, Some(tls)),
+        TransportMode::Policy(policy) => (policy.mode_for_port(addrs.1.port()), Some(&policy.tls)),
+    };
+    match (mode, tls) {
+        (EffectiveMtlsMode::Strict, Some(tls)) => {
             let acceptor = TlsAcceptor::from(Arc::clone(tls));
-            mtls(acceptor, stream, addrs, deadline, service).await
+            mtls(acceptor, stream, addrs, deadline, age, service).await
         }
-        TransportMode::Permissive(tls) => {
+        (EffectiveMtlsMode::Permissive, Some(tls)) => {
             let mut stream = stream;
             let Some((found, prefix)) = timeout_at(deadline, detect::detect(&mut stream))
                 .await
@@ -218,13 +331,14 @@ where
             };
             let io = Prefixed::new(prefix, stream);
             match found {
-                Detected::Plaintext => http(io, plaintext(addrs), service).await,
+                Detected::Plaintext => http(io, plaintext(addrs), age, service).await,
                 Detected::Tls => {
                     let acceptor = TlsAcceptor::from(Arc::clone(tls));
-                    mtls(acceptor, io, addrs, deadline, service).await
+                    mtls(acceptor, io, addrs, deadline, age, service).await
                 }
             }
         }
+        _ => http(stream, plaintext(addrs), age, service).await,
     }
 }
 
@@ -242,6 +356,7 @@ async fn mtls<I, S, B>(
     io: I,
     (remote, local): (SocketAddr, SocketAddr),
     deadline: Instant,
+    age: Option<MaxConnectionAge>,
     service: S,
 ) -> Result<(), BoxError>
 where
@@ -263,10 +378,15 @@ where
         remote,
         local,
     };
-    http(tls, security, service).await
+    http(tls, security, age, service).await
 }
 
-async fn http<I, S, B>(io: I, security: ConnectionSecurity, service: S) -> Result<(), BoxError>
+async fn http<I, S, B>(
+    io: I,
+    security: ConnectionSecurity,
+    age: Option<MaxConnectionAge>,
+    service: S,
+) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -280,7 +400,28 @@ where
         request.extensions_mut().insert(security.clone());
         service.clone().oneshot(request)
     });
-    auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), service)
-        .await
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let Some(age) = age else {
+        return connection.await;
+    };
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        () = sleep(age.jittered()) => {}
+    }
+    // HTTP/2: GOAWAY, then the streams in flight finish; HTTP/1: the
+    // request in flight finishes and the connection closes.
+    debug!("max connection age reached; draining the connection");
+    connection.as_mut().graceful_shutdown();
+    match age.grace {
+        None => connection.await,
+        Some(grace) => match timeout(grace, connection).await {
+            Ok(result) => result,
+            Err(_) => {
+                debug!("max connection age grace elapsed; closing the connection");
+                Ok(())
+            }
+        },
+    }
 }

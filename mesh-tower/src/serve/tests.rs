@@ -28,17 +28,37 @@ use super::*;
 const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
 const SERVER: &str = "spiffe://cluster.local/ns/default/sa/server";
 
-/// Answers `<version> <mode> <peer>` from what the request carries.
+/// Answers `<version> <mode> <peer>` from what the request carries;
+/// `/sleep/{secs}` and `/sleep-ms/{ms}` answer `slept` after that long.
 fn app() -> Router {
-    Router::new().route(
-        "/",
-        get(
-            |version: Version, Extension(security): Extension<ConnectionSecurity>| async move {
-                let peer = security.peer().map_or("-".to_owned(), |p| p.to_string());
-                format!("{version:?} {:?} {peer}", security.mode())
-            },
-        ),
-    )
+    Router::new()
+        .route(
+            "/",
+            get(
+                |version: Version, Extension(security): Extension<ConnectionSecurity>| async move {
+                    let peer = security.peer().map_or("-".to_owned(), |p| p.to_string());
+                    format!("{version:?} {:?} {peer}", security.mode())
+                },
+            ),
+        )
+        .route(
+            "/sleep/{secs}",
+            get(
+                |axum::extract::Path(secs): axum::extract::Path<u64>| async move {
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    "slept"
+                },
+            ),
+        )
+        .route(
+            "/sleep-ms/{ms}",
+            get(
+                |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    "slept"
+                },
+            ),
+        )
 }
 
 struct Server {
@@ -380,4 +400,251 @@ async fn disable_serves_plaintext_only() {
             .await
             .is_err()
     );
+}
+
+// === live PeerAuthentication ===
+
+use mesh_core::model::security::MtlsMode;
+use mesh_core::model::{Labels, PeerAuthentication, PolicyScope, SecurityPolicies, Workload};
+use mesh_core::{ConfigStore, Resources};
+
+fn cart() -> Workload {
+    Workload::new("shop", Labels::new([("app", "cart")]))
+}
+
+fn publish(store: &ConfigStore, policies: Vec<PeerAuthentication>) {
+    let mut resources = Resources::new();
+    resources.security = SecurityPolicies {
+        peer_authentications: policies,
+        ..SecurityPolicies::default()
+    };
+    store.publish("test".into(), resources).unwrap();
+}
+
+fn namespace_wide(mode: MtlsMode) -> PeerAuthentication {
+    PeerAuthentication::new(PolicyScope::new("default", "shop"), mode)
+}
+
+/// Binds first, so that a policy can name the port, then serves.
+async fn start_policy(store: &ConfigStore, ca: &TestCa) -> (Server, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let creds = Arc::new(CredentialStore::new(
+        ca.leaf(SERVER).credentials().unwrap(),
+        ca.bundle().unwrap(),
+    ));
+    let policy = PolicyTransport::from_credentials(store.clone(), cart(), creds).unwrap();
+    let config = ServeConfig::new(TransportMode::Policy(policy));
+    let task = tokio::spawn(serve(listener, config, app()));
+    (Server { addr, task }, addr.port())
+}
+
+type H2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+/// An HTTP/2 connection over mutual TLS, kept open by the caller.
+async fn h2_mtls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<H2, BoxError> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("server.default.svc").unwrap();
+    let tls = TlsConnector::from(config).connect(name, tcp).await?;
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn send(sender: &mut H2, path: &str) -> Result<(StatusCode, String), BoxError> {
+    let request = Request::get(format!("http://server.default.svc{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8(body.to_vec())?))
+}
+
+// Real time: these tests need no timer, and a paused clock would
+// auto-advance to the handshake deadline whenever loopback I/O is late.
+#[tokio::test]
+async fn a_peer_authentication_change_applies_to_new_connections_only() {
+    let ca = TestCa::new("cluster.local").unwrap();
+    let store = ConfigStore::new();
+    publish(&store, vec![namespace_wide(MtlsMode::Strict)]);
+    let (server, _) = start_policy(&store, &ca).await;
+    let creds = ca.leaf(CLIENT).credentials().unwrap();
+    let tls = || client_tls(creds.clone(), &ca, b"h2");
+    let mtls_ok = ok(&format!("HTTP/2.0 MutualTls {CLIENT}"));
+
+    // STRICT: mutual TLS only.
+    let mut kept = h2_mtls(server.addr, tls()).await.unwrap();
+    assert_eq!(send(&mut kept, "/").await.unwrap(), mtls_ok);
+    assert!(plain_get(server.addr, false).await.is_err());
+
+    // PERMISSIVE: both on the one port.
+    publish(&store, vec![namespace_wide(MtlsMode::Permissive)]);
+    assert_eq!(
+        plain_get(server.addr, false).await.unwrap(),
+        ok("HTTP/1.1 Plaintext -")
+    );
+    assert_eq!(mtls_get(server.addr, tls()).await.unwrap(), mtls_ok);
+
+    // DISABLE: plaintext only for new connections; the connection made
+    // under STRICT keeps its mutual TLS.
+    publish(&store, vec![namespace_wide(MtlsMode::Disable)]);
+    assert_eq!(
+        plain_get(server.addr, true).await.unwrap(),
+        ok("HTTP/2.0 Plaintext -")
+    );
+    assert!(mtls_get(server.addr, tls()).await.is_err());
+    assert_eq!(send(&mut kept, "/").await.unwrap(), mtls_ok);
+
+    // Back to STRICT.
+    publish(&store, vec![namespace_wide(MtlsMode::Strict)]);
+    assert!(plain_get(server.addr, false).await.is_err());
+    assert_eq!(mtls_get(server.addr, tls()).await.unwrap(), mtls_ok);
+}
+
+#[tokio::test]
+async fn port_level_mtls_of_the_workload_policy_decides_the_listener_port() {
+    let ca = TestCa::new("cluster.local").unwrap();
+    let store = ConfigStore::new();
+    let (server, port) = start_policy(&store, &ca).await;
+    // No policy: PERMISSIVE.
+    assert_eq!(
+        plain_get(server.addr, false).await.unwrap(),
+        ok("HTTP/1.1 Plaintext -")
+    );
+    let selected = |mode, ports: Vec<(u16, MtlsMode)>| {
+        let scope = PolicyScope::new("cart", "shop").with_selector(Labels::new([("app", "cart")]));
+        PeerAuthentication::new(scope, mode).with_port_level(ports)
+    };
+    // Mesh-wide STRICT, the workload's policy DISABLE on this port only.
+    let mesh = PeerAuthentication::new(
+        PolicyScope::new("default", "istio-system"),
+        MtlsMode::Strict,
+    );
+    publish(
+        &store,
+        vec![
+            mesh.clone(),
+            selected(MtlsMode::Unset, vec![(port, MtlsMode::Disable)]),
+        ],
+    );
+    assert_eq!(
+        plain_get(server.addr, false).await.unwrap(),
+        ok("HTTP/1.1 Plaintext -")
+    );
+    // The same policy naming another port: this one inherits STRICT.
+    let other = port.wrapping_add(1).max(1);
+    publish(
+        &store,
+        vec![
+            mesh,
+            selected(MtlsMode::Unset, vec![(other, MtlsMode::Disable)]),
+        ],
+    );
+    assert!(plain_get(server.addr, false).await.is_err());
+    let creds = ca.leaf(CLIENT).credentials().unwrap();
+    assert_eq!(
+        mtls_get(server.addr, client_tls(creds, &ca, b"h2"))
+            .await
+            .unwrap(),
+        ok(&format!("HTTP/2.0 MutualTls {CLIENT}"))
+    );
+}
+
+// === max connection age ===
+//
+// Real time with short ages: a paused clock auto-advances whenever the
+// runtime waits on loopback I/O that the kernel has not delivered yet,
+// which would fire the age timer in the middle of a request. Only lower
+// bounds on time are asserted (timers never fire early); the upper
+// bounds are generous guards against a hang.
+
+const AGE: Duration = Duration::from_millis(300);
+const GUARD: Duration = Duration::from_secs(20);
+
+#[test]
+fn age_jitter_is_plus_or_minus_ten_percent() {
+    let age = MaxConnectionAge {
+        age: Duration::from_secs(100),
+        grace: None,
+    };
+    let samples: Vec<Duration> = (0..1000).map(|_| age.jittered()).collect();
+    assert!(
+        samples
+            .iter()
+            .all(|d| *d >= Duration::from_secs(90) && *d <= Duration::from_secs(110))
+    );
+    let below = samples.iter().filter(|d| **d < age.age).count();
+    assert!((300..700).contains(&below), "{below} of 1000 below the age");
+}
+
+#[tokio::test]
+async fn max_connection_age_drains_h2_after_the_request_in_flight() {
+    assert_eq!(
+        ServeConfig::new(TransportMode::Disable).max_connection_age(),
+        None,
+        "off by default, as gRPC's is infinite"
+    );
+    let ca = TestCa::new("cluster.local").unwrap();
+    let config =
+        ServeConfig::new(TransportMode::Strict(server_tls(&ca))).with_max_connection_age(AGE, None);
+    let server = start(config).await;
+    let creds = ca.leaf(CLIENT).credentials().unwrap();
+    let mut sender = h2_mtls(server.addr, client_tls(creds, &ca, b"h2"))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(send(&mut sender, "/").await.unwrap().0, StatusCode::OK);
+    // In flight across the age (at most 330 ms): it still completes.
+    let slow = format!("/sleep-ms/{}", 3 * AGE.as_millis());
+    assert_eq!(send(&mut sender, &slow).await.unwrap(), ok("slept"));
+    // And the connection is gone: GOAWAY was sent at the age.
+    let closed = tokio::time::timeout(GUARD, sender.ready()).await.unwrap();
+    assert!(closed.is_err(), "the connection closed");
+    assert!(started.elapsed() >= 3 * AGE);
+}
+
+#[tokio::test]
+async fn max_connection_age_grace_closes_a_connection_that_is_still_busy() {
+    let config = ServeConfig::new(TransportMode::Disable).with_max_connection_age(AGE, Some(AGE));
+    let server = start(config).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let started = tokio::time::Instant::now();
+    let request = Request::get("http://server/sleep/3600")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    // The request outlives age plus grace: the connection is cut.
+    let result = tokio::time::timeout(GUARD, sender.send_request(request))
+        .await
+        .unwrap();
+    assert!(result.is_err(), "{result:?}");
+    assert!(started.elapsed() >= AGE.mul_f64(0.9) + AGE);
+}
+
+#[tokio::test]
+async fn max_connection_age_closes_a_keep_alive_http1_connection() {
+    let config = ServeConfig::new(TransportMode::Disable).with_max_connection_age(AGE, None);
+    let server = start(config).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    // Keep-alive and idle: closed at the age.
+    let n = tokio::time::timeout(GUARD, tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "closed");
+    assert!(started.elapsed() >= AGE.mul_f64(0.9));
 }
