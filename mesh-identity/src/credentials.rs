@@ -168,6 +168,16 @@ impl CredentialStore {
         });
     }
 
+    /// Replaces the credentials and the trust bundle together, so that no
+    /// handshake sees the new certificate with the old bundle or the
+    /// reverse (a rotation that changes both, as a file watcher's does).
+    pub fn set(&self, credentials: Credentials, bundle: TrustBundle) {
+        self.material.store(Arc::new(Material {
+            credentials: Some(credentials),
+            bundle: Arc::new(bundle),
+        }));
+    }
+
     /// The workload's current SPIFFE ID, if it has credentials.
     pub fn id(&self) -> Option<SpiffeId> {
         self.material

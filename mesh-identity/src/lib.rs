@@ -10,6 +10,8 @@
 //! - [`TrustBundle`]: roots per trust domain.
 //! - [`Credentials`] and [`CredentialStore`]: the workload's SVID and key,
 //!   swapped atomically; new handshakes read the current ones.
+//! - [`FileWatcher`]: gRPC's `file_watcher` certificate provider: reloads
+//!   certificate, key and roots from files into a [`CredentialStore`].
 //! - [`tls::server_config`] / [`tls::client_config`]: mutual TLS with
 //!   SPIFFE verifiers and a [`tls::PeerMatcher`]; ring provider.
 //! - `test_util` (feature `test-util`): a test CA issuing SVIDs.
@@ -26,6 +28,7 @@
 
 mod bundle;
 mod credentials;
+mod file_watcher;
 mod spiffe;
 pub mod svid;
 #[cfg(any(test, feature = "test-util"))]
@@ -37,4 +40,5 @@ mod tests;
 
 pub use bundle::{InvalidBundle, TrustBundle};
 pub use credentials::{CredentialStore, Credentials, InvalidCredentials};
+pub use file_watcher::{FileWatcher, FileWatcherConfig, FileWatcherError, FileWatcherStats};
 pub use spiffe::{InvalidSpiffeId, SpiffeId};

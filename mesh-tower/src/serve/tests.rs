@@ -214,6 +214,20 @@ async fn strict_rejects_a_client_from_another_trust_domain_expired_or_unexpected
             .await
             .is_err()
     );
+    // A client certificate that is not valid yet.
+    let early = ca
+        .leaf(CLIENT)
+        .validity(
+            now + Duration::from_secs(3600),
+            now + Duration::from_secs(7200),
+        )
+        .credentials()
+        .unwrap();
+    assert!(
+        mtls_get(server.addr, client_tls(early, &ca, b"h2"))
+            .await
+            .is_err()
+    );
     // A server that only admits one client ID refuses another.
     let only_reviews = Arc::new(
         server_config(
@@ -400,6 +414,42 @@ async fn disable_serves_plaintext_only() {
             .await
             .is_err()
     );
+}
+
+/// A server presenting `creds`.
+fn server_with(creds: Credentials, ca: &TestCa) -> Arc<rustls::ServerConfig> {
+    Arc::new(server_config(store(creds, ca), PeerMatcher::AnyTrusted).unwrap())
+}
+
+#[tokio::test]
+async fn clients_refuse_an_expired_or_not_yet_valid_server_certificate() {
+    let ca = TestCa::new("cluster.local").unwrap();
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let client = || client_tls(ca.leaf(CLIENT).credentials().unwrap(), &ca, b"h2");
+    for (validity, expect) in [
+        ((now - 2 * hour, now - hour), "Expired"),
+        ((now + hour, now + 2 * hour), "NotValidYet"),
+    ] {
+        let creds = ca
+            .leaf(SERVER)
+            .validity(validity.0, validity.1)
+            .credentials()
+            .unwrap();
+        let server = start(ServeConfig::new(TransportMode::Strict(server_with(
+            creds, &ca,
+        ))))
+        .await;
+        let e = mtls_get(server.addr, client()).await.unwrap_err();
+        assert!(format!("{e:?}").contains(expect), "{expect}: {e:?}");
+    }
+    // The same server with a current certificate is accepted.
+    let creds = ca.leaf(SERVER).credentials().unwrap();
+    let server = start(ServeConfig::new(TransportMode::Strict(server_with(
+        creds, &ca,
+    ))))
+    .await;
+    assert!(mtls_get(server.addr, client()).await.is_ok());
 }
 
 // === live PeerAuthentication ===
