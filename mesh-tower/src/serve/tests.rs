@@ -514,7 +514,7 @@ async fn send(sender: &mut H2, path: &str) -> Result<(StatusCode, String), BoxEr
 }
 
 // Real time: these tests need no timer, and a paused clock would
-// auto-advance to the handshake deadline whenever loopback I/O is late.
+// auto-advance to the handshake deadline whenever socket I/O is late.
 #[tokio::test]
 async fn a_peer_authentication_change_applies_to_new_connections_only() {
     let ca = TestCa::new("cluster.local").unwrap();
@@ -606,8 +606,9 @@ async fn port_level_mtls_of_the_workload_policy_decides_the_listener_port() {
 // === max connection age ===
 //
 // Real time with short ages: a paused clock auto-advances whenever the
-// runtime waits on loopback I/O that the kernel has not delivered yet,
-// which would fire the age timer in the middle of a request. Only lower
+// runtime waits on socket I/O that arrives later in real time (small TLS
+// writes held back by Nagle and delayed ACKs), which fired the age timer
+// in the middle of a request. Only lower
 // bounds on time are asserted (timers never fire early); the upper
 // bounds are generous guards against a hang.
 
