@@ -699,3 +699,26 @@ async fn max_connection_age_closes_a_keep_alive_http1_connection() {
     assert_eq!(n, 0, "closed");
     assert!(started.elapsed() >= AGE.mul_f64(0.9));
 }
+
+#[tokio::test]
+async fn max_connection_age_lets_an_http1_request_in_flight_finish_then_closes() {
+    let config = ServeConfig::new(TransportMode::Disable).with_max_connection_age(AGE, None);
+    let server = start(config).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let request = format!(
+        "GET /sleep-ms/{} HTTP/1.1\r\nhost: x\r\n\r\n",
+        3 * AGE.as_millis()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // The whole response arrives, then the close: read to the end.
+    let mut answer = Vec::new();
+    tokio::time::timeout(GUARD, tcp.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("slept"), "{answer}");
+    assert!(started.elapsed() >= 3 * AGE);
+}
