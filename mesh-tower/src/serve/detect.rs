@@ -11,7 +11,12 @@
 //! Envoy's `tls_inspector` keys on before parsing further; we need no
 //! more than the decision, so the buffer is 6 bytes rather than Linkerd's
 //! 512 B peek (`linkerd/tls/src/server.rs`), and it never grows. The bytes
-//! read are replayed to whichever side takes the connection ([`Prefixed`]).
+//! read are replayed to whichever side takes the connection (`Prefixed`).
+//!
+//! [`classify`] is the whole decision as a pure function of the bytes
+//! read so far; it is public so that the fuzz target `client_hello`
+//! (`fuzz/`) and its corpus replay test can drive it with any input,
+//! fragmented at every possible boundary.
 
 use std::io;
 use std::pin::Pin;
@@ -19,21 +24,32 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-/// The bytes needed to decide.
-pub(crate) const DECISION_BYTES: usize = 6;
+/// The bytes needed to decide: a decision never needs more.
+pub const DECISION_BYTES: usize = 6;
 
 /// What the first bytes of a connection are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Detected {
+pub enum Detected {
     /// A TLS ClientHello.
     Tls,
     /// Anything else.
     Plaintext,
 }
 
-/// Classifies a prefix: `None` while it is a prefix of a ClientHello
-/// shorter than [`DECISION_BYTES`].
-pub(crate) fn classify(prefix: &[u8]) -> Option<Detected> {
+/// Classifies the first bytes of a connection: `None` while `prefix` is
+/// shorter than [`DECISION_BYTES`] and could still begin a ClientHello,
+/// otherwise the decision (bytes past [`DECISION_BYTES`] are not looked
+/// at). Once a prefix is decided, every longer prefix gets the same
+/// answer, so the bytes may arrive in any fragments. Never panics.
+///
+/// ```
+/// use mesh_tower::serve::detect::{Detected, classify};
+///
+/// assert_eq!(classify(&[0x16, 0x03, 0x01]), None);
+/// assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), Some(Detected::Tls));
+/// assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Plaintext));
+/// ```
+pub fn classify(prefix: &[u8]) -> Option<Detected> {
     let checks: [fn(u8) -> bool; DECISION_BYTES] = [
         |b| b == 0x16, // content type: handshake
         |b| b == 0x03, // legacy record version, major

@@ -50,7 +50,7 @@
 //! extension will live here too; `mesh-identity` stays TLS and identity
 //! only.
 
-mod detect;
+pub mod detect;
 #[cfg(test)]
 mod tests;
 
