@@ -41,7 +41,11 @@ fn spiffe_id_corpus_holds_its_properties() {
         .filter(|d| mesh_identity::SpiffeId::parse(&String::from_utf8_lossy(d)).is_ok())
         .count();
     assert!(accepted >= 3, "{accepted} accepted");
-    assert!(inputs.len() - accepted >= 10, "{} rejected", inputs.len() - accepted);
+    assert!(
+        inputs.len() - accepted >= 10,
+        "{} rejected",
+        inputs.len() - accepted
+    );
 }
 
 #[test]
