@@ -24,10 +24,12 @@
 //!   [`FileWatcher::start`] returns the error and there are no credentials
 //!   to serve with, never a fallback to plaintext (B.4.3).
 //! - "Read atomically" (B.4.2): the files are read, then the certificate
-//!   and key are read again; if a writer replaced one in between, the read
-//!   is retried (a few times, briefly). A writer that replaces the files
-//!   one by one can still be caught between them: the pair then does not
-//!   match and the reload fails as above, to succeed at the next refresh.
+//!   and key are read again; if a writer replaced one in between, or if
+//!   what was read does not validate (most often a new certificate with the
+//!   old key, read between a writer's two writes), the whole load is
+//!   retried, up to three attempts 50 ms apart, before the refresh counts
+//!   as failed. A writer slower than that between its two files still
+//!   makes a failed reload, and the next refresh takes the finished pair.
 //!   Kubernetes' projected volumes swap a `..data` symlink and are read
 //!   consistently.
 //!
@@ -180,10 +182,10 @@ struct Contents {
     roots: Vec<u8>,
 }
 
-/// How often a read is retried when a file changes while being read.
-const READ_ATTEMPTS: usize = 3;
+/// Attempts of one load before it counts as failed.
+const LOAD_ATTEMPTS: usize = 3;
 /// The pause between those attempts.
-const READ_RETRY_PAUSE: Duration = Duration::from_millis(20);
+const LOAD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl FileWatcher {
     /// Loads the files once and starts refreshing them. Fails, with no
@@ -194,8 +196,9 @@ impl FileWatcher {
     /// When called outside a Tokio runtime, as `tokio::spawn` does.
     pub async fn start(config: FileWatcherConfig) -> Result<Self, FileWatcherError> {
         let config = Arc::new(config);
-        let contents = read(&config).await?;
-        let (credentials, bundle) = parse(&config, &contents)?;
+        let Some((contents, (credentials, bundle))) = load(&config, None).await? else {
+            return Err(error("nothing was read".to_owned()));
+        };
         debug!(id = %credentials.id(), "credentials loaded from files");
         let store = Arc::new(CredentialStore::new(credentials, bundle));
         let stats = Arc::new(FileWatcherStats::default());
@@ -232,16 +235,7 @@ async fn refresh(
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = async {
-            let contents = read(&config).await?;
-            if contents == last {
-                return Ok(None);
-            }
-            let parsed = parse(&config, &contents)?;
-            Ok::<_, FileWatcherError>(Some((contents, parsed)))
-        }
-        .await;
-        match result {
+        match load(&config, Some(&last)).await {
             Ok(None) => {}
             Ok(Some((contents, (credentials, bundle)))) => {
                 debug!(id = %credentials.id(), "credentials reloaded from files");
@@ -257,35 +251,52 @@ async fn refresh(
     }
 }
 
-/// One consistent read of the three files (see the module docs).
-async fn read(config: &Arc<FileWatcherConfig>) -> Result<Contents, FileWatcherError> {
-    for attempt in 1..=READ_ATTEMPTS {
-        let config = Arc::clone(config);
-        let read = tokio::task::spawn_blocking(move || {
-            let contents = Contents {
-                cert: read_file(&config.certificate_file)?,
-                key: read_file(&config.private_key_file)?,
-                roots: read_file(config.roots.path())?,
-            };
-            let stable = read_file(&config.certificate_file)? == contents.cert
-                && read_file(&config.private_key_file)? == contents.key;
-            Ok::<_, FileWatcherError>((contents, stable))
-        })
-        .await
-        .map_err(|e| error(format!("the read task failed: {e}")))?;
-        let (contents, stable) = read?;
-        if stable {
-            return Ok(contents);
+/// Reads and validates the files, retrying a read that changed under it
+/// or did not validate (see the module docs). `None` when the bytes are
+/// those of `last`.
+async fn load(
+    config: &Arc<FileWatcherConfig>,
+    last: Option<&Contents>,
+) -> Result<Option<(Contents, (Credentials, TrustBundle))>, FileWatcherError> {
+    let mut attempt = 1;
+    loop {
+        let result = match read(config).await {
+            Ok(contents) if last == Some(&contents) => return Ok(None),
+            Ok(contents) => parse(config, &contents).map(|parsed| Some((contents, parsed))),
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e) if attempt < LOAD_ATTEMPTS => {
+                debug!(attempt, error = %e, "credential files not usable yet; reading again");
+                attempt += 1;
+                tokio::time::sleep(LOAD_RETRY_PAUSE).await;
+            }
+            result => return result,
         }
-        debug!(
-            attempt,
-            "credential files changed while being read; reading again"
-        );
-        tokio::time::sleep(READ_RETRY_PAUSE).await;
     }
-    Err(error(format!(
-        "the certificate or key file kept changing while being read ({READ_ATTEMPTS} attempts)"
-    )))
+}
+
+/// One read of the three files; an error if the certificate or key
+/// changed while being read.
+async fn read(config: &Arc<FileWatcherConfig>) -> Result<Contents, FileWatcherError> {
+    let config = Arc::clone(config);
+    tokio::task::spawn_blocking(move || {
+        let contents = Contents {
+            cert: read_file(&config.certificate_file)?,
+            key: read_file(&config.private_key_file)?,
+            roots: read_file(config.roots.path())?,
+        };
+        let stable = read_file(&config.certificate_file)? == contents.cert
+            && read_file(&config.private_key_file)? == contents.key;
+        if !stable {
+            return Err(error(
+                "the certificate or key file changed while being read".to_owned(),
+            ));
+        }
+        Ok(contents)
+    })
+    .await
+    .map_err(|e| error(format!("the read task failed: {e}")))?
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, FileWatcherError> {
@@ -470,6 +481,28 @@ mod tests {
         next_refresh().await;
         assert_eq!(leaf_der(&store), second.chain[0].to_vec());
         assert_eq!(watcher.stats().updates(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_caught_between_a_writers_two_files_retries_and_succeeds() {
+        let (ca, files, _) = setup();
+        let watcher = FileWatcher::start(files.config()).await.unwrap();
+        let second = ca.leaf(ID).issue().unwrap();
+        // The certificate now; the key 20 ms after the refresh has started.
+        files.write("cert.pem", &second.cert_pem);
+        let key_path = files.path("key.pem");
+        let key_pem = second.key_pem.clone();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10_020)).await;
+            std::fs::write(key_path, key_pem).unwrap();
+        });
+        next_refresh().await;
+        writer.await.unwrap();
+        assert_eq!(leaf_der(watcher.store()), second.chain[0].to_vec());
+        assert_eq!(
+            (watcher.stats().updates(), watcher.stats().failures()),
+            (2, 0)
+        );
     }
 
     #[tokio::test(start_paused = true)]
