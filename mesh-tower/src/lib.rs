@@ -66,6 +66,7 @@
 //!   the last handle.
 //! - Time comes from `tokio::time`, so tests can pause it.
 
+pub mod authn;
 pub mod balance;
 pub mod body;
 pub mod breaker;

@@ -19,7 +19,10 @@ pub use authz::AuthorizationPolicy;
 pub use peer_authn::{
     EffectiveMtlsMode, MtlsMode, PeerAuthentication, PeerAuthnLevel, effective_mtls_mode,
 };
-pub use request_authn::RequestAuthentication;
+pub use request_authn::{
+    ClaimToHeader, DEFAULT_JWKS_FETCH_TIMEOUT, EcCurve, Jwk, JwkKey, JwkSet, JwksSource,
+    JwtAlgorithm, JwtHeader, JwtRule, RequestAuthentication,
+};
 
 use crate::model::endpoint::Labels;
 
