@@ -210,9 +210,9 @@ impl<'o> Translator<'o> {
                 .ok_or_else(|| InvalidConfig::new(meta_path.clone(), "required"))?;
             let name = meta.req_str("name")?;
             let namespace = meta.str("namespace")?.unwrap_or(self.namespace).to_owned();
-            Ok((api_version, kind, name, namespace))
+            Ok((api_version, kind, name, namespace, meta))
         })();
-        let (api_version, kind, name, namespace) = match head {
+        let (api_version, kind, name, namespace, meta) = match head {
             Ok(h) => h,
             Err(e) => return self.error(&doc, e),
         };
@@ -304,6 +304,7 @@ impl<'o> Translator<'o> {
                     kind,
                     name,
                     &namespace,
+                    Some(meta),
                     spec,
                     &mut self.security,
                     &mut errors,

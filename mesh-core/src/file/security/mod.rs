@@ -27,10 +27,12 @@ pub(crate) const SECURITY_KINDS: &[&str] = &[
 ];
 
 /// Translates one security resource into `out`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn translate(
     kind: &str,
     name: &str,
     namespace: &str,
+    metadata: Option<Obj<'_>>,
     spec: Obj<'_>,
     out: &mut SecurityPolicies,
     errors: &mut Vec<InvalidConfig>,
@@ -47,7 +49,7 @@ pub(crate) fn translate(
         }
         "RequestAuthentication" => request_authn::translate(scope, spec, errors, warnings)
             .map(|p| out.request_authentications.push(p)),
-        _ => authz::translate(scope, spec, errors, warnings)
+        _ => authz::translate(scope, metadata, spec, errors, warnings)
             .map(|p| out.authorization_policies.push(p)),
     };
     if let Err(e) = result {

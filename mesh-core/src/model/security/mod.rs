@@ -15,7 +15,10 @@ mod request_authn;
 
 use std::sync::Arc;
 
-pub use authz::AuthorizationPolicy;
+pub use authz::{
+    AuthorizationPolicy, AuthzAction, AuthzRule, Condition, ConditionKey, ConditionValues,
+    InvalidPattern, IpBlock, OneOf, Operation, ServiceAccount, Source, StrPattern,
+};
 pub use peer_authn::{
     EffectiveMtlsMode, MtlsMode, PeerAuthentication, PeerAuthnLevel, effective_mtls_mode,
 };
