@@ -67,6 +67,7 @@
 //! - Time comes from `tokio::time`, so tests can pause it.
 
 pub mod authn;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod breaker;

@@ -159,6 +159,22 @@ pub enum SecurityMode {
 }
 
 impl ConnectionSecurity {
+    /// The security of a connection accepted by other means than
+    /// [`serve`] (a custom acceptor, a test), for layers that read it.
+    pub fn new(
+        mode: SecurityMode,
+        peer: Option<SpiffeId>,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
+        Self {
+            mode,
+            peer,
+            remote,
+            local,
+        }
+    }
+
     /// The connection's security mode.
     pub fn mode(&self) -> SecurityMode {
         self.mode
