@@ -91,6 +91,6 @@ pub use body::{BoxBody, ResponseBody};
 pub use client::{Decision, InvalidTarget, MeshClient, ResponseFuture, Target};
 pub use endpoint::ConnectError;
 pub use error::{BoxError, Elapsed, Error, TimeoutReason};
-pub use mesh::{ClusterStats, EndpointStatus, Mesh, Node};
+pub use mesh::{ClusterStats, EndpointStatus, Mesh, MeshBuilder, Node};
 pub use serve::{ConnectionSecurity, SecurityMode, ServeConfig, TransportMode, serve};
 pub use server::{MeshServerLayer, ServerStats};

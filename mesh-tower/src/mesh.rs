@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use mesh_core::{ConfigStore, Version};
+use mesh_identity::CredentialStore;
 use tokio::sync::watch;
 
 use crate::client::{InvalidTarget, MeshClient};
@@ -32,6 +33,7 @@ pub struct Mesh {
 
 struct Inner {
     store: ConfigStore,
+    credentials: Option<Arc<CredentialStore>>,
     runtime: Arc<ArcSwap<Runtime>>,
     applied: watch::Receiver<Version>,
     server_stats: Arc<ServerStats>,
@@ -74,8 +76,31 @@ impl Mesh {
     ///
     /// When called outside a Tokio runtime, as `tokio::spawn` does.
     pub fn with_node(store: ConfigStore, node: Node) -> Self {
+        Self::builder(store).with_node(node).build()
+    }
+
+    /// A builder for a mesh following `store`, to set where the process
+    /// runs ([`MeshBuilder::with_node`]) and its workload identity
+    /// ([`MeshBuilder::with_credentials`]).
+    pub fn builder(store: ConfigStore) -> MeshBuilder {
+        MeshBuilder {
+            store,
+            node: Node::default(),
+            credentials: None,
+        }
+    }
+
+    fn build(builder: MeshBuilder) -> Self {
+        let MeshBuilder {
+            store,
+            node,
+            credentials,
+        } = builder;
         let mut changes = store.subscribe();
-        let first = Runtime::build(changes.borrow_and_update().clone(), &Runtime::empty(node));
+        let first = Runtime::build(
+            changes.borrow_and_update().clone(),
+            &Runtime::empty(node, credentials.clone()),
+        );
         let (applied_tx, applied) = watch::channel(first.version());
         let runtime = Arc::new(ArcSwap::from_pointee(first));
         let task = tokio::spawn({
@@ -96,6 +121,7 @@ impl Mesh {
         Self {
             inner: Arc::new(Inner {
                 store,
+                credentials,
                 runtime,
                 applied,
                 server_stats: Arc::default(),
@@ -109,6 +135,11 @@ impl Mesh {
     /// The store the mesh follows.
     pub fn store(&self) -> &ConfigStore {
         &self.inner.store
+    }
+
+    /// The workload's credentials, when the mesh was built with them.
+    pub fn credentials(&self) -> Option<&Arc<CredentialStore>> {
+        self.inner.credentials.as_ref()
     }
 
     /// The store version the mesh's clients currently route by.
@@ -237,6 +268,50 @@ pub struct ClusterStats {
     /// Ejections skipped at `maxEjectionPercent` (Envoy
     /// `ejections_overflow`).
     pub ejections_overflow: u64,
+}
+
+/// Builds a [`Mesh`] with options: `Mesh::builder(store)`.
+///
+/// ```no_run
+/// # async fn f(store: mesh_core::ConfigStore, creds: std::sync::Arc<mesh_identity::CredentialStore>) {
+/// let mesh = mesh_tower::Mesh::builder(store)
+///     .with_credentials(creds)
+///     .build();
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct MeshBuilder {
+    store: ConfigStore,
+    node: Node,
+    credentials: Option<Arc<CredentialStore>>,
+}
+
+impl MeshBuilder {
+    /// Where the process runs (see [`Mesh::with_node`]).
+    pub fn with_node(mut self, node: Node) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// The workload's identity: the SVID `ISTIO_MUTUAL` clusters present
+    /// and the trust bundle they verify servers with. The store is read
+    /// per handshake, so rotating its credentials needs nothing else.
+    /// Without it, requests to an `ISTIO_MUTUAL` cluster fail with 503
+    /// (no workload identity), never in plaintext.
+    pub fn with_credentials(mut self, credentials: Arc<CredentialStore>) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// The mesh.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a Tokio runtime, as `tokio::spawn` does.
+    pub fn build(self) -> Mesh {
+        Mesh::build(self)
+    }
 }
 
 /// Where this process runs: the locality and labels locality-aware

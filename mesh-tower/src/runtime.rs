@@ -37,9 +37,10 @@ use mesh_core::{ClusterName, Snapshot, Version};
 use tokio::time::Instant;
 
 use crate::breaker::{BreakerState, BreakerStats};
-use crate::endpoint::{EndpointState, Transport};
+use crate::endpoint::{EndpointState, Transport, UpstreamTlsConfig};
 use crate::mesh::Node;
 use crate::retry::RetryState;
+use mesh_identity::CredentialStore;
 
 /// A snapshot with the runtime state of its clusters.
 pub(crate) struct Runtime {
@@ -49,6 +50,8 @@ pub(crate) struct Runtime {
     epoch: Instant,
     // Where this process runs, for locality-aware balancing.
     node: Arc<Node>,
+    // The workload's identity, for ISTIO_MUTUAL clusters.
+    credentials: Option<Arc<CredentialStore>>,
     /// Server-side rate limits of the snapshot's server listeners.
     pub(crate) server_limits: Arc<[crate::ratelimit::ServerLimit]>,
 }
@@ -80,6 +83,8 @@ pub(crate) struct ClusterRuntime {
     epoch: Instant,
     /// The cluster's client-side rate limit, kept while its config is.
     pub(crate) rate_limiter: Option<Arc<mesh_core::ratelimit::TokenBucketState>>,
+    // Upstream TLS, built once per TLS setting.
+    tls: Option<Arc<UpstreamTlsConfig>>,
 }
 
 /// Endpoints of one locality group (a priority level or a `distribute`
@@ -113,12 +118,13 @@ enum Picker {
 }
 
 impl Runtime {
-    pub(crate) fn empty(node: Node) -> Self {
+    pub(crate) fn empty(node: Node, credentials: Option<Arc<CredentialStore>>) -> Self {
         Self {
             snapshot: Arc::new(Snapshot::default()),
             clusters: HashMap::default(),
             epoch: Instant::now(),
             node: Arc::new(node),
+            credentials,
             server_limits: Arc::from([]),
         }
     }
@@ -146,6 +152,7 @@ impl Runtime {
                         old.map(|o| &**o),
                         previous.epoch,
                         &previous.node,
+                        previous.credentials.as_ref(),
                     )),
                 };
                 (cluster.name.clone(), rt)
@@ -157,6 +164,7 @@ impl Runtime {
             clusters,
             epoch: previous.epoch,
             node: Arc::clone(&previous.node),
+            credentials: previous.credentials.clone(),
             server_limits,
         }
     }
@@ -177,8 +185,17 @@ impl ClusterRuntime {
         previous: Option<&ClusterRuntime>,
         epoch: Instant,
         node: &Node,
+        credentials: Option<&Arc<CredentialStore>>,
     ) -> Self {
-        let transport = Transport::of(&config);
+        // The TLS config is rebuilt only when the setting (or the HTTP
+        // version, which decides ALPN) changed.
+        let tls = match previous {
+            Some(p) if p.config.tls == config.tls && p.config.protocol == config.protocol => {
+                p.tls.clone()
+            }
+            _ => UpstreamTlsConfig::build(&config, credentials),
+        };
+        let transport = Transport::of(&config, tls.clone());
         let new_eps = endpoint_set.as_ref().map_or(&[][..], |s| s.endpoints());
         let old_configs: Vec<_> = previous
             .map(|p| p.endpoints.iter().map(|e| endpoint_config(e)).collect())
@@ -249,6 +266,7 @@ impl ClusterRuntime {
             outlier,
             epoch,
             rate_limiter,
+            tls,
             config,
             endpoint_set,
             endpoints,

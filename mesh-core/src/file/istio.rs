@@ -38,7 +38,8 @@ use crate::model::{
     Cluster, Endpoint, EndpointAddress, EndpointSet, FaultPolicy, ForwardAction, Fraction,
     HeaderMatch, HeaderMutations, HeaderRule, Labels, Listener, Locality, Mirror, PathMatch,
     Protocol, Regex, RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable,
-    SecurityPolicies, ServerPolicy, StringMatch, VirtualHost, WeightedCluster, WeightedClusters,
+    SecurityPolicies, ServerPolicy, ServiceAccount, StringMatch, UpstreamTls, VirtualHost,
+    WeightedCluster, WeightedClusters,
 };
 use crate::snapshot::Resources;
 
@@ -80,6 +81,9 @@ struct Service {
     ports: Vec<ServicePort>,
     // Per port number: the endpoints on that port.
     endpoints: BTreeMap<u16, Vec<Endpoint>>,
+    // The service accounts its endpoints run as (`serviceAccount`): the
+    // server identities ISTIO_MUTUAL accepts by default.
+    accounts: Arc<[ServiceAccount]>,
 }
 
 #[derive(Clone)]
@@ -461,20 +465,41 @@ impl<'o> Translator<'o> {
 
             // Endpoints.
             let mut endpoints: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
+            let mut accounts = BTreeSet::new();
             let ep_values = spec.list("endpoints")?;
             for (i, v) in ep_values.iter().enumerate() {
                 let path = FieldPath::root().field("endpoints").index(i);
                 let e = Obj::new(v, &path)?;
                 e.check_fields(
                     &Fields {
-                        supported: &["address", "ports", "labels", "weight", "locality"],
-                        unsupported: &["network", "serviceAccount"],
+                        supported: &[
+                            "address",
+                            "ports",
+                            "labels",
+                            "weight",
+                            "locality",
+                            "serviceAccount",
+                        ],
+                        unsupported: &["network"],
                         ignored: &[],
                     },
                     &mut errors,
                     &mut warnings,
                 );
                 let address = e.req_str("address")?;
+                // In the ServiceEntry's namespace (Istio `WorkloadEntry.serviceAccount`).
+                if let Some(sa) = e.str("serviceAccount")? {
+                    if sa.is_empty() || sa.contains('/') {
+                        return Err(InvalidConfig::new(
+                            path.field("serviceAccount"),
+                            format!("invalid service account {sa:?}"),
+                        ));
+                    }
+                    accounts.insert(ServiceAccount {
+                        namespace: namespace.into(),
+                        name: sa.into(),
+                    });
+                }
                 let ip: Option<IpAddr> = address.parse().ok();
                 if !dns && ip.is_none() {
                     return Err(InvalidConfig::new(
@@ -535,6 +560,7 @@ impl<'o> Translator<'o> {
                 }
             }
 
+            let accounts: Arc<[ServiceAccount]> = accounts.into_iter().collect();
             for (hi, host) in hosts.iter().enumerate() {
                 let fqdn =
                     self.fqdn(host, namespace, FieldPath::root().field("hosts").index(hi))?;
@@ -567,6 +593,7 @@ impl<'o> Translator<'o> {
                         namespace: namespace.to_owned(),
                         ports: ports.iter().map(|(p, _, _)| p.clone()).collect(),
                         endpoints: eps,
+                        accounts: accounts.clone(),
                     },
                 );
             }
@@ -1325,6 +1352,9 @@ impl<'o> Translator<'o> {
                     }
                     cluster.service = Some(fqdn.as_str().into());
                     cluster.subset = subset.map(Arc::from);
+                    if let Some(UpstreamTls::IstioMutual(m)) = &mut cluster.tls {
+                        m.service_accounts = svc.accounts.clone();
+                    }
                     if let Some(budget) = self.profiles.get(fqdn).and_then(|(_, p)| p.budget) {
                         cluster.retry_budget = budget;
                     }

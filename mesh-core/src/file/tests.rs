@@ -747,7 +747,7 @@ fn warnings_and_rejections_reach_the_store_status() {
     let dir = std::env::temp_dir().join(format!("mesh-core-status-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("mesh.yaml");
-    std::fs::write(&path, with("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: ratings }\nspec:\n  host: ratings\n  trafficPolicy: { tls: { mode: ISTIO_MUTUAL } }\n")).unwrap();
+    std::fs::write(&path, with("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: ratings }\nspec:\n  host: ratings\n  trafficPolicy: { tunnel: { protocol: CONNECT, targetHost: x, targetPort: 1 } }\n")).unwrap();
     let store = crate::ConfigStore::new();
     let source = FileSource::new(&path);
     let v = source.publish(&store).unwrap();
@@ -756,7 +756,7 @@ fn warnings_and_rejections_reach_the_store_status() {
     assert_eq!(
         &*status.warnings,
         [format!(
-            "{}: document 4 (DestinationRule ratings): trafficPolicy.tls: not supported yet; ignored",
+            "{}: document 4 (DestinationRule ratings): trafficPolicy.tunnel: not supported yet; ignored",
             path.display()
         )]
     );

@@ -1,6 +1,6 @@
 //! `DestinationRule.trafficPolicy` translated into cluster settings:
-//! `connectionPool`, `outlierDetection` and `loadBalancer`, at the top
-//! level, per subset and in `portLevelSettings`.
+//! `connectionPool`, `outlierDetection`, `loadBalancer` and `tls`, at the
+//! top level, per subset and in `portLevelSettings`.
 //!
 //! Each setting is taken whole from the most specific place that sets it,
 //! in Istio's order: the subset's port-level settings, the subset, the
@@ -21,7 +21,8 @@ use crate::error::{FieldPath, InvalidConfig};
 use serde_json::Value;
 
 use crate::model::{
-    Cluster, ConnectionLimits, HashKey, LbPolicy, LocalityLbSetting, OutlierDetection, SlowStart,
+    Cluster, ConnectionLimits, HashKey, IstioMutualTls, LbPolicy, LocalityLbSetting,
+    OutlierDetection, PemFile, ServerVerification, SlowStart, TlsOrigination, UpstreamTls,
 };
 
 /// The settings of one `trafficPolicy` (or one of its port-level
@@ -33,6 +34,8 @@ pub(crate) struct PolicySettings {
     pub(crate) locality: Option<LocalityLbSetting>,
     pub(crate) pool: Option<PoolSettings>,
     pub(crate) outlier: Option<OutlierDetection>,
+    /// `tls`: `Some(None)` is `mode: DISABLE`.
+    pub(crate) tls: Option<Option<UpstreamTls>>,
 }
 
 /// `connectionPool`: the limits and the connect timeout.
@@ -102,6 +105,7 @@ pub(crate) fn apply(
         cluster.connect_timeout = pool.connect_timeout;
     }
     cluster.outlier_detection = most_specific(subset, rule, port, |s| s.outlier.as_ref());
+    cluster.tls = most_specific(subset, rule, port, |s| s.tls.as_ref()).flatten();
     Ok(())
 }
 
@@ -118,8 +122,9 @@ pub(crate) fn traffic_policy(
                 "connectionPool",
                 "outlierDetection",
                 "portLevelSettings",
+                "tls",
             ],
-            unsupported: &["tls", "proxyProtocol", "tunnel", "retryBudget"],
+            unsupported: &["proxyProtocol", "tunnel", "retryBudget"],
             ignored: &[],
         },
         errors,
@@ -134,8 +139,14 @@ pub(crate) fn traffic_policy(
         let pls = Obj::new(v, &path)?;
         pls.check_fields(
             &Fields {
-                supported: &["port", "loadBalancer", "connectionPool", "outlierDetection"],
-                unsupported: &["tls"],
+                supported: &[
+                    "port",
+                    "loadBalancer",
+                    "connectionPool",
+                    "outlierDetection",
+                    "tls",
+                ],
+                unsupported: &[],
                 ignored: &[],
             },
             errors,
@@ -184,7 +195,232 @@ fn settings(
             "not enforced yet; ignored",
         ));
     }
+    let tls_path = obj.path.field("tls");
+    if let Some(t) = obj.obj("tls", &tls_path)? {
+        out.tls = Some(tls(t, errors, warnings)?);
+    }
     Ok(out)
+}
+
+/// `tls` (Istio `ClientTLSSettings`): `None` for `DISABLE`.
+///
+/// Certificate files are read now, so that an unreadable or malformed
+/// file is a config error naming the field and the file rather than a
+/// failed request later. What cannot be honoured (`credentialName`, a
+/// Kubernetes secret; `caCrl`) is an error, never ignored: ignoring a
+/// security setting would weaken it silently. `SIMPLE` and `MUTUAL` need
+/// `caCertificates`, since the client has no system root store, unless
+/// `insecureSkipVerify: true` says not to verify at all.
+pub(crate) fn tls(
+    t: Obj<'_>,
+    errors: &mut Vec<InvalidConfig>,
+    warnings: &mut Vec<InvalidConfig>,
+) -> Result<Option<UpstreamTls>, InvalidConfig> {
+    t.check_fields(
+        &Fields {
+            supported: &[
+                "mode",
+                "clientCertificate",
+                "privateKey",
+                "caCertificates",
+                "subjectAltNames",
+                "sni",
+                "insecureSkipVerify",
+            ],
+            unsupported: &[],
+            // Errors below: they cannot be honoured.
+            ignored: &["credentialName", "caCrl"],
+        },
+        errors,
+        warnings,
+    );
+    if t.get("credentialName").is_some() {
+        return Err(InvalidConfig::new(
+            t.path.field("credentialName"),
+            "not supported: the mesh client cannot read Kubernetes secrets; set clientCertificate, privateKey and caCertificates to files",
+        ));
+    }
+    if t.get("caCrl").is_some() {
+        return Err(InvalidConfig::new(
+            t.path.field("caCrl"),
+            "not supported: the mesh client does not check certificate revocation lists, and ignoring one would accept revoked certificates",
+        ));
+    }
+    let mode = t.str("mode")?.unwrap_or("DISABLE");
+    let sni = match t.str("sni")? {
+        None => None,
+        Some(s) => {
+            if s.is_empty() || rustls_pki_types::ServerName::try_from(s).is_err() {
+                return Err(InvalidConfig::new(
+                    t.path.field("sni"),
+                    format!("invalid server name {s:?}"),
+                ));
+            }
+            Some(Arc::<str>::from(s))
+        }
+    };
+    let sans = t.str_list("subjectAltNames")?;
+    for (i, san) in sans.iter().enumerate() {
+        if san.is_empty() {
+            return Err(InvalidConfig::new(
+                t.path.field("subjectAltNames").index(i),
+                "empty subject alt name",
+            ));
+        }
+    }
+    let sans: Arc<[Arc<str>]> = sans.into_iter().map(Arc::from).collect();
+    let skip = t.bool("insecureSkipVerify")?.unwrap_or(false);
+    let set = |key: &str| t.get(key).is_some();
+    match mode {
+        "DISABLE" => {
+            for key in [
+                "clientCertificate",
+                "privateKey",
+                "caCertificates",
+                "subjectAltNames",
+                "sni",
+                "insecureSkipVerify",
+            ] {
+                if set(key) {
+                    warnings.push(InvalidConfig::new(
+                        t.path.field(key),
+                        "ignored with mode DISABLE (plaintext)",
+                    ));
+                }
+            }
+            Ok(None)
+        }
+        "SIMPLE" | "MUTUAL" => {
+            let verify = if skip {
+                for key in ["caCertificates", "subjectAltNames"] {
+                    if set(key) {
+                        return Err(InvalidConfig::new(
+                            t.path.field(key),
+                            "set either insecureSkipVerify: true or caCertificates and subjectAltNames, not both",
+                        ));
+                    }
+                }
+                warnings.push(InvalidConfig::new(
+                    t.path.field("insecureSkipVerify"),
+                    "the server's certificate is not verified",
+                ));
+                ServerVerification::InsecureSkipVerify
+            } else {
+                let ca = t.str("caCertificates")?.ok_or_else(|| {
+                    InvalidConfig::new(
+                        t.path.field("caCertificates"),
+                        format!(
+                            "required for {mode}: the mesh client has no system root store (set insecureSkipVerify: true to skip verification)"
+                        ),
+                    )
+                })?;
+                ServerVerification::Verify {
+                    ca_certificates: pem_file(&t, "caCertificates", ca, Pem::Certificates)?,
+                    subject_alt_names: sans,
+                }
+            };
+            let origination = TlsOrigination { verify, sni };
+            if mode == "SIMPLE" {
+                for key in ["clientCertificate", "privateKey"] {
+                    if set(key) {
+                        warnings.push(InvalidConfig::new(
+                            t.path.field(key),
+                            "ignored with mode SIMPLE (no client certificate is sent; MUTUAL sends one)",
+                        ));
+                    }
+                }
+                return Ok(Some(UpstreamTls::Simple(origination)));
+            }
+            let file = |key: &str, kind: Pem| -> Result<PemFile, InvalidConfig> {
+                let path = t
+                    .str(key)?
+                    .ok_or_else(|| InvalidConfig::new(t.path.field(key), "required for MUTUAL"))?;
+                pem_file(&t, key, path, kind)
+            };
+            Ok(Some(UpstreamTls::Mutual {
+                certificate: file("clientCertificate", Pem::Certificates)?,
+                private_key: file("privateKey", Pem::PrivateKey)?,
+                origination,
+            }))
+        }
+        "ISTIO_MUTUAL" => {
+            for key in [
+                "clientCertificate",
+                "privateKey",
+                "caCertificates",
+                "insecureSkipVerify",
+            ] {
+                if set(key) {
+                    return Err(InvalidConfig::new(
+                        t.path.field(key),
+                        "not allowed with ISTIO_MUTUAL, which uses the workload's own certificate and the mesh's trust bundle",
+                    ));
+                }
+            }
+            for (i, san) in sans.iter().enumerate() {
+                if !san.starts_with("spiffe://") {
+                    return Err(InvalidConfig::new(
+                        t.path.field("subjectAltNames").index(i),
+                        format!(
+                            "{san:?} is not a SPIFFE ID (spiffe://<trust domain>/<path>): an ISTIO_MUTUAL server is identified by its SVID"
+                        ),
+                    ));
+                }
+            }
+            Ok(Some(UpstreamTls::IstioMutual(IstioMutualTls {
+                sni,
+                subject_alt_names: sans,
+                service_accounts: Arc::from([]),
+            })))
+        }
+        other => Err(InvalidConfig::new(
+            t.path.field("mode"),
+            format!("unknown mode {other:?} (expected DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL)"),
+        )),
+    }
+}
+
+/// What a PEM file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificates,
+    PrivateKey,
+}
+
+/// Reads the PEM file `path` named by `key` and checks it holds what
+/// `kind` says.
+fn pem_file(t: &Obj<'_>, key: &str, path: &str, kind: Pem) -> Result<PemFile, InvalidConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let field = t.path.field(key);
+    if path.is_empty() {
+        return Err(InvalidConfig::new(field, "empty file path"));
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| InvalidConfig::new(field.clone(), format!("cannot read {path:?}: {e}")))?;
+    match kind {
+        Pem::Certificates => {
+            let certs = CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    InvalidConfig::new(field.clone(), format!("{path:?} is not valid PEM: {e}"))
+                })?;
+            if certs.is_empty() {
+                return Err(InvalidConfig::new(
+                    field,
+                    format!("{path:?} holds no PEM certificate"),
+                ));
+            }
+        }
+        Pem::PrivateKey => {
+            // Never quote the file: it is a secret.
+            PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+                InvalidConfig::new(field, format!("{path:?} holds no usable private key: {e}"))
+            })?;
+        }
+    }
+    Ok(PemFile::new(path, bytes))
 }
 
 /// Envoy's default `maximum_ring_size`, 8M (`RingHashLbConfig`).
@@ -1302,6 +1538,254 @@ spec:
             format!(
                 "{DOC}: subsets[0].trafficPolicy.portLevelSettings[0].outlierDetection.consecutive5xxErrors: -2 is out of range (0 to 4294967295)"
             )
+        );
+    }
+
+    // --- tls ---
+
+    use crate::model::{IstioMutualTls, ServerVerification, ServiceAccount, UpstreamTls};
+
+    const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n";
+
+    /// A directory with `ca.pem`, `cert.pem`, `key.pem` and `empty.pem`.
+    fn pem_dir() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), CERT_PEM).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), CERT_PEM).unwrap();
+        std::fs::write(dir.path().join("key.pem"), KEY_PEM).unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "# nothing\n").unwrap();
+        let path = dir.path().display().to_string();
+        (dir, path)
+    }
+
+    fn tls_rule(tls: &str) -> String {
+        rule(&format!("  trafficPolicy:\n    tls: {tls}\n"))
+    }
+
+    #[test]
+    fn tls_modes_translate_with_their_files_and_names() {
+        let (_dir, d) = pem_dir();
+        assert_eq!(cluster(&rule(""), 9080, "").tls, None);
+        assert_eq!(cluster(&tls_rule("{ mode: DISABLE }"), 9080, "").tls, None);
+        let c = cluster(
+            &tls_rule(&format!(
+                "{{ mode: SIMPLE, caCertificates: {d}/ca.pem, sni: api.example.com, subjectAltNames: [api.example.com, \"spiffe://example.com/api\"] }}"
+            )),
+            9080,
+            "",
+        );
+        let Some(UpstreamTls::Simple(o)) = c.tls else {
+            panic!("expected SIMPLE: {:?}", c.tls)
+        };
+        assert_eq!(o.sni.as_deref(), Some("api.example.com"));
+        let ServerVerification::Verify {
+            ca_certificates,
+            subject_alt_names,
+        } = o.verify
+        else {
+            panic!("expected verification")
+        };
+        assert_eq!(ca_certificates.path(), format!("{d}/ca.pem"));
+        assert_eq!(ca_certificates.pem(), CERT_PEM.as_bytes());
+        assert_eq!(
+            subject_alt_names.iter().map(|s| &**s).collect::<Vec<_>>(),
+            ["api.example.com", "spiffe://example.com/api"]
+        );
+
+        let c = cluster(
+            &tls_rule(&format!(
+                "{{ mode: MUTUAL, caCertificates: {d}/ca.pem, clientCertificate: {d}/cert.pem, privateKey: {d}/key.pem }}"
+            )),
+            9080,
+            "",
+        );
+        let Some(UpstreamTls::Mutual {
+            certificate,
+            private_key,
+            origination,
+        }) = c.tls
+        else {
+            panic!("expected MUTUAL")
+        };
+        assert_eq!(certificate.path(), format!("{d}/cert.pem"));
+        assert_eq!(private_key.pem(), KEY_PEM.as_bytes());
+        assert_eq!(origination.sni, None);
+        // The key never shows in debug output.
+        assert!(!format!("{private_key:?}").contains("MIIB"));
+
+        let c = cluster(
+            &tls_rule("{ mode: SIMPLE, insecureSkipVerify: true }"),
+            9080,
+            "",
+        );
+        assert!(matches!(
+            c.tls,
+            Some(UpstreamTls::Simple(ref o)) if o.verify == ServerVerification::InsecureSkipVerify
+        ));
+    }
+
+    #[test]
+    fn istio_mutual_expects_the_service_accounts_of_the_endpoints() {
+        let text = format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: reviews }}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {{ mode: ISTIO_MUTUAL }}\n",
+            SERVICE
+                .replace(
+                    "version: v1 } }",
+                    "version: v1 }, serviceAccount: reviews-v1 }"
+                )
+                .replace(
+                    "version: v2 } }",
+                    "version: v2 }, serviceAccount: reviews }"
+                )
+        );
+        let c = cluster(&text, 9080, "");
+        let sa = |n: &str| ServiceAccount {
+            namespace: "default".into(),
+            name: n.into(),
+        };
+        assert_eq!(
+            c.tls,
+            Some(UpstreamTls::IstioMutual(IstioMutualTls {
+                sni: None,
+                subject_alt_names: [].into(),
+                service_accounts: [sa("reviews"), sa("reviews-v1")].into(),
+            }))
+        );
+        let c = cluster(
+            &tls_rule(
+                "{ mode: ISTIO_MUTUAL, sni: reviews.internal, subjectAltNames: [\"spiffe://cluster.local/ns/default/sa/reviews\"] }",
+            ),
+            9080,
+            "",
+        );
+        assert_eq!(
+            c.tls,
+            Some(UpstreamTls::IstioMutual(IstioMutualTls {
+                sni: Some("reviews.internal".into()),
+                subject_alt_names: ["spiffe://cluster.local/ns/default/sa/reviews".into()].into(),
+                service_accounts: [].into(),
+            }))
+        );
+    }
+
+    #[test]
+    fn tls_is_taken_whole_from_the_most_specific_place() {
+        let (_dir, d) = pem_dir();
+        let text = rule(&format!(
+            "  trafficPolicy:\n    tls: {{ mode: ISTIO_MUTUAL }}\n    portLevelSettings:\n    - port: {{ number: 9090 }}\n      tls: {{ mode: SIMPLE, caCertificates: {d}/ca.pem }}\n  subsets:\n  - name: v1\n    labels: {{ version: v1 }}\n    trafficPolicy:\n      tls: {{ mode: DISABLE }}\n  - name: v2\n    labels: {{ version: v2 }}\n"
+        ));
+        assert!(matches!(
+            cluster(&text, 9080, "").tls,
+            Some(UpstreamTls::IstioMutual(_))
+        ));
+        assert!(matches!(
+            cluster(&text, 9090, "").tls,
+            Some(UpstreamTls::Simple(_))
+        ));
+        assert_eq!(cluster(&text, 9080, "v1").tls, None);
+        assert_eq!(cluster(&text, 9090, "v1").tls, None);
+        assert!(matches!(
+            cluster(&text, 9090, "v2").tls,
+            Some(UpstreamTls::Simple(_))
+        ));
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_be_honoured_are_errors() {
+        let (_dir, d) = pem_dir();
+        let cases = [
+            (
+                "{ mode: SIMPLE }".to_owned(),
+                "trafficPolicy.tls.caCertificates: required for SIMPLE: the mesh client has no system root store (set insecureSkipVerify: true to skip verification)".to_owned(),
+            ),
+            (
+                format!("{{ mode: MUTUAL, caCertificates: {d}/ca.pem, privateKey: {d}/key.pem }}"),
+                "trafficPolicy.tls.clientCertificate: required for MUTUAL".to_owned(),
+            ),
+            (
+                "{ mode: MUTUAL, credentialName: reviews-cert }".to_owned(),
+                "trafficPolicy.tls.credentialName: not supported: the mesh client cannot read Kubernetes secrets; set clientCertificate, privateKey and caCertificates to files".to_owned(),
+            ),
+            (
+                format!("{{ mode: SIMPLE, caCertificates: {d}/ca.pem, caCrl: {d}/ca.pem }}"),
+                "trafficPolicy.tls.caCrl: not supported: the mesh client does not check certificate revocation lists, and ignoring one would accept revoked certificates".to_owned(),
+            ),
+            (
+                format!("{{ mode: SIMPLE, caCertificates: {d}/missing.pem }}"),
+                format!("trafficPolicy.tls.caCertificates: cannot read \"{d}/missing.pem\": No such file or directory (os error 2)"),
+            ),
+            (
+                format!("{{ mode: SIMPLE, caCertificates: {d}/empty.pem }}"),
+                format!("trafficPolicy.tls.caCertificates: \"{d}/empty.pem\" holds no PEM certificate"),
+            ),
+            (
+                format!("{{ mode: MUTUAL, caCertificates: {d}/ca.pem, clientCertificate: {d}/cert.pem, privateKey: {d}/cert.pem }}"),
+                format!("trafficPolicy.tls.privateKey: \"{d}/cert.pem\" holds no usable private key: no items found"),
+            ),
+            (
+                format!("{{ mode: SIMPLE, insecureSkipVerify: true, caCertificates: {d}/ca.pem }}"),
+                "trafficPolicy.tls.caCertificates: set either insecureSkipVerify: true or caCertificates and subjectAltNames, not both".to_owned(),
+            ),
+            (
+                format!("{{ mode: ISTIO_MUTUAL, caCertificates: {d}/ca.pem }}"),
+                "trafficPolicy.tls.caCertificates: not allowed with ISTIO_MUTUAL, which uses the workload's own certificate and the mesh's trust bundle".to_owned(),
+            ),
+            (
+                "{ mode: ISTIO_MUTUAL, subjectAltNames: [reviews.default.svc] }".to_owned(),
+                "trafficPolicy.tls.subjectAltNames[0]: \"reviews.default.svc\" is not a SPIFFE ID (spiffe://<trust domain>/<path>): an ISTIO_MUTUAL server is identified by its SVID".to_owned(),
+            ),
+            (
+                "{ mode: ISTIO_MUTUAL, sni: \"bad name!\" }".to_owned(),
+                "trafficPolicy.tls.sni: invalid server name \"bad name!\"".to_owned(),
+            ),
+            (
+                "{ mode: STRICT }".to_owned(),
+                "trafficPolicy.tls.mode: unknown mode \"STRICT\" (expected DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL)".to_owned(),
+            ),
+            (
+                format!("{{ mode: SIMPLE, caCertificates: {d}/ca.pem, insecureSkipVerfy: true }}"),
+                "trafficPolicy.tls.insecureSkipVerfy: unknown field (did you mean \"insecureSkipVerify\"?)".to_owned(),
+            ),
+        ];
+        for (tls, want) in cases {
+            assert_eq!(error(&tls_rule(&tls)), format!("{DOC}: {want}"), "{tls}");
+        }
+        // In a subset's port-level settings the path says so.
+        assert_eq!(
+            error(&rule(
+                "  subsets:\n  - name: v1\n    labels: { version: v1 }\n    trafficPolicy:\n      portLevelSettings:\n      - port: { number: 9080 }\n        tls: { mode: SIMPLE }\n"
+            )),
+            format!(
+                "{DOC}: subsets[0].trafficPolicy.portLevelSettings[0].tls.caCertificates: required for SIMPLE: the mesh client has no system root store (set insecureSkipVerify: true to skip verification)"
+            )
+        );
+    }
+
+    #[test]
+    fn tls_warnings_name_what_is_not_used() {
+        let (_dir, d) = pem_dir();
+        let t = FileSource::parse_str(
+            "mesh.yaml",
+            &tls_rule(&format!("{{ mode: DISABLE, caCertificates: {d}/ca.pem }}")),
+        )
+        .unwrap();
+        assert_eq!(
+            t.warnings(),
+            [format!(
+                "{DOC}: trafficPolicy.tls.caCertificates: ignored with mode DISABLE (plaintext)"
+            )]
+        );
+        let t = FileSource::parse_str(
+            "mesh.yaml",
+            &tls_rule("{ mode: SIMPLE, insecureSkipVerify: true }"),
+        )
+        .unwrap();
+        assert_eq!(
+            t.warnings(),
+            [format!(
+                "{DOC}: trafficPolicy.tls.insecureSkipVerify: the server's certificate is not verified"
+            )]
         );
     }
 }

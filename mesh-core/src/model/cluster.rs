@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::model::UpstreamTls;
 use crate::model::policy::{
     ConnectionLimits, HashKey, LocalityLbSetting, OutlierDetection, RetryBudget, SlowStart,
     TokenBucket,
@@ -116,6 +117,9 @@ pub struct Cluster {
     pub slow_start: Option<SlowStart>,
     /// A client-side rate limit on requests to the cluster, if set.
     pub rate_limit: Option<TokenBucket>,
+    /// TLS to the endpoints (`trafficPolicy.tls`); `None` is plaintext
+    /// (`DISABLE`).
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Cluster {
@@ -139,6 +143,7 @@ impl Cluster {
             locality_lb: None,
             slow_start: None,
             rate_limit: None,
+            tls: None,
         }
     }
 

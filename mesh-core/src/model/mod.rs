@@ -13,6 +13,7 @@ pub mod matcher;
 pub mod policy;
 mod route;
 pub mod security;
+mod tls;
 
 pub use cluster::{Cluster, LbPolicy, Protocol};
 pub use endpoint::{
@@ -34,4 +35,7 @@ pub use route::{
 pub use security::{
     AuthorizationPolicy, PeerAuthentication, PolicyScope, RequestAuthentication, SecurityPolicies,
     VerifiedJwt, Workload,
+};
+pub use tls::{
+    IstioMutualTls, PemFile, ServerVerification, ServiceAccount, TlsOrigination, UpstreamTls,
 };

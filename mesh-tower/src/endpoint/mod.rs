@@ -10,9 +10,15 @@
 //! original host. An endpoint that disappears from the config is simply
 //! dropped from the runtime: requests still holding it finish on its
 //! connections, and the pool closes when the last of them ends.
+//!
+//! Connections are plaintext or TLS as the cluster's `tls` says (`tls`);
+//! the TLS settings are part of the [`Transport`], so a change gives the
+//! endpoint a new pool and no connection made under the old settings is
+//! reused.
 
 mod connect;
 mod h2;
+mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -27,13 +33,14 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_core::lb::EwmaState;
-use mesh_core::model::{Cluster, Endpoint, EndpointAddress, Protocol};
+use mesh_core::model::{Cluster, Endpoint, EndpointAddress, Protocol, UpstreamTls};
 use mesh_core::outlier::HostOutlier;
 use tokio::time::Instant;
 
 pub use connect::ConnectError;
 pub(crate) use connect::Connector;
 pub(crate) use h2::StreamGuard;
+pub(crate) use tls::UpstreamTlsConfig;
 
 use crate::body::BoxBody;
 use crate::error::BoxError;
@@ -56,10 +63,29 @@ pub(crate) struct Transport {
     max_requests_per_connection: Option<u32>,
     max_connections: u32,
     max_concurrent_streams: Option<u32>,
+    tls: TransportTls,
 }
 
+/// The cluster's TLS settings (what decides reuse) and the config built
+/// from them once per cluster config version.
+#[derive(Clone, Debug)]
+struct TransportTls {
+    settings: Option<UpstreamTls>,
+    config: Option<Arc<UpstreamTlsConfig>>,
+}
+
+impl PartialEq for TransportTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.settings == other.settings
+    }
+}
+
+impl Eq for TransportTls {}
+
 impl Transport {
-    pub(crate) fn of(cluster: &Cluster) -> Self {
+    /// The transport of `cluster`, with its TLS `config` (built by
+    /// [`UpstreamTlsConfig::build`], `None` for plaintext).
+    pub(crate) fn of(cluster: &Cluster, config: Option<Arc<UpstreamTlsConfig>>) -> Self {
         Self {
             protocol: cluster.protocol,
             connect_timeout: cluster.connect_timeout,
@@ -70,6 +96,10 @@ impl Transport {
             max_requests_per_connection: cluster.limits.max_requests_per_connection,
             max_connections: cluster.limits.max_connections,
             max_concurrent_streams: cluster.limits.max_concurrent_streams,
+            tls: TransportTls {
+                settings: cluster.tls.clone(),
+                config,
+            },
         }
     }
 }
@@ -133,7 +163,11 @@ impl EndpointState {
     /// State for `endpoint`; `warming` marks it as newly added (slow
     /// start counts from now).
     pub(crate) fn new(endpoint: &Endpoint, transport: Transport, warming: bool) -> Arc<Self> {
-        let connector = Connector::new(endpoint.address.clone(), transport.connect_timeout);
+        let connector = Connector::new(
+            endpoint.address.clone(),
+            transport.connect_timeout,
+            transport.tls.config.clone(),
+        );
         let pool = match transport.protocol {
             Protocol::Http2 => Pool::Http2(H2Pool::new(
                 connector,
