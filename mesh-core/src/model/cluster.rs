@@ -84,7 +84,7 @@ pub enum Protocol {
     /// HTTP/1.1 with pooled keep-alive connections.
     #[default]
     Http1,
-    /// HTTP/2 with prior knowledge (h2c), one multiplexed connection per
+    /// HTTP/2 with prior knowledge (h2c; over TLS, ALPN `h2`), one multiplexed connection per
     /// endpoint. Istio selects it for ports declared `HTTP2` or `GRPC`.
     Http2,
 }

@@ -116,7 +116,8 @@ impl Connector {
 #[derive(Debug)]
 pub(crate) enum Io {
     Plain(TokioIo<TcpStream>),
-    Tls(TokioIo<TlsStream<TcpStream>>),
+    // Boxed: a TLS stream is over a kilobyte, and this is per connection.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
 impl hyper::rt::Read for Io {
@@ -127,7 +128,7 @@ impl hyper::rt::Read for Io {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            Io::Tls(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
         }
     }
 }
@@ -140,21 +141,21 @@ impl hyper::rt::Write for Io {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            Io::Tls(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Plain(io) => Pin::new(io).poll_flush(cx),
-            Io::Tls(io) => Pin::new(io).poll_flush(cx),
+            Io::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            Io::Tls(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
         }
     }
 
@@ -172,7 +173,7 @@ impl hyper::rt::Write for Io {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            Io::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Io::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
         }
     }
 }
@@ -254,7 +255,7 @@ impl tower::Service<http::Uri> for Connector {
                         String::from_utf8_lossy(alpn.unwrap_or_default())
                     ))));
                 }
-                Ok(Io::Tls(TokioIo::new(stream)))
+                Ok(Io::Tls(Box::new(TokioIo::new(stream))))
             };
             tokio::time::timeout(timeout, connect)
                 .await

@@ -542,3 +542,71 @@ impl ServerCertVerifier for SkipVerify {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh_core::model::{IstioMutualTls, UpstreamTls};
+
+    use super::*;
+
+    fn istio_cluster(name: &str, protocol: Protocol) -> Cluster {
+        let mut c = Cluster::new(name).with_protocol(protocol);
+        c.service = Some("reviews.default.svc.cluster.local".into());
+        c.tls = Some(UpstreamTls::IstioMutual(IstioMutualTls {
+            sni: None,
+            subject_alt_names: Arc::from([]),
+            service_accounts: Arc::from([]),
+        }));
+        c
+    }
+
+    #[test]
+    fn istio_mutual_sni_is_the_cluster_name_in_istio_form() {
+        let c = istio_cluster(
+            "outbound|9080|v1|reviews.default.svc.cluster.local",
+            Protocol::Http1,
+        );
+        assert_eq!(
+            &*istio_sni(&c),
+            "outbound_.9080_.v1_.reviews.default.svc.cluster.local"
+        );
+        let c = istio_cluster(
+            "outbound|9080||reviews.default.svc.cluster.local",
+            Protocol::Http1,
+        );
+        let tls = UpstreamTlsConfig::build(&c, None).unwrap();
+        assert_eq!(
+            tls.server_name().to_str(),
+            "outbound_.9080_._.reviews.default.svc.cluster.local"
+        );
+        // Another naming scheme (xDS) sends the service host.
+        let c = istio_cluster("reviews-v1", Protocol::Http1);
+        assert_eq!(&*istio_sni(&c), "reviews.default.svc.cluster.local");
+    }
+
+    #[test]
+    fn istio_mutual_without_credentials_never_yields_a_config() {
+        let c = istio_cluster("outbound|9080||reviews", Protocol::Http2);
+        let tls = UpstreamTlsConfig::build(&c, None).unwrap();
+        let err = tls.client_config().unwrap_err();
+        assert_eq!(
+            err.0,
+            "cluster \"outbound|9080||reviews\": ISTIO_MUTUAL tls: no workload identity is configured: ISTIO_MUTUAL needs a mesh built with credentials (Mesh::builder(..).with_credentials(..))"
+        );
+        assert!(UpstreamTlsConfig::build(&Cluster::new("plain"), None).is_none());
+    }
+
+    #[test]
+    fn http2_clusters_accept_only_h2() {
+        let h2 = UpstreamTlsConfig::build(&istio_cluster("a", Protocol::Http2), None).unwrap();
+        let h1 = UpstreamTlsConfig::build(&istio_cluster("a", Protocol::Http1), None).unwrap();
+        assert!(h2.accepts_alpn(Some(b"h2")));
+        assert!(h2.accepts_alpn(None));
+        assert!(!h2.accepts_alpn(Some(b"http/1.1")));
+        assert!(h1.accepts_alpn(Some(b"http/1.1")));
+        assert!(h1.accepts_alpn(Some(b"h2")));
+        assert!(!h1.accepts_alpn(Some(b"spdy/3")));
+        assert_eq!(alpn(true), [b"h2".to_vec()]);
+        assert_eq!(alpn(false), [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    }
+}
