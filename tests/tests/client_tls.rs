@@ -606,3 +606,101 @@ async fn istio_mutual_to_an_envoy_mtls_server() {
     // Once per attempt the retry policy made.
     assert!(envoy.counter("listener.mtls.ssl.fail_verify_san").await >= 1);
 }
+
+/// `caCrl`: a server certificate its CA revoked is refused, one the list
+/// does not name is accepted, and an expired list refuses everything
+/// (Envoy's `crl` with OpenSSL). rcgen directly: the CA must sign CRLs.
+#[tokio::test]
+async fn simple_tls_checks_the_ca_revocation_list() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    };
+    use time::{Duration, OffsetDateTime};
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "revocation test ca");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let now = OffsetDateTime::now_utc();
+    let server = |serial: u64| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["api.example.com".to_owned()]).unwrap();
+        p.serial_number = Some(SerialNumber::from(serial));
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(mesh_identity::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+                )
+                .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        TransportMode::Strict(Arc::new(config))
+    };
+    let crl = |next_update: OffsetDateTime| {
+        CertificateRevocationListParams {
+            this_update: now - Duration::days(2),
+            next_update,
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: SerialNumber::from(666u64),
+                revocation_time: now - Duration::days(1),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca_pem).unwrap();
+    std::fs::write(dir.path().join("crl.pem"), crl(now + Duration::days(1))).unwrap();
+    std::fs::write(dir.path().join("old.pem"), crl(now - Duration::days(1))).unwrap();
+    let d = dir.path().display();
+
+    let good = Backend::start(server(7)).await;
+    let revoked = Backend::start(server(666)).await;
+    // The SNI check and the subjectAltNames check both apply the list.
+    for sans in ["", ", subjectAltNames: [api.example.com]"] {
+        let tls = |list: &str| {
+            format!("{{ mode: SIMPLE, caCertificates: {d}/ca.pem, caCrl: {d}/{list}{sans} }}")
+        };
+        let get = |addr, tls: String| async move {
+            let m = mesh(&config("api.example.com", "HTTP", addr, "api", &tls), None);
+            fetch(&m.client(), "http://api.example.com:8080/").await
+        };
+        assert_eq!(get(good.addr, tls("crl.pem")).await.0, 200, "{sans}");
+        let (status, message) = get(revoked.addr, tls("crl.pem")).await;
+        assert_eq!(status, 503, "{message}");
+        assert!(
+            message.contains("invalid peer certificate: Revoked"),
+            "{message}"
+        );
+        let (status, message) = get(good.addr, tls("old.pem")).await;
+        assert_eq!(status, 503, "{message}");
+        assert!(
+            message.contains("certificate revocation list expired"),
+            "{message}"
+        );
+    }
+    assert_eq!(revoked.hits(), 0);
+    assert_eq!(good.hits(), 2);
+}

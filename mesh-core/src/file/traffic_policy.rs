@@ -207,8 +207,8 @@ fn settings(
 /// Certificate files are read now, so that an unreadable or malformed
 /// file is a config error naming the field and the file rather than a
 /// failed request later. What cannot be honoured (`credentialName`, a
-/// Kubernetes secret; `caCrl`) is an error, never ignored: ignoring a
-/// security setting would weaken it silently. `SIMPLE` and `MUTUAL` need
+/// Kubernetes secret) is an error, never ignored: ignoring a security
+/// setting would weaken it silently. `SIMPLE` and `MUTUAL` need
 /// `caCertificates`, since the client has no system root store, unless
 /// `insecureSkipVerify: true` says not to verify at all.
 pub(crate) fn tls(
@@ -226,10 +226,11 @@ pub(crate) fn tls(
                 "subjectAltNames",
                 "sni",
                 "insecureSkipVerify",
+                "caCrl",
             ],
             unsupported: &[],
-            // Errors below: they cannot be honoured.
-            ignored: &["credentialName", "caCrl"],
+            // An error below: it cannot be honoured.
+            ignored: &["credentialName"],
         },
         errors,
         warnings,
@@ -238,12 +239,6 @@ pub(crate) fn tls(
         return Err(InvalidConfig::new(
             t.path.field("credentialName"),
             "not supported: the mesh client cannot read Kubernetes secrets; set clientCertificate, privateKey and caCertificates to files",
-        ));
-    }
-    if t.get("caCrl").is_some() {
-        return Err(InvalidConfig::new(
-            t.path.field("caCrl"),
-            "not supported: the mesh client does not check certificate revocation lists, and ignoring one would accept revoked certificates",
         ));
     }
     let mode = t.str("mode")?.unwrap_or("DISABLE");
@@ -292,11 +287,11 @@ pub(crate) fn tls(
         }
         "SIMPLE" | "MUTUAL" => {
             let verify = if skip {
-                for key in ["caCertificates", "subjectAltNames"] {
+                for key in ["caCertificates", "subjectAltNames", "caCrl"] {
                     if set(key) {
                         return Err(InvalidConfig::new(
                             t.path.field(key),
-                            "set either insecureSkipVerify: true or caCertificates and subjectAltNames, not both",
+                            "set either insecureSkipVerify: true or caCertificates, subjectAltNames and caCrl, not both",
                         ));
                     }
                 }
@@ -317,6 +312,10 @@ pub(crate) fn tls(
                 ServerVerification::Verify {
                     ca_certificates: pem_file(&t, "caCertificates", ca, Pem::Certificates)?,
                     subject_alt_names: sans,
+                    ca_crl: match t.str("caCrl")? {
+                        Some(path) => Some(pem_file(&t, "caCrl", path, Pem::Crls)?),
+                        None => None,
+                    },
                 }
             };
             let origination = TlsOrigination { verify, sni };
@@ -349,6 +348,7 @@ pub(crate) fn tls(
                 "privateKey",
                 "caCertificates",
                 "insecureSkipVerify",
+                "caCrl",
             ] {
                 if set(key) {
                     return Err(InvalidConfig::new(
@@ -385,13 +385,14 @@ pub(crate) fn tls(
 enum Pem {
     Certificates,
     PrivateKey,
+    Crls,
 }
 
 /// Reads the PEM file `path` named by `key` and checks it holds what
 /// `kind` says.
 fn pem_file(t: &Obj<'_>, key: &str, path: &str, kind: Pem) -> Result<PemFile, InvalidConfig> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
     let field = t.path.field(key);
     if path.is_empty() {
@@ -410,6 +411,19 @@ fn pem_file(t: &Obj<'_>, key: &str, path: &str, kind: Pem) -> Result<PemFile, In
                 return Err(InvalidConfig::new(
                     field,
                     format!("{path:?} holds no PEM certificate"),
+                ));
+            }
+        }
+        Pem::Crls => {
+            let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    InvalidConfig::new(field.clone(), format!("{path:?} is not valid PEM: {e}"))
+                })?;
+            if crls.is_empty() {
+                return Err(InvalidConfig::new(
+                    field,
+                    format!("{path:?} holds no PEM certificate revocation list (X509 CRL)"),
                 ));
             }
         }
@@ -1546,6 +1560,7 @@ spec:
     use crate::model::{IstioMutualTls, ServerVerification, ServiceAccount, UpstreamTls};
 
     const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const CRL_PEM: &str = "-----BEGIN X509 CRL-----\nMIIB\n-----END X509 CRL-----\n";
     const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n";
 
     /// A directory with `ca.pem`, `cert.pem`, `key.pem` and `empty.pem`.
@@ -1554,6 +1569,7 @@ spec:
         std::fs::write(dir.path().join("ca.pem"), CERT_PEM).unwrap();
         std::fs::write(dir.path().join("cert.pem"), CERT_PEM).unwrap();
         std::fs::write(dir.path().join("key.pem"), KEY_PEM).unwrap();
+        std::fs::write(dir.path().join("crl.pem"), CRL_PEM).unwrap();
         std::fs::write(dir.path().join("empty.pem"), "# nothing\n").unwrap();
         let path = dir.path().display().to_string();
         (dir, path)
@@ -1570,7 +1586,7 @@ spec:
         assert_eq!(cluster(&tls_rule("{ mode: DISABLE }"), 9080, "").tls, None);
         let c = cluster(
             &tls_rule(&format!(
-                "{{ mode: SIMPLE, caCertificates: {d}/ca.pem, sni: api.example.com, subjectAltNames: [api.example.com, \"spiffe://example.com/api\"] }}"
+                "{{ mode: SIMPLE, caCertificates: {d}/ca.pem, caCrl: {d}/crl.pem, sni: api.example.com, subjectAltNames: [api.example.com, \"spiffe://example.com/api\"] }}"
             )),
             9080,
             "",
@@ -1582,12 +1598,14 @@ spec:
         let ServerVerification::Verify {
             ca_certificates,
             subject_alt_names,
+            ca_crl,
         } = o.verify
         else {
             panic!("expected verification")
         };
         assert_eq!(ca_certificates.path(), format!("{d}/ca.pem"));
         assert_eq!(ca_certificates.pem(), CERT_PEM.as_bytes());
+        assert_eq!(ca_crl.unwrap().pem(), CRL_PEM.as_bytes());
         assert_eq!(
             subject_alt_names.iter().map(|s| &**s).collect::<Vec<_>>(),
             ["api.example.com", "spiffe://example.com/api"]
@@ -1709,7 +1727,11 @@ spec:
             ),
             (
                 format!("{{ mode: SIMPLE, caCertificates: {d}/ca.pem, caCrl: {d}/ca.pem }}"),
-                "trafficPolicy.tls.caCrl: not supported: the mesh client does not check certificate revocation lists, and ignoring one would accept revoked certificates".to_owned(),
+                format!("trafficPolicy.tls.caCrl: \"{d}/ca.pem\" holds no PEM certificate revocation list (X509 CRL)"),
+            ),
+            (
+                format!("{{ mode: ISTIO_MUTUAL, caCrl: {d}/crl.pem }}"),
+                "trafficPolicy.tls.caCrl: not allowed with ISTIO_MUTUAL, which uses the workload's own certificate and the mesh's trust bundle".to_owned(),
             ),
             (
                 format!("{{ mode: SIMPLE, caCertificates: {d}/missing.pem }}"),
@@ -1725,7 +1747,7 @@ spec:
             ),
             (
                 format!("{{ mode: SIMPLE, insecureSkipVerify: true, caCertificates: {d}/ca.pem }}"),
-                "trafficPolicy.tls.caCertificates: set either insecureSkipVerify: true or caCertificates and subjectAltNames, not both".to_owned(),
+                "trafficPolicy.tls.caCertificates: set either insecureSkipVerify: true or caCertificates, subjectAltNames and caCrl, not both".to_owned(),
             ),
             (
                 format!("{{ mode: ISTIO_MUTUAL, caCertificates: {d}/ca.pem }}"),

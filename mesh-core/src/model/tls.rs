@@ -55,6 +55,11 @@ pub enum ServerVerification {
         ca_certificates: PemFile,
         /// `subjectAltNames`: accepted SANs; empty checks the SNI.
         subject_alt_names: Arc<[Arc<str>]>,
+        /// `caCrl`: revocation lists (PEM `X509 CRL`). With them, every
+        /// certificate of the server's chain below the root must be
+        /// covered by a list of its issuer and not revoked, and an
+        /// expired list fails (Envoy's `crl` semantics with OpenSSL).
+        ca_crl: Option<PemFile>,
     },
     /// `insecureSkipVerify: true`: any certificate is accepted (the
     /// handshake still proves the server holds its key).

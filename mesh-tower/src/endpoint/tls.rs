@@ -14,7 +14,9 @@
 //!   `caCertificates` with webpki, then its name: one of `subjectAltNames`
 //!   (DNS SANs as webpki matches them, wildcards included; URI SANs
 //!   exactly) when set, else the SNI, as Istio's `auto_sni_san_validation`
-//!   does. `insecureSkipVerify` accepts any certificate (the handshake
+//!   does; with `caCrl`, every certificate of the chain is checked against
+//!   the lists (an unknown status or an expired list fails, as Envoy's
+//!   `crl` does). `insecureSkipVerify` accepts any certificate (the handshake
 //!   signature is still checked, so the server proves it holds the key
 //!   of the certificate it showed).
 //! - `ISTIO_MUTUAL`: `mesh_identity::tls::client_config` with the mesh's
@@ -43,7 +45,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, OtherError, RootCertStore,
     SignatureScheme,
@@ -340,6 +344,7 @@ fn builder(verify: &ServerVerification) -> Result<WantsClientCert, String> {
         ServerVerification::Verify {
             ca_certificates,
             subject_alt_names,
+            ca_crl,
         } => {
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(ca_certificates.pem()) {
@@ -350,14 +355,33 @@ fn builder(verify: &ServerVerification) -> Result<WantsClientCert, String> {
                     .map_err(|e| format!("caCertificates {:?}: {e}", ca_certificates.path()))?;
             }
             let roots = Arc::new(roots);
+            let crls = match ca_crl {
+                Some(file) => CertificateRevocationListDer::pem_slice_iter(file.pem())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("caCrl {:?}: {e}", file.path()))?,
+                None => Vec::new(),
+            };
             if subject_alt_names.is_empty() {
-                WebPkiServerVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(|e| format!("caCertificates {:?}: {e}", ca_certificates.path()))?
+                let mut verifier = WebPkiServerVerifier::builder_with_provider(roots, provider);
+                if !crls.is_empty() {
+                    verifier = verifier.with_crls(crls).enforce_revocation_expiration();
+                }
+                verifier.build().map_err(|e| {
+                    format!("caCertificates {:?} / caCrl: {e}", ca_certificates.path())
+                })?
             } else {
+                let crls = crls
+                    .iter()
+                    .map(|der| {
+                        webpki::OwnedCertRevocationList::from_der(der)
+                            .map(webpki::CertRevocationList::from)
+                            .map_err(|e| format!("caCrl: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?;
                 Arc::new(SanVerifier {
                     roots,
                     sans: Arc::clone(subject_alt_names),
+                    crls,
                     algorithms,
                 })
             }
@@ -404,6 +428,7 @@ impl std::error::Error for UnexpectedSan {}
 struct SanVerifier {
     roots: Arc<RootCertStore>,
     sans: Arc<[Arc<str>]>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -417,6 +442,11 @@ fn webpki_error(e: webpki::Error) -> Error {
         E::UnknownIssuer => CertificateError::UnknownIssuer,
         E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
         E::BadDer | E::BadDerTime => CertificateError::BadEncoding,
+        E::CertRevoked => CertificateError::Revoked,
+        E::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
+        E::CrlExpired { time, next_update } => {
+            CertificateError::ExpiredRevocationListContext { time, next_update }
+        }
         other => CertificateError::Other(OtherError(Arc::new(other))),
     })
 }
@@ -431,13 +461,26 @@ impl ServerCertVerifier for SanVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let cert = webpki::EndEntityCert::try_from(end_entity).map_err(webpki_error)?;
+        // As rustls' own verifier does with CRLs: the whole chain, an
+        // unknown status denied, an expired list refused.
+        let crls: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = match webpki::RevocationOptionsBuilder::new(&crls) {
+            Ok(b) => Some(
+                b.with_depth(webpki::RevocationCheckDepth::Chain)
+                    .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+                    .with_expiration_policy(webpki::ExpirationPolicy::Enforce)
+                    .build(),
+            ),
+            // No lists configured.
+            Err(_) => None,
+        };
         cert.verify_for_usage(
             self.algorithms.all,
             &self.roots.roots,
             intermediates,
             now,
             webpki::KeyUsage::server_auth(),
-            None,
+            revocation,
             None,
         )
         .map_err(webpki_error)?;
