@@ -570,3 +570,60 @@ async fn grpc_callers_get_unauthenticated() {
     assert_eq!(&body[..], b"grpc handler ran");
     jwks_server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_server_answers_bad_tokens_with_unauthenticated() {
+    use mesh_core::model::security::{JwkSet, JwksSource, JwtRule};
+    use mesh_core::model::{PolicyScope, RequestAuthentication};
+    use mesh_examples::proto::RatingRequest;
+    use mesh_examples::proto::ratings_client::RatingsClient;
+
+    let key = Signer::ec("k1");
+    let set = JwkSet::parse(&jwks(&[&key])).unwrap().0;
+    let policy = RequestAuthentication::new(
+        PolicyScope::new("ratings-jwt", "shop"),
+        [JwtRule::new(ISS, JwksSource::Inline(set)).with_audiences(["cart"])],
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(RequestAuthnLayer::new([policy]))
+            .add_service(mesh_examples::backends::ratings_service("r1"))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut client = RatingsClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let call = |token: Option<String>| {
+        let mut req = tonic::Request::new(RatingRequest {
+            product: "p1".into(),
+        });
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        req
+    };
+
+    let reply = client.get(call(Some(key.mint(&claims())))).await.unwrap();
+    assert_eq!(reply.get_ref().served_by, "r1");
+    let reply = client.get(call(None)).await.unwrap();
+    assert_eq!(reply.get_ref().served_by, "r1", "no token: authn passes");
+
+    let mut wrong_aud = claims();
+    wrong_aud["aud"] = json!("billing");
+    let status = client
+        .get(call(Some(key.mint(&wrong_aud))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "Jwt verification fails",
+        "no reason, no key detail"
+    );
+    let status = client.get(call(Some("a.b.c".into()))).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    server.abort();
+}
