@@ -168,6 +168,7 @@ impl JwksServer {
                     };
                     let (acceptor, body, hits) =
                         (acceptor.clone(), Arc::clone(&body), Arc::clone(&hits));
+                    let port = addr.port();
                     conns.spawn(async move {
                         let Ok(tls) = acceptor.accept(tcp).await else {
                             return;
@@ -179,6 +180,12 @@ impl JwksServer {
                                 let res = if req.uri().path() == "/jwks.json" {
                                     let text = body.lock().unwrap().clone();
                                     http::Response::new(Full::new(Bytes::from(text)))
+                                } else if req.uri().path() == "/.well-known/openid-configuration" {
+                                    let doc = json!({
+                                        "issuer": format!("https://localhost:{port}"),
+                                        "jwks_uri": format!("https://localhost:{port}/jwks.json"),
+                                    });
+                                    http::Response::new(Full::new(Bytes::from(doc.to_string())))
                                 } else {
                                     let mut r = http::Response::new(Full::new(Bytes::new()));
                                     *r.status_mut() = http::StatusCode::NOT_FOUND;
@@ -626,4 +633,30 @@ async fn a_tonic_server_answers_bad_tokens_with_unauthenticated() {
     let status = client.get(call(Some("a.b.c".into()))).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_without_keys_is_discovered_through_openid_configuration() {
+    let ca = TestCa::new("test.local").unwrap();
+    let key = Signer::ec("k1");
+    let jwks_server = JwksServer::start(&ca, jwks(&[&key])).await;
+    let issuer = format!("https://localhost:{}", jwks_server.addr.port());
+    let yaml = format!(
+        "
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{ name: discovered, namespace: shop }}
+spec:
+  jwtRules:
+  - issuer: {issuer}
+"
+    );
+    let app = App::start(&ca, &yaml, AuthnOptions::default()).await;
+    let mut c = claims();
+    c["iss"] = json!(issuer);
+    let (status, seen) = app.get("/whoami", Some(&key.mint(&c))).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["principal"], format!("{issuer}/alice"));
+    assert_eq!(jwks_server.hits(), 2, "the configuration, then the key set");
+    jwks_server.stop().await;
 }

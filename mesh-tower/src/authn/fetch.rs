@@ -1,6 +1,7 @@
 //! Loading a key set document: an HTTPS GET (one HTTP/1.1 request on its
 //! own connection, verified against the configured roots with the ring
-//! provider) or a local file read.
+//! provider), two of them for OpenID discovery (the provider
+//! configuration, then its `jwks_uri`), or a local file read.
 //!
 //! The connection is driven inside the fetch future, so no task outlives
 //! it; the body is capped ([`AuthnOptions::with_max_jwks_bytes`]); any
@@ -21,9 +22,12 @@ use tokio_rustls::TlsConnector;
 
 /// Where a set document comes from.
 pub(crate) enum Fetcher {
-    /// `https://` (the URI was validated by the config model).
+    /// `https://` (the URI was validated by the config model); with
+    /// `discovery`, the URI is an OpenID Provider Configuration whose
+    /// `jwks_uri` is fetched next.
     Https {
         uri: Arc<str>,
+        discovery: bool,
         tls: Result<Arc<rustls::ClientConfig>, String>,
         max_bytes: usize,
     },
@@ -34,11 +38,13 @@ pub(crate) enum Fetcher {
 impl Fetcher {
     pub(crate) fn https(
         uri: &Arc<str>,
+        discovery: bool,
         tls: Result<Arc<rustls::ClientConfig>, String>,
         max_bytes: usize,
     ) -> Self {
         Self::Https {
             uri: Arc::clone(uri),
+            discovery,
             tls,
             max_bytes,
         }
@@ -50,10 +56,46 @@ impl Fetcher {
             Self::File { path, max_bytes } => read_file(path, *max_bytes),
             Self::Https {
                 uri,
+                discovery: false,
                 tls,
                 max_bytes,
             } => get(uri, Arc::clone(tls.as_ref()?), *max_bytes).await,
+            Self::Https {
+                uri,
+                discovery: true,
+                tls,
+                max_bytes,
+            } => {
+                let tls = tls.as_ref()?;
+                let config = get(uri, Arc::clone(tls), *max_bytes).await?;
+                let jwks_uri = jwks_uri(uri, &config)?;
+                get(&jwks_uri, Arc::clone(tls), *max_bytes).await
+            }
         }
+    }
+}
+
+/// The `jwks_uri` of an OpenID Provider Configuration fetched from
+/// `config_uri`. Its `issuer`, when present, must be the one the URI was
+/// made from (OpenID Connect Discovery 1.0 §4.3), and the key set must be
+/// `https://` too.
+fn jwks_uri(config_uri: &str, body: &str) -> Result<String, String> {
+    let doc: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("openid configuration: {e}"))?;
+    let issuer = config_uri
+        .strip_suffix("/.well-known/openid-configuration")
+        .unwrap_or(config_uri);
+    if let Some(i) = doc.get("issuer").and_then(|v| v.as_str())
+        && i.trim_end_matches('/') != issuer
+    {
+        return Err(format!(
+            "openid configuration names issuer {i:?}, expected {issuer:?}"
+        ));
+    }
+    match doc.get("jwks_uri").and_then(|v| v.as_str()) {
+        Some(u) if u.starts_with("https://") => Ok(u.to_owned()),
+        Some(u) => Err(format!("openid configuration: jwks_uri {u:?} is not https")),
+        None => Err("openid configuration has no jwks_uri".to_owned()),
     }
 }
 
@@ -133,5 +175,33 @@ async fn get(
             Ok(()) => "connection closed before the response".to_owned(),
             Err(e) => format!("http: {e}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jwks_uri;
+
+    const CONFIG: &str = "https://idp.example/realm/.well-known/openid-configuration";
+
+    #[test]
+    fn discovery_reads_jwks_uri_and_checks_the_issuer() {
+        let ok = r#"{"issuer":"https://idp.example/realm","jwks_uri":"https://idp.example/keys"}"#;
+        assert_eq!(jwks_uri(CONFIG, ok).unwrap(), "https://idp.example/keys");
+        for (body, expect) in [
+            (
+                r#"{"issuer":"https://evil.example","jwks_uri":"https://idp.example/keys"}"#,
+                "expected",
+            ),
+            (
+                r#"{"issuer":"https://idp.example/realm","jwks_uri":"http://idp.example/keys"}"#,
+                "not https",
+            ),
+            (r#"{"issuer":"https://idp.example/realm"}"#, "no jwks_uri"),
+            ("nope", "openid configuration"),
+        ] {
+            let err = jwks_uri(CONFIG, body).unwrap_err();
+            assert!(err.contains(expect), "{body}: {err}");
+        }
     }
 }

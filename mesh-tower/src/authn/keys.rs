@@ -3,7 +3,8 @@
 //!
 //! A [`Jwks`] holds the decoded set behind an `ArcSwapOption`: a request
 //! verifies with one atomic load and no lock. Inline sets never change.
-//! Remote (`https://`) and file sets are loaded by a task the `Jwks` owns
+//! Remote (`https://`, or found by OpenID discovery) and file sets are
+//! loaded by a task the `Jwks` owns
 //! (aborted when the last rule using the set is dropped):
 //!
 //! - the first load starts at once; requests that arrive before it ends
@@ -180,7 +181,11 @@ impl Jwks {
                 };
             }
             JwksSource::Remote(uri) => (
-                Fetcher::https(uri, options.tls_config(), options.max_jwks_bytes),
+                Fetcher::https(uri, false, options.tls_config(), options.max_jwks_bytes),
+                uri.to_string(),
+            ),
+            JwksSource::Discovery(uri) => (
+                Fetcher::https(uri, true, options.tls_config(), options.max_jwks_bytes),
                 uri.to_string(),
             ),
             JwksSource::File(path) => (

@@ -5,10 +5,10 @@
 //! What cannot be honoured is an error, never a warning: dropping part of
 //! an authentication policy would weaken it silently. That covers
 //! `targetRef(s)` (gateways and waypoints), a rule with neither `jwks` nor
-//! `jwksUri` (Istio would discover the key set through the issuer's
-//! OpenID configuration, which this project does not do yet) and a plain
-//! `http://` `jwksUri` (keys fetched without TLS could be replaced by
-//! anyone on the path; istiod allows it, this project does not).
+//! `jwksUri` whose issuer is not an `https://` URL (the key set is then
+//! discovered from the issuer's OpenID configuration, as istiod does) and
+//! a plain `http://` `jwksUri` (keys fetched without TLS could be replaced
+//! by anyone on the path; istiod allows it, this project does not).
 //! `jwksUri: file:///path` is this project's extension: the key set is
 //! read from a local file and re-read like a remote one.
 
@@ -123,11 +123,8 @@ fn jwks_source(
             rule.path.field("jwks"),
             "set only one of jwks and jwksUri",
         )),
-        (None, None) => Err(InvalidConfig::new(
-            rule.path.field("jwksUri"),
-            "one of jwks and jwksUri is required (OpenID discovery from the issuer is not \
-             supported)",
-        )),
+        (None, None) => JwksSource::discovery(rule.req_str("issuer")?)
+            .map_err(|e| InvalidConfig::new(rule.path.field("issuer"), e)),
         (Some(json), None) => {
             let path = rule.path.field("jwks");
             let (set, notes) =
@@ -354,6 +351,18 @@ mod tests {
     }
 
     #[test]
+    fn an_https_issuer_without_keys_is_discovered() {
+        let snap =
+            FileSource::parse_str("mesh.yaml", &doc("issuer: https://idp.example/realm/")).unwrap();
+        assert_eq!(
+            snap.resources.security.request_authentications[0].jwt_rules[0].jwks,
+            JwksSource::Discovery(
+                "https://idp.example/realm/.well-known/openid-configuration".into()
+            )
+        );
+    }
+
+    #[test]
     fn bad_rules_name_the_field() {
         let prefix = "mesh.yaml: document 1 (RequestAuthentication jwt): ";
         for (rule, expect) in [
@@ -367,7 +376,11 @@ mod tests {
             ),
             (
                 "issuer: a",
-                "jwtRules[0].jwksUri: one of jwks and jwksUri is required",
+                "jwtRules[0].issuer: issuer \"a\" is not an https URL, so its key set cannot be discovered",
+            ),
+            (
+                "issuer: 'http://idp'",
+                "jwtRules[0].issuer: issuer \"http://idp\" is not an https URL",
             ),
             (
                 "issuer: a\n    jwksUri: http://k/jwks",

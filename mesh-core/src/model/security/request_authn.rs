@@ -171,6 +171,33 @@ pub enum JwksSource {
     /// remote set (Istio has no file source; this is the project's
     /// extension, for clusters without network access to the issuer).
     File(PathBuf),
+    /// Neither `jwks` nor `jwksUri`: the set is found through the
+    /// issuer's OpenID Provider Configuration
+    /// (`<issuer>/.well-known/openid-configuration`, its `jwks_uri`;
+    /// OpenID Connect Discovery 1.0 §4), as istiod does. The value is the
+    /// configuration document's `https://` URL.
+    Discovery(Arc<str>),
+}
+
+impl JwksSource {
+    /// The OpenID discovery source of `issuer`, which must be an
+    /// `https://` URL without query or fragment (OpenID Connect Discovery
+    /// 1.0 §4: the configuration path is appended to the issuer).
+    pub fn discovery(issuer: &str) -> Result<Self, String> {
+        let ok = issuer.parse::<http::Uri>().is_ok_and(|u| {
+            u.scheme_str() == Some("https") && u.host().is_some() && u.query().is_none()
+        }) && !issuer.contains('#');
+        if !ok {
+            return Err(format!(
+                "issuer {issuer:?} is not an https URL, so its key set cannot be discovered; set \
+                 jwks or jwksUri"
+            ));
+        }
+        Ok(Self::Discovery(Arc::from(format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        ))))
+    }
 }
 
 /// One `fromHeaders` entry.
@@ -414,7 +441,9 @@ fn parse_key(key: &Value) -> Result<Option<Jwk>, String> {
             .map_err(|_| format!("{name} is not base64url without padding"))
     };
     let kty = text("kty")?.ok_or("kty is missing")?;
-    if text("use")?.is_some_and(|u| u != "sig") {
+    // `jwt-svid` is the `use` of JWT-SVID keys in SPIFFE bundles
+    // (spiffe `standards/JWT-SVID.md` §6).
+    if text("use")?.is_some_and(|u| u != "sig" && u != "jwt-svid") {
         return Ok(None);
     }
     let alg = match text("alg")? {
