@@ -351,7 +351,15 @@ where
                 ResponseFuture::Waiting {
                     future: Box::pin(async move {
                         jwks.refetch().await;
-                        match compiled.authenticate(&mut req, false) {
+                        // The load waited for may have started before the
+                        // issuer rotated (a scheduled reload); one more,
+                        // if the rate limit allows, then decide.
+                        let mut outcome = compiled.authenticate(&mut req, true);
+                        if let Outcome::NeedKeys(jwks) = &outcome {
+                            jwks.refetch().await;
+                            outcome = compiled.authenticate(&mut req, false);
+                        }
+                        match outcome {
                             Outcome::NoToken | Outcome::Verified => inner.call(req).await,
                             Outcome::Rejected(reason) => {
                                 tracing::debug!(reason = reason.as_str(), "jwt rejected");
