@@ -660,3 +660,85 @@ spec:
     assert_eq!(jwks_server.hits(), 2, "the configuration, then the key set");
     jwks_server.stop().await;
 }
+
+/// The server stack Istio users write: authentication outside
+/// authorization. RequestAuthentication alone lets anonymous requests
+/// through; an AuthorizationPolicy with `requestPrincipals` is what
+/// requires a token, and it reads the principal and claims the JWT layer
+/// verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_reads_what_authentication_verified() {
+    let ca = TestCa::new("test.local").unwrap();
+    let key = Signer::ec("k1");
+    let jwks_server = JwksServer::start(&ca, jwks(&[&key])).await;
+    let yaml = format!(
+        r#"{}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{ name: gold-alice, namespace: shop }}
+spec:
+  selector:
+    matchLabels: {{ app: cart }}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        requestPrincipals: ["{ISS}/alice"]
+    when:
+    - key: request.auth.claims[tier]
+      values: [gold]
+"#,
+        policy_yaml(&jwks_server.uri(), "")
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.root_der().clone()).unwrap();
+    let mesh = mesh_tests::mesh_from_yaml(&yaml);
+    let workload = Workload::new("shop", Labels::new([("app", "cart")]));
+    let authn = RequestAuthnLayer::for_workload(
+        &mesh,
+        workload.clone(),
+        AuthnOptions::default().with_root_store(roots),
+    );
+    let authz = mesh_tower::authz::AuthorizationLayer::for_workload(mesh.clone(), workload);
+    let router = axum::Router::new()
+        .route("/whoami", get(whoami))
+        .layer(authz)
+        .layer(authn);
+    let server = Server::start(router).await.unwrap();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let status = |token: Option<String>| {
+        let mut req = http::Request::get(format!("http://{}/whoami", server.addr()));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let res = client.request(req.body(Empty::new()).unwrap());
+        async move { res.await.unwrap().status().as_u16() }
+    };
+
+    assert_eq!(status(Some(key.mint(&claims()))).await, 200, "alice, gold");
+    assert_eq!(
+        status(None).await,
+        403,
+        "no token: authn passes, authz denies"
+    );
+    let mut bob = claims();
+    bob["sub"] = json!("bob");
+    assert_eq!(status(Some(key.mint(&bob))).await, 403, "another principal");
+    let mut silver = claims();
+    silver["tier"] = json!("silver");
+    assert_eq!(
+        status(Some(key.mint(&silver))).await,
+        403,
+        "a claim condition"
+    );
+    let mut expired = claims();
+    expired["exp"] = json!(now() - 3600);
+    assert_eq!(
+        status(Some(key.mint(&expired))).await,
+        401,
+        "authn answers first"
+    );
+    jwks_server.stop().await;
+}
