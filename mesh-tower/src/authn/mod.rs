@@ -44,6 +44,37 @@
 //! a task owned by the layer recompiles the workload's rules when the
 //! snapshot changes and swaps them in; a request reads them with one
 //! atomic load.
+//!
+//! # Example
+//!
+//! Authentication outside authorization, as Istio orders them, and a
+//! handler that reads the verified token:
+//!
+//! ```no_run
+//! use axum::Extension;
+//! use mesh_core::model::{Labels, Workload};
+//! use mesh_tower::Mesh;
+//! use mesh_tower::authn::{AuthnOptions, RequestAuthnLayer, VerifiedJwt};
+//! use mesh_tower::authz::AuthorizationLayer;
+//!
+//! # fn app(mesh: Mesh, roots: rustls::RootCertStore) -> axum::Router {
+//! let workload = Workload::new("shop", Labels::new([("app", "cart")]));
+//! let authn = RequestAuthnLayer::for_workload(
+//!     &mesh,
+//!     workload.clone(),
+//!     AuthnOptions::new().with_root_store(roots),
+//! );
+//! axum::Router::new()
+//!     .route(
+//!         "/me",
+//!         axum::routing::get(|jwt: Option<Extension<VerifiedJwt>>| async move {
+//!             jwt.map_or("anonymous".to_owned(), |Extension(j)| j.principal)
+//!         }),
+//!     )
+//!     .layer(AuthorizationLayer::for_workload(mesh, workload))
+//!     .layer(authn)
+//! # }
+//! ```
 
 mod fetch;
 mod jwt;

@@ -163,6 +163,15 @@ impl Compiled {
                 locations,
             });
         }
+        // A header that is also where tokens are read is written, not
+        // stripped, or the token would be gone before it is looked for
+        // (Envoy extracts first, then writes the outputs).
+        let locations = &compiled.locations;
+        compiled.outputs.retain(|h| {
+            !locations
+                .iter()
+                .any(|l| matches!(l, Location::Header { name, .. } if name == h))
+        });
         *cache = next_cache;
         compiled
     }

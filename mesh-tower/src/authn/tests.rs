@@ -650,3 +650,30 @@ async fn the_live_layer_follows_the_store_for_its_workload() {
     assert_eq!(status, StatusCode::OK);
     assert!(seen.unwrap().jwt.is_none());
 }
+
+#[tokio::test]
+async fn an_output_header_that_is_also_a_token_location_is_read_first() {
+    let signer = Signer::ed("k1");
+    let header = http::HeaderName::from_static("x-jwt");
+    let rule = JwtRule::new(ISS, inline(&[&signer]))
+        .with_from_headers([JwtHeader::new(header.clone(), "")])
+        .with_output_payload_to_header(header);
+    let layer = RequestAuthnLayer::new([policy(vec![rule])]);
+    let token = signer.mint(claims());
+    let req = Request::get("http://shop/")
+        .header("x-jwt", token.as_str())
+        .body(())
+        .unwrap();
+    let (status, seen, _) = send(&layer, req).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = seen.unwrap();
+    assert!(
+        seen.jwt.is_some(),
+        "the token was found before the header was written"
+    );
+    assert_eq!(
+        seen.headers["x-jwt"],
+        token.split('.').nth(1).unwrap(),
+        "now the payload"
+    );
+}
