@@ -704,3 +704,50 @@ async fn simple_tls_checks_the_ca_revocation_list() {
     assert_eq!(revoked.hits(), 0);
     assert_eq!(good.hits(), 2);
 }
+
+/// `ServiceEntry.subjectAltNames` joins the endpoints' service accounts as
+/// the identities ISTIO_MUTUAL expects (Istio adds both to the service's
+/// accounts); with neither matching, the server is refused.
+#[tokio::test]
+async fn istio_mutual_expects_the_service_entry_subject_alt_names_too() {
+    let ca = TestCa::new("cluster.local").unwrap();
+    let backend = strict_backend(&ca, BACKEND_ID).await;
+    let with_sans = |sans: &str| {
+        config(
+            "backend",
+            "HTTP2",
+            backend.addr,
+            "reviews",
+            "{ mode: ISTIO_MUTUAL }",
+        )
+        .replace(
+            "  resolution: STATIC",
+            &format!("  subjectAltNames: [{sans}]\n  resolution: STATIC"),
+        )
+    };
+    let m = mesh(
+        &with_sans(&format!("\"{BACKEND_ID}\"")),
+        Some(store_for(&ca, CLIENT_ID)),
+    );
+    assert_eq!(fetch(&m.client(), "http://backend:8080/").await.0, 200);
+    let m = mesh(
+        &with_sans("\"spiffe://cluster.local/ns/default/sa/other\""),
+        Some(store_for(&ca, CLIENT_ID)),
+    );
+    let (status, message) = fetch(&m.client(), "http://backend:8080/").await;
+    assert_eq!(status, 503);
+    assert!(message.contains("is not accepted"), "{message}");
+    // An entry that is not a SPIFFE ID cannot widen the check: the
+    // cluster fails.
+    let m = mesh(
+        &with_sans("backend.example.com"),
+        Some(store_for(&ca, CLIENT_ID)),
+    );
+    let (status, message) = fetch(&m.client(), "http://backend:8080/").await;
+    assert_eq!(status, 503);
+    assert!(
+        message.contains("ISTIO_MUTUAL tls: ServiceEntry subjectAltNames \"backend.example.com\""),
+        "{message}"
+    );
+    assert_eq!(backend.hits(), 1);
+}

@@ -38,8 +38,8 @@ use crate::model::{
     Cluster, Endpoint, EndpointAddress, EndpointSet, FaultPolicy, ForwardAction, Fraction,
     HeaderMatch, HeaderMutations, HeaderRule, Labels, Listener, Locality, Mirror, PathMatch,
     Protocol, Regex, RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable,
-    SecurityPolicies, ServerPolicy, ServiceAccount, StringMatch, UpstreamTls, VirtualHost,
-    WeightedCluster, WeightedClusters,
+    SecurityPolicies, ServerPolicy, ServerVerification, ServiceAccount, StringMatch, UpstreamTls,
+    VirtualHost, WeightedCluster, WeightedClusters,
 };
 use crate::snapshot::Resources;
 
@@ -81,9 +81,10 @@ struct Service {
     ports: Vec<ServicePort>,
     // Per port number: the endpoints on that port.
     endpoints: BTreeMap<u16, Vec<Endpoint>>,
-    // The service accounts its endpoints run as (`serviceAccount`): the
-    // server identities ISTIO_MUTUAL accepts by default.
+    // The service accounts its endpoints run as (`serviceAccount`) and
+    // its `subjectAltNames`: the server identities TLS expects by default.
     accounts: Arc<[ServiceAccount]>,
+    sans: Arc<[Arc<str>]>,
 }
 
 #[derive(Clone)]
@@ -349,14 +350,14 @@ impl<'o> Translator<'o> {
         let (mut errors, mut warnings) = (Vec::new(), Vec::new());
         spec.check_fields(
             &Fields {
-                supported: &["hosts", "ports", "resolution", "endpoints"],
-                unsupported: &[
-                    "addresses",
-                    "exportTo",
-                    "location",
+                supported: &[
+                    "hosts",
+                    "ports",
+                    "resolution",
+                    "endpoints",
                     "subjectAltNames",
-                    "workloadSelector",
                 ],
+                unsupported: &["addresses", "exportTo", "location", "workloadSelector"],
                 ignored: &[],
             },
             &mut errors,
@@ -561,6 +562,14 @@ impl<'o> Translator<'o> {
             }
 
             let accounts: Arc<[ServiceAccount]> = accounts.into_iter().collect();
+            let sans = spec.str_list("subjectAltNames")?;
+            if let Some(i) = sans.iter().position(|s| s.is_empty()) {
+                return Err(InvalidConfig::new(
+                    FieldPath::root().field("subjectAltNames").index(i),
+                    "empty subject alt name",
+                ));
+            }
+            let sans: Arc<[Arc<str>]> = sans.into_iter().map(Arc::from).collect();
             for (hi, host) in hosts.iter().enumerate() {
                 let fqdn =
                     self.fqdn(host, namespace, FieldPath::root().field("hosts").index(hi))?;
@@ -594,6 +603,7 @@ impl<'o> Translator<'o> {
                         ports: ports.iter().map(|(p, _, _)| p.clone()).collect(),
                         endpoints: eps,
                         accounts: accounts.clone(),
+                        sans: sans.clone(),
                     },
                 );
             }
@@ -1352,8 +1362,27 @@ impl<'o> Translator<'o> {
                     }
                     cluster.service = Some(fqdn.as_str().into());
                     cluster.subset = subset.map(Arc::from);
-                    if let Some(UpstreamTls::IstioMutual(m)) = &mut cluster.tls {
-                        m.service_accounts = svc.accounts.clone();
+                    // The service's identities, where the DestinationRule
+                    // names none (Istio: ISTIO_MUTUAL expects the service's
+                    // accounts; SIMPLE/MUTUAL take the ServiceEntry's
+                    // `subjectAltNames` too, the stricter reading).
+                    match &mut cluster.tls {
+                        Some(UpstreamTls::IstioMutual(m)) => {
+                            m.service_accounts = svc.accounts.clone();
+                            m.service_subject_alt_names = svc.sans.clone();
+                        }
+                        Some(
+                            UpstreamTls::Simple(o) | UpstreamTls::Mutual { origination: o, .. },
+                        ) => {
+                            if let ServerVerification::Verify {
+                                subject_alt_names, ..
+                            } = &mut o.verify
+                                && subject_alt_names.is_empty()
+                            {
+                                *subject_alt_names = svc.sans.clone();
+                            }
+                        }
+                        None => {}
                     }
                     if let Some(budget) = self.profiles.get(fqdn).and_then(|(_, p)| p.budget) {
                         cluster.retry_budget = budget;

@@ -370,6 +370,7 @@ pub(crate) fn tls(
             Ok(Some(UpstreamTls::IstioMutual(IstioMutualTls {
                 sni,
                 subject_alt_names: sans,
+                service_subject_alt_names: Arc::from([]),
                 service_accounts: Arc::from([]),
             })))
         }
@@ -1656,6 +1657,10 @@ spec:
                     "version: v2 } }",
                     "version: v2 }, serviceAccount: reviews }"
                 )
+                .replace(
+                    "  resolution: STATIC",
+                    "  subjectAltNames: [\"spiffe://cluster.local/ns/default/sa/external\"]\n  resolution: STATIC"
+                )
         );
         let c = cluster(&text, 9080, "");
         let sa = |n: &str| ServiceAccount {
@@ -1667,6 +1672,8 @@ spec:
             Some(UpstreamTls::IstioMutual(IstioMutualTls {
                 sni: None,
                 subject_alt_names: [].into(),
+                service_subject_alt_names: ["spiffe://cluster.local/ns/default/sa/external".into()]
+                    .into(),
                 service_accounts: [sa("reviews"), sa("reviews-v1")].into(),
             }))
         );
@@ -1682,6 +1689,7 @@ spec:
             Some(UpstreamTls::IstioMutual(IstioMutualTls {
                 sni: Some("reviews.internal".into()),
                 subject_alt_names: ["spiffe://cluster.local/ns/default/sa/reviews".into()].into(),
+                service_subject_alt_names: [].into(),
                 service_accounts: [].into(),
             }))
         );

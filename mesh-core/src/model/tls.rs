@@ -72,13 +72,18 @@ pub struct IstioMutualTls {
     /// `sni`; `None` sends Istio's `outbound_.<port>_.<subset>_.<host>`.
     pub sni: Option<Arc<str>>,
     /// `subjectAltNames`: the SPIFFE IDs accepted. When empty, the
-    /// service's accounts are (see `service_accounts`).
+    /// service's identities are (`service_subject_alt_names` and
+    /// `service_accounts`).
     pub subject_alt_names: Arc<[Arc<str>]>,
+    /// The destination's `ServiceEntry.subjectAltNames`, accepted with
+    /// its service accounts when `subject_alt_names` is empty (Istio adds
+    /// both to the service's accounts).
+    pub service_subject_alt_names: Arc<[Arc<str>]>,
     /// The service accounts the destination's endpoints run as
     /// (`ServiceEntry.endpoints[].serviceAccount`), accepted as
     /// `spiffe://<local trust domain>/ns/<namespace>/sa/<name>` when
-    /// `subject_alt_names` is empty. When both are empty, any workload of
-    /// the local trust domain is accepted.
+    /// `subject_alt_names` is empty. When all three are empty, any
+    /// workload of the local trust domain is accepted.
     pub service_accounts: Arc<[ServiceAccount]>,
 }
 

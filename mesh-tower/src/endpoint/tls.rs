@@ -78,13 +78,13 @@ enum State {
     Failed(Arc<str>),
 }
 
-/// The server identities an ISTIO_MUTUAL client accepts.
+/// The server identities an ISTIO_MUTUAL client accepts: these IDs and
+/// these (namespace, account) pairs of the local trust domain; when both
+/// are empty, any workload of the local trust domain.
 #[derive(Clone)]
-enum Expected {
-    Ids(Arc<[SpiffeId]>),
-    // (namespace, account) in the local trust domain.
-    Accounts(Arc<[(Arc<str>, Arc<str>)]>),
-    LocalTrustDomain,
+struct Expected {
+    ids: Arc<[SpiffeId]>,
+    accounts: Arc<[(Arc<str>, Arc<str>)]>,
 }
 
 /// What connect errors say: `cluster "x": ISTIO_MUTUAL tls handshake with <sni>`.
@@ -264,25 +264,31 @@ impl State {
                 let store = credentials.ok_or(
                     "no workload identity is configured: ISTIO_MUTUAL needs a mesh built with credentials (Mesh::builder(..).with_credentials(..))",
                 )?;
-                let expected = if !m.subject_alt_names.is_empty() {
-                    let ids = m
-                        .subject_alt_names
-                        .iter()
+                let ids = |sans: &[Arc<str>], what: &str| {
+                    sans.iter()
                         .map(|s| {
                             s.parse::<SpiffeId>()
-                                .map_err(|e| format!("subjectAltNames {s:?}: {e}"))
+                                .map_err(|e| format!("{what} {s:?}: {e}"))
                         })
-                        .collect::<Result<Arc<[_]>, _>>()?;
-                    Expected::Ids(ids)
-                } else if !m.service_accounts.is_empty() {
-                    Expected::Accounts(
-                        m.service_accounts
+                        .collect::<Result<Arc<[_]>, _>>()
+                };
+                let expected = if !m.subject_alt_names.is_empty() {
+                    Expected {
+                        ids: ids(&m.subject_alt_names, "subjectAltNames")?,
+                        accounts: Arc::from([]),
+                    }
+                } else {
+                    // An entry that is not a SPIFFE ID fails the cluster
+                    // rather than being dropped: dropping every entry would
+                    // widen the check to the whole trust domain.
+                    Expected {
+                        ids: ids(&m.service_subject_alt_names, "ServiceEntry subjectAltNames")?,
+                        accounts: m
+                            .service_accounts
                             .iter()
                             .map(|a| (a.namespace.clone(), a.name.clone()))
                             .collect(),
-                    )
-                } else {
-                    Expected::LocalTrustDomain
+                    }
                 };
                 let built = OnceLock::new();
                 // Built now when the store already holds an identity.
@@ -305,23 +311,24 @@ fn istio_config(
     expected: &Expected,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ClientConfig>, String> {
-    let matcher = match expected {
-        Expected::Ids(ids) => PeerMatcher::AnyOf(Arc::clone(ids)),
-        Expected::Accounts(_) | Expected::LocalTrustDomain => {
-            let id = store.id().ok_or(
-                "no workload identity yet: the mesh's credential store holds no certificate",
-            )?;
-            let td = id.trust_domain();
-            match expected {
-                Expected::Accounts(accounts) => PeerMatcher::AnyOf(
-                    accounts
-                        .iter()
-                        .map(|(ns, sa)| SpiffeId::istio(td, ns, sa))
-                        .collect::<Result<Arc<[_]>, _>>()
+    let matcher = if expected.accounts.is_empty() && !expected.ids.is_empty() {
+        PeerMatcher::AnyOf(Arc::clone(&expected.ids))
+    } else {
+        let id = store
+            .id()
+            .ok_or("no workload identity yet: the mesh's credential store holds no certificate")?;
+        let td = id.trust_domain();
+        if expected.accounts.is_empty() {
+            PeerMatcher::TrustDomain(td.into())
+        } else {
+            let mut ids = expected.ids.to_vec();
+            for (ns, sa) in expected.accounts.iter() {
+                ids.push(
+                    SpiffeId::istio(td, ns, sa)
                         .map_err(|e| format!("service account identity: {e}"))?,
-                ),
-                _ => PeerMatcher::TrustDomain(td.into()),
+                );
             }
+            PeerMatcher::AnyOf(ids.into())
         }
     };
     let mut config =
@@ -598,6 +605,7 @@ mod tests {
         c.tls = Some(UpstreamTls::IstioMutual(IstioMutualTls {
             sni: None,
             subject_alt_names: Arc::from([]),
+            service_subject_alt_names: Arc::from([]),
             service_accounts: Arc::from([]),
         }));
         c
