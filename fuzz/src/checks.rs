@@ -4,6 +4,7 @@
 //! committed corpus on stable Rust (it includes this file by path). Each
 //! function panics when a property fails; it must never panic otherwise.
 
+use mesh_core::authz::{InvalidPath, PathNormalization, normalize_path, path_only};
 use mesh_identity::SpiffeId;
 use mesh_tower::serve::detect::{DECISION_BYTES, Detected, classify};
 
@@ -108,5 +109,73 @@ pub fn client_hello(data: &[u8]) {
         };
         assert_eq!(found, expected, "cuts {cuts:05b}");
         assert_eq!(&buf[..len], &data[..len], "the replayed bytes");
+    }
+}
+
+/// The authorization path normalizer under each of Istio's options, on
+/// any request target: never panics; `NONE` only cuts the query and
+/// fragment; otherwise an accepted path is absolute, has no `.`/`..`
+/// segment, no query, fragment or escaped slash, no `//` when merging,
+/// and normalizing it again changes nothing (so the path authorization
+/// matched is the path the application is given).
+pub fn path_normalize(data: &[u8]) {
+    use PathNormalization::*;
+    let target = String::from_utf8_lossy(data);
+    let path = path_only(&target);
+    assert_eq!(
+        normalize_path(&target, None).as_deref(),
+        Ok(path),
+        "NONE keeps the path"
+    );
+    let escaped_slash = {
+        let upper = path.to_ascii_uppercase();
+        upper.contains("%2F") || upper.contains("%5C")
+    };
+    for mode in [Base, MergeSlashes, DecodeAndMergeSlashes] {
+        let out = match normalize_path(&target, mode) {
+            Ok(out) => out,
+            Err(InvalidPath::NotAbsolute) => {
+                assert!(!path.starts_with('/'), "{mode:?}: {target:?}");
+                continue;
+            }
+            Err(InvalidPath::EscapedSlash) => {
+                assert!(
+                    escaped_slash && mode != DecodeAndMergeSlashes,
+                    "{mode:?}: {target:?}"
+                );
+                continue;
+            }
+            Err(InvalidPath::BadEscape) => {
+                assert!(path.contains('%'), "{mode:?}: {target:?}");
+                continue;
+            }
+        };
+        if out == "*" {
+            assert_eq!(path, "*");
+            continue;
+        }
+        assert!(
+            mode == DecodeAndMergeSlashes || !escaped_slash,
+            "{mode:?}: an escaped slash passed in {target:?}"
+        );
+        assert!(out.starts_with('/'), "{mode:?}: {target:?} -> {out:?}");
+        assert!(!out.contains(['?', '#']), "{mode:?}: {target:?} -> {out:?}");
+        assert!(
+            out.split('/').all(|s| s != "." && s != ".."),
+            "{mode:?}: a dot segment left in {target:?} -> {out:?}"
+        );
+        let upper = out.to_ascii_uppercase();
+        assert!(
+            !upper.contains("%2F") && !upper.contains("%5C") && !out.contains('\\'),
+            "{mode:?}: {target:?} -> {out:?}"
+        );
+        if mode != Base {
+            assert!(!out.contains("//"), "{mode:?}: {target:?} -> {out:?}");
+        }
+        assert_eq!(
+            normalize_path(&out, mode).as_deref(),
+            Ok(&*out),
+            "{mode:?}: not idempotent on {target:?}"
+        );
     }
 }

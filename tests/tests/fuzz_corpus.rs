@@ -57,3 +57,19 @@ fn client_hello_corpus_holds_its_properties() {
     assert!(count(Some(Detected::Plaintext)) >= 5, "other first flights");
     assert!(count(None) >= 1, "cut short before deciding");
 }
+
+#[test]
+fn path_normalize_corpus_holds_its_properties() {
+    use mesh_core::authz::{PathNormalization, normalize_path};
+    let inputs = replay("path_normalize", checks::path_normalize);
+    let rejected = inputs
+        .iter()
+        .filter(|d| normalize_path(&String::from_utf8_lossy(d), PathNormalization::Base).is_err())
+        .count();
+    assert!(rejected >= 3, "{rejected} rejected");
+    assert!(
+        inputs.len() - rejected >= 10,
+        "{} accepted",
+        inputs.len() - rejected
+    );
+}
