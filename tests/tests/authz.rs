@@ -437,3 +437,159 @@ fn config_errors_name_the_place() {
         "{err}"
     );
 }
+
+// --- over real sockets: `serve` STRICT, SVIDs from the test CA ---
+
+mod e2e {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use axum::Router;
+    use axum::routing::{get, post};
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use mesh_core::model::{Labels, Workload};
+    use mesh_identity::test_util::TestCa;
+    use mesh_identity::tls::{PeerMatcher, client_config, server_config};
+    use mesh_identity::{CredentialStore, SpiffeId};
+    use mesh_tower::authz::AuthorizationLayer;
+    use mesh_tower::{ServeConfig, TransportMode, serve};
+    use rustls_pki_types::ServerName;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::TlsConnector;
+
+    const SERVER: &str = "spiffe://cluster.local/ns/shop/sa/cart";
+    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+    const DB: &str = "spiffe://cluster.local/ns/shop/sa/db";
+
+    /// `web` may call everything; `db` is denied everywhere.
+    const POLICY: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: only-web, namespace: shop }
+spec:
+  selector: { matchLabels: { app: cart } }
+  rules:
+  - from: [{ source: { principals: [cluster.local/ns/shop/sa/web] } }]
+"#;
+
+    struct Server {
+        addr: SocketAddr,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn start(ca: &TestCa) -> (Server, AuthorizationLayer) {
+        let creds = ca.leaf(SERVER).credentials().unwrap();
+        let store = Arc::new(CredentialStore::new(creds, ca.bundle().unwrap()));
+        let tls = Arc::new(server_config(store, PeerMatcher::AnyTrusted).unwrap());
+        let mesh = mesh_tests::mesh_from_yaml(POLICY);
+        let layer = AuthorizationLayer::for_workload(
+            mesh,
+            Workload::new("shop", Labels::new([("app", "cart")])),
+        );
+        let app = Router::new()
+            .route("/orders", get(|| async { "orders" }))
+            .route(
+                "/shop.Cart/Checkout",
+                post(|| async {
+                    (
+                        [("content-type", "application/grpc"), ("grpc-status", "0")],
+                        "",
+                    )
+                }),
+            )
+            .layer(layer.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = ServeConfig::new(TransportMode::Strict(tls));
+        let task = tokio::spawn(serve(listener, config, app));
+        (Server { addr, task }, layer)
+    }
+
+    /// One HTTP/2 request over mTLS as `client`: status, headers, body.
+    async fn send(
+        ca: &TestCa,
+        addr: SocketAddr,
+        client: &str,
+        req: Request<Empty<Bytes>>,
+    ) -> (StatusCode, http::HeaderMap, String) {
+        let creds = ca.leaf(client).credentials().unwrap();
+        let store = Arc::new(CredentialStore::new(creds, ca.bundle().unwrap()));
+        let server_id = SpiffeId::parse(SERVER).unwrap();
+        let mut config = client_config(store, PeerMatcher::exact(server_id)).unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("cart.shop.svc").unwrap();
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let res = sender.send_request(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    fn get_orders() -> Request<Empty<Bytes>> {
+        Request::get("https://cart.shop.svc/orders")
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    fn checkout() -> Request<Empty<Bytes>> {
+        Request::post("https://cart.shop.svc/shop.Cart/Checkout")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn strict_server_allows_one_identity_and_denies_another() {
+        let ca = TestCa::new("cluster.local").unwrap();
+        let (server, layer) = start(&ca).await;
+
+        let (status, _, body) = send(&ca, server.addr, WEB, get_orders()).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "orders"));
+
+        let (status, _, body) = send(&ca, server.addr, DB, get_orders()).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::FORBIDDEN, "RBAC: access denied")
+        );
+        assert_eq!((layer.stats().allowed(), layer.stats().denied()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn grpc_callers_get_permission_denied() {
+        let ca = TestCa::new("cluster.local").unwrap();
+        let (server, _layer) = start(&ca).await;
+
+        let (status, headers, _) = send(&ca, server.addr, WEB, checkout()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["grpc-status"], "0");
+
+        let (status, headers, body) = send(&ca, server.addr, DB, checkout()).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
+        let grpc = tonic::Status::from_header_map(&headers).expect("a trailers-only status");
+        assert_eq!(grpc.code(), tonic::Code::PermissionDenied);
+        assert_eq!(grpc.message(), "RBAC: access denied");
+    }
+}
