@@ -43,9 +43,26 @@ impl Server {
     /// Serves `router` on `addr` (a port freed by a killed server can be
     /// reused to bring it back).
     pub async fn start_on(addr: SocketAddr, router: axum::Router) -> std::io::Result<Self> {
+        Self::serve(addr, router, MeshServerLayer::new()).await
+    }
+
+    /// Serves `router` behind `layer` (a server layer configured by the
+    /// caller, e.g. with other trace propagators) on an ephemeral loopback
+    /// port.
+    pub async fn start_with_layer(
+        router: axum::Router,
+        layer: MeshServerLayer,
+    ) -> std::io::Result<Self> {
+        Self::serve(SocketAddr::from(([127, 0, 0, 1], 0)), router, layer).await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        router: axum::Router,
+        layer: MeshServerLayer,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let layer = MeshServerLayer::new();
         let stats = Arc::clone(layer.stats());
         let router = router.layer(layer);
         let (tx, mut rx) = oneshot::channel();

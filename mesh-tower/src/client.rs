@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use mesh_core::model::EndpointAddress;
 
+use crate::access_log;
 use crate::balance::Balance;
 use crate::body::{self, ResponseBody};
 use crate::breaker::CircuitBreaker;
@@ -16,12 +17,14 @@ use crate::endpoint::EndpointState;
 use crate::error::{BoxError, Error};
 use crate::fault::{self, Fault};
 use crate::mesh::Mesh;
+use crate::metrics;
 use crate::ratelimit::RateLimit;
 use crate::retry::{Hedge, Retry};
 use crate::route::{self, Route, RouteDecision};
 pub use crate::route::{InvalidTarget, Target};
 use crate::shaping::{self, Shaping};
 use crate::timeout::Timeout;
+use crate::trace::{self, Propagators, Sampling, SpanContext};
 
 /// The stack below [`Shaping`]: fault injection, the rate limit, the route timeout
 /// over everything below it, then retries.
@@ -64,6 +67,8 @@ type LeafFuture = fault::ResponseFuture<
 #[derive(Clone)]
 pub struct MeshClient {
     inner: Route<Shaping<Leaf>>,
+    propagators: Propagators,
+    sampling: Sampling,
 }
 
 impl std::fmt::Debug for MeshClient {
@@ -112,7 +117,29 @@ impl MeshClient {
             Some(t) => Route::with_target(leaf, mesh, t),
             None => Route::new(leaf, mesh),
         };
-        Self { inner }
+        Self {
+            inner,
+            propagators: Propagators::default(),
+            sampling: Sampling::never(),
+        }
+    }
+
+    /// Starts a new trace for `sampling`'s share of the calls made outside
+    /// any trace (Istio's `randomSamplingPercentage`); calls inside a trace
+    /// follow their parent's decision. [`Sampling::never`] unless set: a
+    /// call with no trace to continue then sends no trace headers and costs
+    /// nothing. See [`trace`](crate::trace).
+    pub fn with_sampling(mut self, sampling: Sampling) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// The trace header formats this client injects (and reads from a
+    /// request sent outside any server's trace context);
+    /// [`Propagators::default`] unless set. See [`trace`](crate::trace).
+    pub fn with_propagators(mut self, propagators: Propagators) -> Self {
+        self.propagators = propagators;
+        self
     }
 
     /// Makes the routing and balancing decision for `req` without sending
@@ -153,34 +180,90 @@ where
             .map_err(Error::from_box)
     }
 
-    fn call(&mut self, req: Request<B>) -> ResponseFuture {
-        let grpc = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    fn call(&mut self, mut req: Request<B>) -> ResponseFuture {
+        let span = trace::outbound(req.headers_mut(), self.propagators, self.sampling);
+        let access = access_log::Start::capture(&req, span.map(|s| s.trace_id));
+        let request_bytes = metrics::body_bytes(req.headers(), &req.body().size_hint());
+        let protocol = metrics::Protocol::of(req.headers());
         ResponseFuture {
             inner: self.inner.call(req.map(body::boxed)),
-            grpc,
+            span,
+            start: tokio::time::Instant::now(),
+            request_bytes,
+            protocol,
+            access,
         }
     }
 }
 
-/// The response future of [`MeshClient`].
+/// The response future of [`MeshClient`]. When it completes it records
+/// Istio's standard metrics (`reporter="source"`) into the table the
+/// route decision resolved, and the access log line when enabled. The
+/// response of a traced call carries the logical call's [`SpanContext`]
+/// in its extensions (an untraced call's response gets nothing: no
+/// extension map is allocated for it).
 #[pin_project::pin_project]
 pub struct ResponseFuture {
     #[pin]
     inner: route::ResponseFuture<shaping::ResponseFuture<LeafFuture, ResponseBody>>,
-    grpc: bool,
+    span: Option<SpanContext>,
+    start: tokio::time::Instant,
+    request_bytes: u64,
+    protocol: metrics::Protocol,
+    access: Option<Box<access_log::Start>>,
 }
 
 impl Future for ResponseFuture {
     type Output = Result<Response<ResponseBody>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        this.inner.poll(cx).map_err(|e| {
-            let e = Error::from_box(e);
-            if *this.grpc { e.for_grpc() } else { e }
-        })
+        let mut this = self.project();
+        let result = std::task::ready!(this.inner.as_mut().poll(cx));
+        let grpc = *this.protocol == metrics::Protocol::Grpc;
+        let table = this.inner.as_ref().get_ref().metrics();
+        let destination = table.destination();
+        let mut record = metrics::Record {
+            reporter: metrics::Reporter::Source,
+            destination,
+            code: 0,
+            grpc_status: None,
+            flag: metrics::ResponseFlag::None,
+            protocol: *this.protocol,
+            duration: this.start.elapsed(),
+            request_bytes: *this.request_bytes,
+            response_bytes: 0,
+        };
+        let result = match result {
+            Ok(mut res) => {
+                if let Some(span) = *this.span {
+                    res.extensions_mut().insert(span);
+                }
+                record.code = res.status().as_u16();
+                record.grpc_status = metrics::grpc_status(res.headers());
+                record.flag = res
+                    .extensions()
+                    .get::<metrics::ResponseFlag>()
+                    .copied()
+                    .unwrap_or(metrics::ResponseFlag::None);
+                record.response_bytes =
+                    metrics::body_bytes(res.headers(), &http_body::Body::size_hint(res.body()));
+                Ok(res)
+            }
+            Err(e) => {
+                let e = Error::from_box(e);
+                let e = if grpc { e.for_grpc() } else { e };
+                record.code = e.http_status().as_u16();
+                record.flag = metrics::ResponseFlag::of_error(&e);
+                if grpc {
+                    record.grpc_status = u8::try_from(e.grpc_code() as i32).ok();
+                }
+                Err(e)
+            }
+        };
+        table.record(&record);
+        if let Some(a) = this.access.take() {
+            a.log(&record);
+        }
+        Poll::Ready(result)
     }
 }

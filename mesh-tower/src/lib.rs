@@ -66,6 +66,8 @@
 //!   the last handle.
 //! - Time comes from `tokio::time`, so tests can pause it.
 
+pub mod access_log;
+pub mod admin;
 pub mod authn;
 pub mod authz;
 pub mod balance;
@@ -78,6 +80,7 @@ mod error;
 pub mod fault;
 mod local_reply;
 mod mesh;
+pub mod metrics;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
@@ -86,6 +89,7 @@ pub mod serve;
 pub mod server;
 pub mod shaping;
 pub mod timeout;
+pub mod trace;
 
 pub use body::{BoxBody, ResponseBody};
 pub use client::{Decision, InvalidTarget, MeshClient, ResponseFuture, Target};

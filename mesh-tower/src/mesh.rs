@@ -8,6 +8,7 @@ use mesh_identity::CredentialStore;
 use tokio::sync::watch;
 
 use crate::client::{InvalidTarget, MeshClient};
+use crate::metrics::IstioMetrics;
 use crate::ratelimit::{ServerRateLimitLayer, Workload};
 use crate::runtime::Runtime;
 use crate::server::{MeshServerLayer, ServerStats};
@@ -37,6 +38,7 @@ struct Inner {
     runtime: Arc<ArcSwap<Runtime>>,
     applied: watch::Receiver<Version>,
     server_stats: Arc<ServerStats>,
+    metrics: Arc<IstioMetrics>,
     task: tokio::task::JoinHandle<()>,
     mirrors: Mirrors,
     mirror_task: tokio::task::JoinHandle<()>,
@@ -96,6 +98,7 @@ impl Mesh {
             node,
             credentials,
         } = builder;
+        let metrics = Arc::new(IstioMetrics::new(&node.workload));
         let mut changes = store.subscribe();
         let first = Runtime::build(
             changes.borrow_and_update().clone(),
@@ -125,6 +128,7 @@ impl Mesh {
                 runtime,
                 applied,
                 server_stats: Arc::default(),
+                metrics,
                 task,
                 mirrors,
                 mirror_task,
@@ -172,6 +176,7 @@ impl Mesh {
     /// `tonic::transport::Server::builder().layer(..)`.
     pub fn server_layer(&self) -> MeshServerLayer {
         MeshServerLayer::with_stats(Arc::clone(&self.inner.server_stats))
+            .with_metrics(Arc::clone(&self.inner.metrics))
     }
 
     /// Request counts of every server layer made by [`server_layer`](Self::server_layer).
@@ -197,6 +202,42 @@ impl Mesh {
         ServerRateLimitLayer::for_workload(self.clone(), workload)
     }
 
+    /// Istio's standard metrics, recorded by every client and server
+    /// layer of this mesh ([`metrics`](crate::metrics)).
+    pub fn metrics(&self) -> &Arc<IstioMetrics> {
+        &self.inner.metrics
+    }
+
+    /// Every metric of this mesh in the Prometheus text format: Istio's
+    /// standard metrics, then the mesh's internal counters per cluster
+    /// (retries, retry budget refusals, circuit breaker overflows,
+    /// ejections), mirroring and per-route server counts. Rate-limited
+    /// requests and injected faults are the `RL` and `FI`
+    /// `response_flags` of `istio_requests_total`, as in Istio.
+    pub fn prometheus_text(&self) -> String {
+        let mut out = String::new();
+        let rt = self.inner.runtime.load();
+        let mut clusters: Vec<_> = rt.clusters.values().collect();
+        clusters.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        self.inner
+            .metrics
+            .render(clusters.iter().map(|c| &**c.istio()), &mut out);
+        crate::metrics::render_mesh(self, &mut out);
+        out
+    }
+
+    pub(crate) fn cluster_names(&self) -> Vec<mesh_core::ClusterName> {
+        let mut names: Vec<_> = self.inner.runtime.load().clusters.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub(crate) fn retry_counts(&self, cluster: &str) -> Option<(u64, u64)> {
+        let rt = self.inner.runtime.load();
+        let s = rt.clusters.get(cluster)?.retry_state();
+        Some((s.retries(), s.refused()))
+    }
+
     /// Counters of mirrored requests.
     pub fn mirror_stats(&self) -> &MirrorStats {
         self.inner.mirrors.stats()
@@ -216,6 +257,8 @@ impl Mesh {
                 .iter()
                 .map(|e| EndpointStatus {
                     address: e.address().to_string(),
+                    weight: e.config().weight,
+                    health: e.config().health,
                     in_flight: e.in_flight(),
                     ejected: e.outlier().is_ejected(),
                     ready: e.is_ready(),
@@ -325,6 +368,10 @@ pub struct Node {
     pub locality: mesh_core::model::Locality,
     /// The labels `failoverPriority` compares.
     pub labels: mesh_core::model::Labels,
+    /// The workload name (Istio's `source_workload` of its calls and
+    /// `destination_workload` of the requests it serves); empty is
+    /// `unknown`.
+    pub workload: String,
 }
 
 impl Node {
@@ -333,7 +380,14 @@ impl Node {
         Self {
             locality: mesh_core::model::Locality::parse(locality),
             labels,
+            workload: String::new(),
         }
+    }
+
+    /// The node, running the workload `name` (the metrics' workload label).
+    pub fn with_workload(mut self, name: &str) -> Self {
+        self.workload = name.to_owned();
+        self
     }
 }
 
@@ -342,6 +396,10 @@ impl Node {
 pub struct EndpointStatus {
     /// The address.
     pub address: String,
+    /// The load balancing weight from the config.
+    pub weight: u32,
+    /// The health its source reports (EDS `health_status`).
+    pub health: mesh_core::model::Health,
     /// Requests whose responses have not finished.
     pub in_flight: u64,
     /// Whether outlier detection ejected it: the balancer skips it

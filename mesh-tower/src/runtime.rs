@@ -57,8 +57,9 @@ pub(crate) struct Runtime {
 }
 
 /// Per-cluster state that lives as long as the cluster name does.
-#[derive(Default)]
 pub(crate) struct ClusterShared {
+    /// Istio's standard metrics of the calls to this cluster.
+    pub(crate) istio: Arc<crate::metrics::SeriesTable>,
     next: AtomicUsize,
     pub(crate) breaker_stats: Arc<BreakerStats>,
     pub(crate) outlier_stats: OutlierStats,
@@ -232,8 +233,16 @@ impl ClusterRuntime {
             candidates = (0..new_eps.len() as u32).collect();
         }
         let (groups, choice) = locality_groups(&config, node, &candidates, new_eps);
-        let shared: Arc<ClusterShared> =
-            previous.map(|p| Arc::clone(&p.shared)).unwrap_or_default();
+        let shared: Arc<ClusterShared> = match previous {
+            Some(p) => Arc::clone(&p.shared),
+            None => Arc::new(ClusterShared {
+                istio: Arc::new(crate::metrics::SeriesTable::new(Some(config.name.clone()))),
+                next: AtomicUsize::new(0),
+                breaker_stats: Arc::default(),
+                outlier_stats: OutlierStats::default(),
+                retry: Arc::default(),
+            }),
+        };
         // The breaker's counters survive a push that keeps the limits; new
         // limits start new counters (requests admitted under the old ones
         // finish under them), with the overflow counts carried over.
@@ -462,6 +471,11 @@ impl ClusterRuntime {
 
     /// The cluster's retry budget and concurrent-retry gauge, kept for as
     /// long as the cluster exists.
+    /// The cluster's standard metrics.
+    pub(crate) fn istio(&self) -> &Arc<crate::metrics::SeriesTable> {
+        &self.shared.istio
+    }
+
     pub(crate) fn retry_state(&self) -> &Arc<RetryState> {
         &self.shared.retry
     }

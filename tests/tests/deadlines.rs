@@ -156,14 +156,14 @@ async fn outbound_calls_inherit_the_inbound_deadline() {
     let client = mesh.client();
     let app = tower::ServiceBuilder::new()
         .layer(mesh.server_layer())
-        .service_fn(move |_: Request<()>| {
+        .service_fn(move |_: Request<String>| {
             let client = client.clone();
             async move { Ok::<_, Infallible>(Response::new(handler(client).await)) }
         });
     let inbound = Request::post("/pkg.Front/Call")
         .header("content-type", "application/grpc")
         .header("grpc-timeout", "300m")
-        .body(())
+        .body(String::new())
         .unwrap();
     let res = app.oneshot(inbound).await.unwrap();
     assert_eq!(
@@ -185,7 +185,7 @@ async fn the_deadline_layer_works_alone_and_without_a_deadline() {
     let client = mesh.client();
     let app = tower::ServiceBuilder::new()
         .layer(DeadlineLayer::new())
-        .service_fn(move |_: Request<()>| {
+        .service_fn(move |_: Request<String>| {
             let client = client.clone();
             async move {
                 let r = grpc_call(&client, None).await;
@@ -195,7 +195,7 @@ async fn the_deadline_layer_works_alone_and_without_a_deadline() {
     let start = Instant::now();
     let res = app
         .clone()
-        .oneshot(Request::post("/x").body(()).unwrap())
+        .oneshot(Request::post("/x").body(String::new()).unwrap())
         .await
         .unwrap();
     assert_eq!(res, Ok(200), "no inbound deadline: no bound");
@@ -203,7 +203,7 @@ async fn the_deadline_layer_works_alone_and_without_a_deadline() {
 
     let req = Request::post("/x")
         .header("grpc-timeout", "1S")
-        .body(())
+        .body(String::new())
         .unwrap();
     let res = app.oneshot(req).await.unwrap();
     assert_eq!(res, Err("request timed out after 1s (deadline)".to_owned()));

@@ -109,6 +109,8 @@ impl tower::Service<Request<BoxBody>> for Balance {
         let Some(endpoint) = picked else {
             return ResponseFuture::failed(Error::no_endpoints(cluster.config.name.as_str()));
         };
+        // Each attempt is a span of its own, a child of the logical call.
+        crate::trace::attempt(req.headers_mut());
         let in_flight = InFlight::start(Arc::clone(endpoint));
         // Outcomes are recorded where the response (or the connect error
         // or reset) is seen, for outlier detection and peak EWMA.

@@ -76,6 +76,13 @@ where
 /// The local reply for an injected abort: the HTTP status (for a gRPC
 /// caller mapped to its gRPC code), or the gRPC status as Trailers-Only.
 pub(crate) fn abort_response<ResB: From<Bytes>>(status: AbortStatus, grpc: bool) -> Response<ResB> {
+    let mut res = abort_reply(status, grpc);
+    res.extensions_mut()
+        .insert(crate::metrics::ResponseFlag::FaultInjected);
+    res
+}
+
+fn abort_reply<ResB: From<Bytes>>(status: AbortStatus, grpc: bool) -> Response<ResB> {
     match status {
         AbortStatus::Grpc(code) => local_reply::grpc(code, ABORT_BODY),
         AbortStatus::Http(code) if grpc => {

@@ -74,6 +74,8 @@ pub(crate) fn limited<ResB>(
     grpc: bool,
 ) -> Response<ResB> {
     let mut res = Response::new(body);
+    res.extensions_mut()
+        .insert(crate::metrics::ResponseFlag::RateLimited);
     if grpc {
         local_reply::grpc_headers(&mut res, RESOURCE_EXHAUSTED, LIMITED_BODY);
     } else {

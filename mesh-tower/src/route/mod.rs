@@ -306,16 +306,18 @@ where
         let runtime = self.mesh.runtime().load_full();
         match decide_any(&runtime, self.target.as_deref(), &mut req) {
             Ok(Decided::Forward(decision)) => {
+                let metrics = Arc::clone(decision.cluster.istio());
                 req.extensions_mut().insert(decision);
-                ResponseFuture::inner(self.inner.call(req))
+                ResponseFuture::inner(self.inner.call(req), metrics)
             }
             Ok(Decided::Local(local)) => {
                 req.extensions_mut().insert(local);
-                ResponseFuture::inner(self.inner.call(req))
+                let metrics = Arc::clone(self.mesh.metrics().unrouted());
+                ResponseFuture::inner(self.inner.call(req), metrics)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "request not routed");
-                ResponseFuture::error(e)
+                ResponseFuture::error(e, Arc::clone(self.mesh.metrics().unrouted()))
             }
         }
     }

@@ -33,18 +33,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response};
+use tokio::task::futures::TaskLocalFuture;
 
 pub use stats::{MAX_ROUTES, RouteStats, ServerStats};
 
 use stats::RouteCounters;
 
-/// The request id header (Envoy and Istio's `x-request-id`).
-pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+use crate::metrics::{self, IstioMetrics};
+pub use crate::trace::REQUEST_ID;
+use crate::trace::{Propagators, Sampling, TraceContext, new_request_id, valid_request_id};
 
 /// Applies [`MeshServer`] to a service.
 #[derive(Clone, Debug, Default)]
 pub struct MeshServerLayer {
     stats: Arc<ServerStats>,
+    propagators: Propagators,
+    sampling: Sampling,
+    metrics: Option<Arc<IstioMetrics>>,
 }
 
 impl MeshServerLayer {
@@ -55,7 +60,37 @@ impl MeshServerLayer {
 
     /// A layer that counts into `stats` (shared with a [`Mesh`](crate::Mesh)).
     pub fn with_stats(stats: Arc<ServerStats>) -> Self {
-        Self { stats }
+        Self {
+            stats,
+            propagators: Propagators::default(),
+            sampling: Sampling::never(),
+            metrics: None,
+        }
+    }
+
+    /// Starts a new trace for `sampling`'s share of the requests that
+    /// arrive without a valid trace context (Istio's
+    /// `randomSamplingPercentage`); [`Sampling::never`] unless set, so an
+    /// untraced request costs nothing. A request that carries a trace
+    /// context always continues it, with its parent's sampling decision.
+    pub fn with_sampling(mut self, sampling: Sampling) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// Records Istio's standard metrics (`reporter="destination"`) of
+    /// every request into `metrics` ([`Mesh::server_layer`](crate::Mesh::server_layer)
+    /// records into the mesh's).
+    pub fn with_metrics(mut self, metrics: Arc<IstioMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The trace header formats extracted from inbound requests
+    /// ([`Propagators::default`] unless set).
+    pub fn with_propagators(mut self, propagators: Propagators) -> Self {
+        self.propagators = propagators;
+        self
     }
 
     /// The counters.
@@ -71,6 +106,9 @@ impl<S> tower::Layer<S> for MeshServerLayer {
         MeshServer {
             inner,
             stats: Arc::clone(&self.stats),
+            propagators: self.propagators,
+            sampling: self.sampling,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -81,6 +119,9 @@ impl<S> tower::Layer<S> for MeshServerLayer {
 pub struct MeshServer<S> {
     inner: S,
     stats: Arc<ServerStats>,
+    propagators: Propagators,
+    sampling: Sampling,
+    metrics: Option<Arc<IstioMetrics>>,
 }
 
 impl<S> MeshServer<S> {
@@ -116,42 +157,19 @@ fn route_key<B>(req: &Request<B>) -> &str {
     }
 }
 
-/// A request id in UUID v4 form, from a thread-local generator.
-fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
-    // Version 4, variant 10xx.
-    n = (n & !(0xf << 76)) | (0x4 << 76);
-    n = (n & !(0x3 << 62)) | (0x2 << 62);
-    let mut buf = [0u8; 36];
-    let mut i = 0;
-    for (k, slot) in buf.iter_mut().enumerate() {
-        if matches!(k, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-        } else {
-            *slot = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
-            i += 1;
-        }
-    }
-    // Hex digits and dashes are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-fn valid_request_id(v: &HeaderValue) -> bool {
-    (1..=128).contains(&v.len())
-        && v.as_bytes()
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
 impl<S, B, ResB> tower::Service<Request<B>> for MeshServer<S>
 where
     S: tower::Service<Request<B>, Response = Response<ResB>>,
+    B: http_body::Body,
+    ResB: http_body::Body,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
     type Future = ResponseFuture<
-        tokio::task::futures::TaskLocalFuture<Option<tokio::time::Instant>, S::Future>,
+        TaskLocalFuture<
+            Option<TraceContext>,
+            TaskLocalFuture<Option<tokio::time::Instant>, S::Future>,
+        >,
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
@@ -171,10 +189,25 @@ where
         let counters = self.stats.counters(route_key(&req));
         counters.request();
         let deadline = crate::deadline::inbound(&req);
+        let trace =
+            crate::trace::server_context(req.headers(), self.propagators, self.sampling, &id);
+        let access =
+            crate::access_log::Start::capture(&req, trace.as_ref().map(|t| t.span.trace_id));
+        let metrics = (self.metrics.is_some() || access.is_some()).then(|| Inbound {
+            metrics: self.metrics.clone(),
+            access,
+            start: tokio::time::Instant::now(),
+            request_bytes: metrics::body_bytes(req.headers(), &req.body().size_hint()),
+            protocol: metrics::Protocol::of(req.headers()),
+        });
         ResponseFuture {
-            inner: crate::deadline::scope(deadline, self.inner.call(req)),
+            inner: crate::trace::scope(
+                trace,
+                crate::deadline::scope(deadline, self.inner.call(req)),
+            ),
             counters,
             id: Some(id),
+            metrics,
         }
     }
 }
@@ -186,11 +219,22 @@ pub struct ResponseFuture<F> {
     inner: F,
     counters: Arc<RouteCounters>,
     id: Option<HeaderValue>,
+    metrics: Option<Inbound>,
+}
+
+/// What the server records when the response is ready.
+struct Inbound {
+    metrics: Option<Arc<IstioMetrics>>,
+    access: Option<Box<crate::access_log::Start>>,
+    start: tokio::time::Instant,
+    request_bytes: u64,
+    protocol: metrics::Protocol,
 }
 
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: http_body::Body,
 {
     type Output = F::Output;
 
@@ -200,6 +244,39 @@ where
         match &result {
             Ok(res) => this.counters.response(res.status()),
             Err(_) => this.counters.failure(),
+        }
+        if let Some(m) = this.metrics.take() {
+            let (code, grpc_status, flag, response_bytes) = match &result {
+                Ok(res) => (
+                    res.status().as_u16(),
+                    metrics::grpc_status(res.headers()),
+                    res.extensions()
+                        .get::<metrics::ResponseFlag>()
+                        .copied()
+                        .unwrap_or(metrics::ResponseFlag::None),
+                    metrics::body_bytes(res.headers(), &res.body().size_hint()),
+                ),
+                // The connection is reset: Envoy logs code 0 with `DC`-like
+                // flags; 0 with no flag here.
+                Err(_) => (0, None, metrics::ResponseFlag::None, 0),
+            };
+            let record = metrics::Record {
+                reporter: metrics::Reporter::Destination,
+                destination: None,
+                code,
+                grpc_status,
+                flag,
+                protocol: m.protocol,
+                duration: m.start.elapsed(),
+                request_bytes: m.request_bytes,
+                response_bytes,
+            };
+            if let Some(metrics) = &m.metrics {
+                metrics.inbound().record(&record);
+            }
+            if let Some(a) = &m.access {
+                a.log(&record);
+            }
         }
         Poll::Ready(result.map(|mut res| {
             if let Some(id) = this.id.take() {
@@ -229,20 +306,23 @@ mod tests {
     #[tokio::test]
     async fn keeps_valid_ids_replaces_bad_ones_and_counts() {
         let layer = MeshServerLayer::new();
-        let mut svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+        let mut svc = layer.layer(tower::service_fn(|req: Request<String>| async move {
             let id = req.headers().get(&REQUEST_ID).cloned().unwrap();
             let status = if req.uri().path() == "/fail" {
                 500
             } else {
                 200
             };
-            let mut res = Response::builder().status(status).body(()).unwrap();
+            let mut res = Response::builder()
+                .status(status)
+                .body(String::new())
+                .unwrap();
             res.headers_mut().insert("x-seen-id", id);
             Ok::<_, Infallible>(res)
         }));
         let req = Request::builder()
             .header("x-request-id", "abc-123")
-            .body(())
+            .body(String::new())
             .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(res.headers()["x-request-id"], "abc-123");
@@ -251,7 +331,7 @@ mod tests {
         let req = Request::builder()
             .uri("/fail")
             .header("x-request-id", "<script>")
-            .body(())
+            .body(String::new())
             .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();

@@ -1,0 +1,495 @@
+//! Istio's standard request metrics, recorded in-process by the client
+//! stack and the server layer, exposed in Prometheus text format.
+//!
+//! The names, types, units, labels and buckets are Istio's ("Istio
+//! Standard Metrics", istio.io/latest/docs/reference/config/metrics/), so
+//! existing dashboards and alerts work unchanged:
+//!
+//! - `istio_requests_total` (counter);
+//! - `istio_request_duration_milliseconds` (histogram);
+//! - `istio_request_bytes`, `istio_response_bytes` (histograms);
+//!
+//! with the labels `reporter` (`source` for the client stack,
+//! `destination` for the server layer), `source_workload`,
+//! `destination_workload`, `destination_service`, `response_code`,
+//! `grpc_response_status`, `response_flags` (Envoy's short names: `NR`,
+//! `UH`, `UF`, `UT`, `UO`, `URX`, `UC`, `FI`, `RL`, or `-`) and
+//! `request_protocol` (`http` or `grpc`). Labels this crate cannot know
+//! yet (the peer's workload and principal) are `unknown`, Istio's value
+//! for an unknown peer.
+//!
+//! # Why own atomics, and how recording stays cheap
+//!
+//! Recording must be lock-free and allocation-free. `prometheus-client`'s
+//! `Family` looks label sets up behind a `RwLock` and its `Histogram`
+//! takes a lock per observation; the OpenTelemetry SDK hashes an
+//! attribute set per measurement into a locked map. Here the series are
+//! resolved before the request: every cluster of the config owns a
+//! [`SeriesTable`] (created with the cluster, kept for as long as its
+//! name exists, as the breaker counters are), the route decision hands
+//! that table to the client's response future (an `Arc` it clones in
+//! place of the cluster name), and the mesh owns one table for requests
+//! that were not routed and one for the server layer. A table is a fixed
+//! array of [`SLOTS`] series; the remaining labels (`response_code`,
+//! `grpc_response_status`, `response_flags`, `request_protocol`) are
+//! packed into one `u32`, so finding the series is a scan of at most
+//! [`SLOTS`] relaxed loads (a claim is one compare-and-swap), and a record
+//! is a handful of relaxed `fetch_add`s. No label is built, hashed or
+//! formatted per request: labels are rendered only at scrape time.
+//! Cardinality is bounded by construction: destinations come from config
+//! and each table holds at most [`SLOTS`] label sets; requests with a
+//! further label set are counted in `mesh_metrics_series_dropped_total`.
+//!
+//! # Measured points
+//!
+//! Duration runs from the call to the response headers (client: through
+//! every retry; server: until the handler returned its response). Bytes
+//! are body sizes known from the headers (`content-length`) or an exact
+//! body size hint, otherwise 0: the bodies are not wrapped, so streamed
+//! bytes are not counted.
+
+mod render;
+
+pub(crate) use render::render_mesh;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::HeaderMap;
+use mesh_core::ClusterName;
+
+/// The most label sets (code, gRPC status, flag, protocol) one
+/// destination holds.
+pub const SLOTS: usize = 16;
+
+/// Envoy's default histogram buckets (`HistogramSettingsImpl::defaultBuckets`,
+/// the buckets Istio's standard histograms use unless configured): the
+/// upper bounds, in the metric's unit.
+pub const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// [`BUCKETS`] in thousandths.
+const BUCKETS_MILLI: [u64; 19] = [
+    500,
+    1_000,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
+    600_000_000,
+    1_800_000_000,
+    3_600_000_000,
+];
+
+/// Which side recorded a request (Istio's `reporter` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// The client stack (`source`).
+    Source,
+    /// The server layer (`destination`).
+    Destination,
+}
+
+impl Reporter {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+/// Why the mesh answered as it did (Envoy's response flags, the
+/// `response_flags` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResponseFlag {
+    /// None (`-`).
+    None,
+    /// No route matched (`NR`).
+    NoRoute,
+    /// No healthy endpoint (`UH`).
+    NoHealthyUpstream,
+    /// Connecting to the endpoint failed (`UF`).
+    UpstreamConnectionFailure,
+    /// The request timed out (`UT`).
+    UpstreamRequestTimeout,
+    /// A circuit breaker limit overflowed (`UO`).
+    UpstreamOverflow,
+    /// Retries were exhausted by the retry budget (`URX`).
+    UpstreamRetryLimitExceeded,
+    /// The upstream connection or stream failed (`UC`).
+    UpstreamConnectionTermination,
+    /// An injected fault aborted the request (`FI`).
+    FaultInjected,
+    /// A local rate limit refused the request (`RL`).
+    RateLimited,
+}
+
+impl ResponseFlag {
+    /// Envoy's short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "-",
+            Self::NoRoute => "NR",
+            Self::NoHealthyUpstream => "UH",
+            Self::UpstreamConnectionFailure => "UF",
+            Self::UpstreamRequestTimeout => "UT",
+            Self::UpstreamOverflow => "UO",
+            Self::UpstreamRetryLimitExceeded => "URX",
+            Self::UpstreamConnectionTermination => "UC",
+            Self::FaultInjected => "FI",
+            Self::RateLimited => "RL",
+        }
+    }
+
+    /// The flag of a mesh error.
+    pub fn of_error(e: &crate::Error) -> Self {
+        if e.is_no_route() {
+            Self::NoRoute
+        } else if e.is_no_endpoints() {
+            Self::NoHealthyUpstream
+        } else if e.is_connect() {
+            Self::UpstreamConnectionFailure
+        } else if e.is_timeout() {
+            Self::UpstreamRequestTimeout
+        } else if e.is_circuit_open() {
+            Self::UpstreamOverflow
+        } else if e.is_budget_exhausted() {
+            Self::UpstreamRetryLimitExceeded
+        } else if e.is_upstream() {
+            Self::UpstreamConnectionTermination
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// `request_protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// `http`.
+    Http,
+    /// `grpc`.
+    Grpc,
+}
+
+impl Protocol {
+    /// The protocol of a request with these headers.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc { Self::Grpc } else { Self::Http }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+/// One request's outcome, as recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// Who records.
+    pub reporter: Reporter,
+    /// The cluster the request went to (`None`: not routed, or unknown on
+    /// the server side).
+    pub destination: Option<&'a ClusterName>,
+    /// The HTTP status (or the status of the mesh's local reply).
+    pub code: u16,
+    /// The `grpc-status` seen with the response headers, if any.
+    pub grpc_status: Option<u8>,
+    /// The response flag.
+    pub flag: ResponseFlag,
+    /// The request protocol.
+    pub protocol: Protocol,
+    /// From the call to the response headers.
+    pub duration: Duration,
+    /// Request body bytes, when known.
+    pub request_bytes: u64,
+    /// Response body bytes, when known.
+    pub response_bytes: u64,
+}
+
+/// The labels of a series besides reporter and destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub(crate) code: u16,
+    pub(crate) grpc_status: Option<u8>,
+    pub(crate) flag: ResponseFlag,
+    pub(crate) protocol: Protocol,
+}
+
+const FLAGS: [ResponseFlag; 10] = [
+    ResponseFlag::None,
+    ResponseFlag::NoRoute,
+    ResponseFlag::NoHealthyUpstream,
+    ResponseFlag::UpstreamConnectionFailure,
+    ResponseFlag::UpstreamRequestTimeout,
+    ResponseFlag::UpstreamOverflow,
+    ResponseFlag::UpstreamRetryLimitExceeded,
+    ResponseFlag::UpstreamConnectionTermination,
+    ResponseFlag::FaultInjected,
+    ResponseFlag::RateLimited,
+];
+
+impl Key {
+    // Bit 31 marks a used slot (code 0 is a valid code: a reset).
+    const USED: u32 = 1 << 31;
+
+    fn of(r: &Record<'_>) -> Self {
+        Self {
+            code: r.code,
+            grpc_status: r.grpc_status.filter(|&g| g <= 16),
+            flag: r.flag,
+            protocol: r.protocol,
+        }
+    }
+
+    fn pack(self) -> u32 {
+        let flag = FLAGS.iter().position(|&f| f == self.flag).unwrap_or(0) as u32;
+        let grpc = self.grpc_status.map_or(0, |g| u32::from(g) + 1);
+        Self::USED
+            | u32::from(self.code)
+            | (grpc << 16)
+            | (flag << 21)
+            | (u32::from(self.protocol == Protocol::Grpc) << 25)
+    }
+
+    fn unpack(k: u32) -> Option<Self> {
+        if k & Self::USED == 0 {
+            return None;
+        }
+        let grpc = (k >> 16) & 0x1f;
+        Some(Self {
+            code: (k & 0xffff) as u16,
+            grpc_status: (grpc != 0).then(|| (grpc - 1) as u8),
+            flag: FLAGS[((k >> 21) & 0xf) as usize % FLAGS.len()],
+            protocol: if k & (1 << 25) != 0 {
+                Protocol::Grpc
+            } else {
+                Protocol::Http
+            },
+        })
+    }
+}
+
+/// A histogram of atomics: per-bucket counts (not cumulative), the count
+/// and the sum (in thousandths of the unit, so durations keep µs).
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    pub(crate) buckets: [AtomicU64; BUCKETS.len() + 1],
+    pub(crate) count: AtomicU64,
+    pub(crate) sum_milli: AtomicU64,
+}
+
+impl Histogram {
+    /// Observes `milli` thousandths of the unit (integers only: no float
+    /// on the request path).
+    fn observe_milli(&self, milli: u64) {
+        let i = BUCKETS_MILLI
+            .iter()
+            .position(|&b| milli <= b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_milli.fetch_add(milli, Ordering::Relaxed);
+    }
+
+    fn observe(&self, value: u64) {
+        self.observe_milli(value.saturating_mul(1000));
+    }
+
+    fn observe_duration(&self, d: Duration) {
+        // Microseconds are thousandths of the histogram's milliseconds.
+        self.observe_milli(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Series {
+    key: AtomicU32,
+    pub(crate) requests: AtomicU64,
+    pub(crate) duration_ms: Histogram,
+    pub(crate) request_bytes: Histogram,
+    pub(crate) response_bytes: Histogram,
+}
+
+/// The series of one destination (a cluster, the requests not routed, or
+/// the server side): see the module docs.
+#[derive(Debug)]
+pub struct SeriesTable {
+    destination: Option<ClusterName>,
+    slots: [Series; SLOTS],
+    dropped: AtomicU64,
+}
+
+impl SeriesTable {
+    /// An empty table for requests to `destination`.
+    pub fn new(destination: Option<ClusterName>) -> Self {
+        Self {
+            destination,
+            slots: std::array::from_fn(|_| Series::default()),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// The cluster the table's requests went to.
+    pub fn destination(&self) -> Option<&ClusterName> {
+        self.destination.as_ref()
+    }
+
+    /// Records one request: lock-free, allocation-free. `r.destination`
+    /// is not read (the table is the destination).
+    pub fn record(&self, r: &Record<'_>) {
+        let Some(series) = self.series_for(Key::of(r).pack()) else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        series.requests.fetch_add(1, Ordering::Relaxed);
+        series.duration_ms.observe_duration(r.duration);
+        series.request_bytes.observe(r.request_bytes);
+        series.response_bytes.observe(r.response_bytes);
+    }
+
+    fn series_for(&self, key: u32) -> Option<&Series> {
+        // Slots are claimed in order and never freed, so a label set
+        // already present is found before the first free slot.
+        for s in &self.slots {
+            match s.key.load(Ordering::Relaxed) {
+                k if k == key => return Some(s),
+                0 => match s
+                    .key
+                    .compare_exchange(0, key, Ordering::Relaxed, Ordering::Relaxed)
+                {
+                    Ok(_) => return Some(s),
+                    Err(k) if k == key => return Some(s),
+                    Err(_) => {}
+                },
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Requests not recorded: their label set found no free slot.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// `istio_requests_total` with response code `code`, over the other
+    /// labels.
+    pub fn requests_total(&self, code: u16) -> u64 {
+        self.series()
+            .filter(|(k, _)| k.code == code)
+            .map(|(_, s)| s.requests.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub(crate) fn series(&self) -> impl Iterator<Item = (Key, &Series)> {
+        self.slots
+            .iter()
+            .filter_map(|s| Some((Key::unpack(s.key.load(Ordering::Relaxed))?, s)))
+    }
+}
+
+/// The standard metrics of one process beyond the per-cluster tables:
+/// the workload name, the requests the client stack could not route, and
+/// the requests the server layer served. A [`Mesh`](crate::Mesh) holds
+/// one, shared by its clients and server layers.
+#[derive(Debug)]
+pub struct IstioMetrics {
+    workload: Arc<str>,
+    unrouted: Arc<SeriesTable>,
+    inbound: SeriesTable,
+}
+
+impl IstioMetrics {
+    /// Metrics of the workload `workload` (the `source_workload` of its
+    /// calls and the `destination_workload` of the requests it serves;
+    /// empty means `unknown`).
+    pub fn new(workload: &str) -> Self {
+        let workload = if workload.is_empty() {
+            "unknown"
+        } else {
+            workload
+        };
+        Self {
+            workload: Arc::from(workload),
+            unrouted: Arc::new(SeriesTable::new(None)),
+            inbound: SeriesTable::new(None),
+        }
+    }
+
+    /// The workload name.
+    pub fn workload(&self) -> &str {
+        &self.workload
+    }
+
+    /// Client-side requests that matched no route or were answered by a
+    /// local route (`destination_service="unknown"`).
+    pub fn unrouted(&self) -> &Arc<SeriesTable> {
+        &self.unrouted
+    }
+
+    /// Requests served by the server layers (`reporter="destination"`).
+    pub fn inbound(&self) -> &SeriesTable {
+        &self.inbound
+    }
+
+    /// Writes the standard metrics of this process and of `clusters`'
+    /// tables in the Prometheus text exposition format (version 0.0.4).
+    pub fn render<'a>(
+        &self,
+        clusters: impl IntoIterator<Item = &'a SeriesTable>,
+        out: &mut String,
+    ) {
+        let mut tables: Vec<(Reporter, &SeriesTable)> = clusters
+            .into_iter()
+            .map(|t| (Reporter::Source, t))
+            .collect();
+        tables.push((Reporter::Source, &self.unrouted));
+        tables.push((Reporter::Destination, &self.inbound));
+        render::istio(self, &tables, out);
+    }
+}
+
+/// The `grpc-status` of response headers (a trailers-only response).
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u8> {
+    let v = headers.get("grpc-status")?.to_str().ok()?;
+    v.parse::<u8>().ok().filter(|&c| c <= 16)
+}
+
+/// A body size from `content-length` or an exact size hint.
+pub(crate) fn body_bytes(headers: &HeaderMap, hint: &http_body::SizeHint) -> u64 {
+    hint.exact()
+        .or_else(|| {
+            headers
+                .get(http::header::CONTENT_LENGTH)?
+                .to_str()
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,366 @@
+//! Istio's standard metrics and the mesh's internal counters, scraped
+//! over HTTP from the admin router, after the events they count.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use axum::routing::get;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Empty};
+use mesh_core::model::Labels;
+use mesh_examples::backends::Server;
+use mesh_examples::yaml;
+use mesh_tests::{init_tracing, mesh_from_yaml};
+use mesh_tower::ratelimit::Workload;
+use mesh_tower::{Mesh, admin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::ServiceExt;
+
+const SVC: &str = "outbound|8080||svc.default.svc.cluster.local";
+const EJ: &str = "outbound|8080||ej.default.svc.cluster.local";
+
+/// Serves the admin router of `mesh` on loopback.
+async fn serve_admin(mesh: &Mesh) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = admin::router(mesh.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// `GET path` as raw HTTP/1.1: the status and the body.
+async fn scrape(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut res = String::new();
+    s.read_to_string(&mut res).await.unwrap();
+    let status = res[9..12].parse().unwrap();
+    let body = res.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+/// The sum of the samples of `metric` whose labels contain every one of
+/// `labels` (`name="value"`).
+fn sample(text: &str, metric: &str, labels: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .filter(|l| labels.iter().all(|f| l.contains(f)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+async fn get_status(mesh: &Mesh, url: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut req = http::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = match mesh
+        .client()
+        .oneshot(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+    {
+        Ok(res) => res,
+        Err(e) => return e.http_status().as_u16(),
+    };
+    let status = res.status().as_u16();
+    res.into_body().collect().await.unwrap();
+    status
+}
+
+fn app() -> axum::Router {
+    axum::Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn scraped_request_counts_match_what_was_sent_by_response_code() {
+    init_tracing();
+    // The server's mesh records `reporter="destination"`.
+    let server_mesh = mesh_from_yaml(&yaml::service_entry(
+        "unused",
+        8080,
+        "HTTP",
+        &[("127.0.0.1:1".parse().unwrap(), "v1")],
+    ));
+    let server = Server::start_with_layer(app(), server_mesh.server_layer())
+        .await
+        .unwrap();
+    let client_mesh = mesh_from_yaml(&yaml::service_entry(
+        "svc",
+        8080,
+        "HTTP",
+        &[(server.addr(), "v1")],
+    ));
+    for _ in 0..3 {
+        assert_eq!(
+            get_status(&client_mesh, "http://svc:8080/ok", &[]).await,
+            200
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            get_status(&client_mesh, "http://svc:8080/fail", &[]).await,
+            500
+        );
+    }
+    assert_eq!(
+        get_status(&client_mesh, "http://nowhere:8080/", &[]).await,
+        404
+    );
+
+    let client_admin = serve_admin(&client_mesh).await;
+    let (status, text) = scrape(client_admin, "/metrics").await;
+    assert_eq!(status, 200);
+    let source = "reporter=\"source\"";
+    let dest = "destination_service=\"svc.default.svc.cluster.local\"";
+    let n = |code: &str| sample(&text, "istio_requests_total", &[source, dest, code]);
+    assert_eq!(n("response_code=\"200\""), 3, "{text}");
+    assert_eq!(n("response_code=\"500\""), 2);
+    // Not routed: Envoy's `NR` flag and a 404 local reply.
+    assert_eq!(
+        sample(
+            &text,
+            "istio_requests_total",
+            &[
+                "response_code=\"404\"",
+                "response_flags=\"NR\"",
+                "destination_service=\"unknown\""
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "istio_request_duration_milliseconds_count",
+            &[source, dest, "response_code=\"200\""]
+        ),
+        3
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "istio_response_bytes_bucket",
+            &[dest, "response_code=\"200\"", "le=\"5\""]
+        ),
+        3,
+        "\"ok\" is 2 bytes"
+    );
+
+    let server_admin = serve_admin(&server_mesh).await;
+    let (_, text) = scrape(server_admin, "/metrics").await;
+    let d = |code: &str| {
+        sample(
+            &text,
+            "istio_requests_total",
+            &["reporter=\"destination\"", code],
+        )
+    };
+    assert_eq!(d("response_code=\"200\""), 3, "{text}");
+    assert_eq!(d("response_code=\"500\""), 2);
+
+    assert_eq!(
+        scrape(client_admin, "/live").await,
+        (200, "live".to_owned())
+    );
+    assert_eq!(
+        scrape(client_admin, "/ready").await,
+        (200, "ready".to_owned())
+    );
+    let (status, clusters) = scrape(client_admin, "/clusters").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&clusters).unwrap();
+    let svc = json["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == SVC)
+        .unwrap();
+    let ep = &svc["endpoints"][0];
+    assert_eq!(ep["address"], server.addr().to_string());
+    assert_eq!(ep["weight"], 1);
+    assert_eq!(ep["ejected"], false);
+    assert_eq!(ep["in_flight"], 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_internal_counter_moves_with_its_event() {
+    init_tracing();
+    // Server side: an inbound rate limit of 3 requests a minute.
+    let limit = r#"apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: { name: rl }
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match: { context: SIDECAR_INBOUND }
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          value:
+            stat_prefix: http_local_rate_limiter
+            token_bucket: { max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s }
+            filter_enabled: { default_value: { numerator: 100, denominator: HUNDRED } }
+            filter_enforced: { default_value: { numerator: 100, denominator: HUNDRED } }
+"#;
+    let server_mesh = mesh_from_yaml(limit);
+    let limited = Server::start_with_layer(
+        app().layer(
+            server_mesh
+                .server_rate_limit(Workload::new(8080).with_labels(Labels::new([("app", "svc")]))),
+        ),
+        server_mesh.server_layer(),
+    )
+    .await
+    .unwrap();
+    let good = Server::start(app()).await.unwrap();
+    let bad =
+        Server::start(axum::Router::new().route("/ok", get(|| async { StatusCode::BAD_GATEWAY })))
+            .await
+            .unwrap();
+
+    let mut y = yaml::service_entry("svc", 8080, "HTTP", &[(limited.addr(), "v1")]);
+    y.push_str("---\n");
+    y.push_str(&yaml::service_entry(
+        "ej",
+        8080,
+        "HTTP",
+        &[(good.addr(), "v1"), (bad.addr(), "v1")],
+    ));
+    y.push_str(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: svc }
+spec:
+  hosts: [svc]
+  http:
+  - match: [{ headers: { x-fault: { exact: "1" } } }]
+    fault: { abort: { percentage: { value: 100 }, httpStatus: 418 } }
+    route: [{ destination: { host: svc } }]
+  - route: [{ destination: { host: svc } }]
+    retries: { attempts: 2, retryOn: 5xx }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: ej }
+spec:
+  host: ej
+  trafficPolicy:
+    loadBalancer: { simple: ROUND_ROBIN }
+    outlierDetection: { consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100 }
+"#,
+    );
+    let mesh = mesh_from_yaml(&y);
+    let admin = serve_admin(&mesh).await;
+    let metrics = || async { scrape(admin, "/metrics").await.1 };
+    let svc = format!("cluster=\"{SVC}\"");
+    let ej = format!("cluster=\"{EJ}\"");
+
+    // A retry: /fail answers 500, retried twice (the budget allows it).
+    let before = metrics().await;
+    assert_eq!(sample(&before, "mesh_cluster_retries_total", &[&svc]), 0);
+    assert_eq!(get_status(&mesh, "http://svc:8080/fail", &[]).await, 500);
+    let text = metrics().await;
+    assert_eq!(
+        sample(&text, "mesh_cluster_retries_total", &[&svc]),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "mesh_cluster_retries_refused_total", &[&svc]),
+        0
+    );
+
+    // An injected fault: `FI`, and no request reaches the server.
+    assert_eq!(
+        get_status(&mesh, "http://svc:8080/ok", &[("x-fault", "1")]).await,
+        418
+    );
+    let text = metrics().await;
+    assert_eq!(
+        sample(
+            &text,
+            "istio_requests_total",
+            &[
+                "reporter=\"source\"",
+                "response_code=\"418\"",
+                "response_flags=\"FI\""
+            ]
+        ),
+        1,
+        "{text}"
+    );
+
+    // A rate-limited request: the server's fourth request in the minute
+    // (the first three were the retried /fail) is refused with `RL`.
+    assert_eq!(get_status(&mesh, "http://svc:8080/ok", &[]).await, 429);
+    let server_admin = serve_admin(&server_mesh).await;
+    let (_, server_text) = scrape(server_admin, "/metrics").await;
+    assert_eq!(
+        sample(
+            &server_text,
+            "istio_requests_total",
+            &[
+                "reporter=\"destination\"",
+                "response_code=\"429\"",
+                "response_flags=\"RL\""
+            ]
+        ),
+        1,
+        "{server_text}"
+    );
+
+    // An ejection: the bad endpoint's first 502 ejects it
+    // (consecutive5xxErrors: 1).
+    let text = metrics().await;
+    assert_eq!(sample(&text, "mesh_cluster_ejections_total", &[&ej]), 0);
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(get_status(&mesh, "http://ej:8080/ok", &[]).await);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 502]);
+    let text = metrics().await;
+    assert_eq!(
+        sample(&text, "mesh_cluster_ejections_total", &[&ej]),
+        1,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "mesh_cluster_ejected_endpoints", &[&ej]), 1);
+    let (_, clusters) = scrape(admin, "/clusters").await;
+    let json: serde_json::Value = serde_json::from_str(&clusters).unwrap();
+    let ej = json["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == EJ)
+        .unwrap();
+    let ejected: Vec<_> = ej["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap().to_owned(),
+                e["ejected"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        ejected.contains(&(bad.addr().to_string(), true)),
+        "{ejected:?}"
+    );
+    assert!(
+        ejected.contains(&(good.addr().to_string(), false)),
+        "{ejected:?}"
+    );
+}
