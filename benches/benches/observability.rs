@@ -82,7 +82,9 @@ fn propagation(c: &mut Criterion) {
         let base = request_headers();
         b.iter_batched_ref(
             || base.clone(),
-            |headers| black_box(headers),
+            |headers| {
+                black_box(&*headers);
+            },
             criterion::BatchSize::SmallInput,
         )
     });

@@ -314,7 +314,8 @@ async fn each_retried_attempt_has_its_own_span_under_the_call() {
 #[tokio::test(start_paused = true)]
 async fn without_a_trace_or_sampling_nothing_is_traced_or_injected() {
     init_tracing();
-    let b_log: Arc<Mutex<Vec<(HeaderMap, Option<SpanContext>)>>> = Arc::default();
+    type Seen = (HeaderMap, Option<SpanContext>);
+    let b_log: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let b = Server::start(axum::Router::new().route(
         "/b",
         get({
