@@ -248,7 +248,10 @@ fn bench_requests(c: &mut Criterion) {
         .unwrap();
     let senders = rt.block_on(async {
         let ours_addr = our_server(ours.1.clone()).await;
-        let plain_addr = plain_server(plain.1.clone()).await;
+        // The plain server offers h2 as ours does.
+        let mut plain_server_config = (*plain.1).clone();
+        plain_server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let plain_addr = plain_server(Arc::new(plain_server_config)).await;
         [
             (
                 "spiffe_serve_strict",
