@@ -4,7 +4,10 @@
 //! YAML that describes them.
 //!
 //! The flagship demo is `src/bin/demo.rs`:
-//! `cargo run -p mesh-examples --bin demo`.
+//! `cargo run -p mesh-examples --bin demo`. The security example,
+//! `src/bin/secure.rs` (`cargo run -p mesh-examples --bin secure`), runs
+//! [`secure::run`]: mutual TLS with SPIFFE identities from a test CA,
+//! STRICT PeerAuthentication and an AuthorizationPolicy, all on loopback.
 //!
 //! ```no_run
 //! # async fn f() -> std::io::Result<()> {
@@ -19,6 +22,7 @@
 
 pub mod backends;
 pub mod scripted;
+pub mod secure;
 pub mod yaml;
 
 use mesh_core::ConfigStore;
