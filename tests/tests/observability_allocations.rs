@@ -40,7 +40,34 @@ fn telemetry_allocates_nothing_untraced_and_only_header_values_traced() {
     trace_injection_allocates_only_the_header_values_it_writes();
 }
 
+/// Runs `measure` (which builds its own fresh state and returns the
+/// allocations of its measured region) up to three times and returns the
+/// first count that is zero, else the last. The allocator counts every
+/// thread of the process, and the test harness's own threads allocate now
+/// and then (about one run in 40 on a loaded machine saw 4 foreign
+/// allocations); code that allocates does so on every attempt, so retrying
+/// with fresh state hides noise, never a regression.
+fn fewest_allocations(mut measure: impl FnMut() -> stats_alloc::Stats) -> stats_alloc::Stats {
+    let mut last = measure();
+    for _ in 0..2 {
+        if (last.allocations, last.reallocations) == (0, 0) {
+            break;
+        }
+        last = measure();
+    }
+    last
+}
+
 fn metric_recording_does_not_allocate_even_for_new_series() {
+    let change = fewest_allocations(record_into_fresh_series);
+    assert_eq!(
+        (change.allocations, change.reallocations),
+        (0, 0),
+        "recording allocated ({change:?})"
+    );
+}
+
+fn record_into_fresh_series() -> stats_alloc::Stats {
     let metrics = IstioMetrics::new("productpage");
     let tables: Vec<SeriesTable> = (0..20)
         .map(|i| {
@@ -61,18 +88,23 @@ fn metric_recording_does_not_allocate_even_for_new_series() {
     }
     let change = region.change();
     assert_eq!(
-        (change.allocations, change.reallocations),
-        (0, 0),
-        "recording allocated ({change:?})"
-    );
-    assert_eq!(
         tables.iter().map(|t| t.requests_total(503)).sum::<u64>(),
         2000
     );
     assert_eq!(metrics.inbound().requests_total(200), 100);
+    change
 }
 
 fn untraced_requests_allocate_nothing() {
+    let change = fewest_allocations(untraced_requests);
+    assert_eq!(
+        (change.allocations, change.reallocations),
+        (0, 0),
+        "untraced propagation allocated ({change:?})"
+    );
+}
+
+fn untraced_requests() -> stats_alloc::Stats {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -95,12 +127,8 @@ fn untraced_requests_allocate_nothing() {
         assert!(trace::outbound(&mut headers, p, never).is_none());
     }
     let change = region.change();
-    assert_eq!(
-        (change.allocations, change.reallocations),
-        (0, 0),
-        "untraced propagation allocated ({change:?})"
-    );
     assert_eq!(headers.len(), 1, "nothing injected: {headers:?}");
+    change
 }
 
 fn trace_injection_allocates_only_the_header_values_it_writes() {
@@ -116,22 +144,27 @@ fn trace_injection_allocates_only_the_header_values_it_writes() {
         async {
             // Room for every header up front, as a request that already
             // has its headers would have.
-            let mut headers = HeaderMap::with_capacity(16);
-            trace::outbound(&mut headers, trace::Propagators::default(), never);
-            trace::attempt(&mut headers);
-            let region = Region::new(GLOBAL);
-            let call = trace::outbound(&mut headers, trace::Propagators::default(), never);
-            std::hint::black_box(call);
-            let call = region.change();
-            let region = Region::new(GLOBAL);
-            std::hint::black_box(trace::attempt(&mut headers));
-            let attempt = region.change();
+            // The fewest of three tries, for the reason given at
+            // `fewest_allocations`.
+            let (mut call, mut attempt) = (usize::MAX, usize::MAX);
+            for _ in 0..3 {
+                let mut headers = HeaderMap::with_capacity(16);
+                trace::outbound(&mut headers, trace::Propagators::default(), never);
+                trace::attempt(&mut headers);
+                let region = Region::new(GLOBAL);
+                let c = trace::outbound(&mut headers, trace::Propagators::default(), never);
+                std::hint::black_box(c);
+                call = call.min(region.change().allocations);
+                let region = Region::new(GLOBAL);
+                std::hint::black_box(trace::attempt(&mut headers));
+                attempt = attempt.min(region.change().allocations);
+            }
             // traceparent, x-b3-traceid, x-b3-spanid, x-b3-parentspanid:
             // one `Bytes` each (x-b3-sampled and the request id are static
             // or shared).
-            assert!(call.allocations <= 4, "{call:?}");
+            assert!(call <= 4, "{call} allocations");
             // traceparent, x-b3-spanid, x-b3-parentspanid.
-            assert!(attempt.allocations <= 3, "{attempt:?}");
+            assert!(attempt <= 3, "{attempt} allocations");
         },
     ));
 }
