@@ -9,6 +9,15 @@
 //! with `crit` is rejected: this verifier understands no extension
 //! (RFC 7515 §4.1.11). Embedded keys (`jwk`, `jku`, `x5u`, `x5c`) are never
 //! used: keys come from the policy only.
+//!
+//! The signature itself is verified by `jsonwebtoken` ([`super::keys`]).
+//! The header and claims stay parsed here, on purpose: the allow-list must
+//! run before the crate sees anything (the crate knows HS* and would parse
+//! them; it also accepts `crit: ["b64"]`, RFC 7797, which this verifier
+//! refuses), and the claim checks follow Envoy's `jwt_authn` (fractional
+//! `exp`/`nbf`, optional `exp`, one skew both ways, audiences matched per
+//! rule after the issuer picked the rule) rather than the crate's
+//! `Validation` defaults (required `exp`, one audience list).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -69,7 +78,9 @@ pub(crate) struct Token<'a> {
     pub(crate) signing_input: &'a str,
     /// The payload part as sent (base64url), for `outputPayloadToHeader`.
     pub(crate) payload_b64: &'a str,
-    pub(crate) signature: Vec<u8>,
+    /// The signature part as sent (base64url, checked to be well formed);
+    /// `jsonwebtoken` decodes it when it verifies.
+    pub(crate) signature: &'a str,
     pub(crate) alg: JwtAlgorithm,
     pub(crate) kid: Option<String>,
     pub(crate) claims: Map<String, Value>,
@@ -101,11 +112,13 @@ impl<'a> Token<'a> {
             Some(_) => return Err(Reject::Malformed),
         };
         let claims: Map<String, Value> = json_part(p)?;
-        let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| Reject::Malformed)?;
+        if !is_base64url(s) {
+            return Err(Reject::Malformed);
+        }
         Ok(Self {
             signing_input: &raw[..h.len() + 1 + p.len()],
             payload_b64: p,
-            signature,
+            signature: s,
             alg,
             kid,
             claims,
@@ -162,6 +175,15 @@ impl<'a> Token<'a> {
     }
 }
 
+/// Whether `s` is unpadded base64url (RFC 7515 §2): only the URL-safe
+/// alphabet, and a length no encoding produces (`4k + 1`) is refused.
+/// Checked without decoding, so the hot path does not allocate for it.
+fn is_base64url(s: &str) -> bool {
+    s.len() % 4 != 1
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn json_part(b64: &str) -> Result<Map<String, Value>, Reject> {
     let bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|_| Reject::Malformed)?;
     match serde_json::from_slice(&bytes) {
@@ -194,7 +216,7 @@ mod tests {
         assert_eq!(t.alg, JwtAlgorithm::Es256);
         assert_eq!(t.kid.as_deref(), Some("k"));
         assert_eq!(t.issuer(), Ok("a"));
-        assert_eq!(t.signature, b"sig");
+        assert_eq!(t.signature, b64("sig"));
         assert!(ok.starts_with(t.signing_input) && t.signing_input.matches('.').count() == 1);
         for alg in ["none", "HS256", "HS384", "HS512", "RS1", "ES512"] {
             let raw = token(&format!(r#"{{"alg":"{alg}"}}"#), "{}");

@@ -1,4 +1,4 @@
-//! Key sets: verifying a signature with ring, and keeping an issuer's set
+//! Key sets: verifying a signature with `jsonwebtoken`, and keeping an issuer's set
 //! current.
 //!
 //! A [`Jwks`] holds the decoded set behind an `ArcSwapOption`: a request
@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use mesh_core::model::security::{Jwk, JwkKey, JwkSet, JwksSource, JwtAlgorithm};
-use ring::signature;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use mesh_core::model::security::{JwkKey, JwkSet, JwksSource, JwtAlgorithm};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -42,19 +42,78 @@ use super::jwt::Reject;
 
 // === impl KeySet ===
 
-/// Verifies `signature` over `message` with the keys of `set` that fit
-/// `alg` and `kid`. A key without `kid` fits any token `kid`, as in
-/// Envoy's `jwt_verify_lib`; a token without `kid` tries every key that
-/// fits the algorithm.
+/// A loaded key set with every key's [`DecodingKey`] built once, when the
+/// set is loaded, not per request.
+pub(crate) struct KeySet {
+    jwks: JwkSet,
+    /// One entry per key of `jwks`, in order; `None` for a key the crate
+    /// must never be handed (an RSA modulus outside 2048..=8192 bits, the
+    /// bounds this verifier always had).
+    decoding: Box<[Option<DecodingKey>]>,
+}
+
+impl KeySet {
+    /// Builds the decoding keys of `jwks`.
+    pub(crate) fn new(jwks: JwkSet) -> Self {
+        let decoding = jwks.keys.iter().map(|k| decoding_key(&k.key)).collect();
+        Self { jwks, decoding }
+    }
+}
+
+/// The least and greatest RSA modulus accepted, in bits (NIST SP 800-131A
+/// minimum; the upper bound keeps verification cost bounded).
+const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
+
+fn decoding_key(key: &JwkKey) -> Option<DecodingKey> {
+    match key {
+        JwkKey::Rsa { n, e } => {
+            let n = &n[n.iter().take_while(|b| **b == 0).count()..];
+            let bits = n
+                .first()
+                .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
+            RSA_BITS
+                .contains(&bits)
+                .then(|| DecodingKey::from_rsa_raw_components(n, e))
+        }
+        // The crate reads EC and Ed25519 key bytes as the SEC1 point and
+        // the raw 32-byte key, which is what `JwkSet::parse` produced.
+        JwkKey::Ec { point, .. } => Some(DecodingKey::from_ec_der(point)),
+        JwkKey::Ed25519 { x } => Some(DecodingKey::from_ed_der(x)),
+    }
+}
+
+/// The crate's name for an allow-listed algorithm.
+fn crate_algorithm(alg: JwtAlgorithm) -> Algorithm {
+    use JwtAlgorithm as A;
+    match alg {
+        A::Rs256 => Algorithm::RS256,
+        A::Rs384 => Algorithm::RS384,
+        A::Rs512 => Algorithm::RS512,
+        A::Ps256 => Algorithm::PS256,
+        A::Ps384 => Algorithm::PS384,
+        A::Ps512 => Algorithm::PS512,
+        A::Es256 => Algorithm::ES256,
+        A::Es384 => Algorithm::ES384,
+        A::EdDsa => Algorithm::EdDSA,
+    }
+}
+
+/// Verifies the base64url `signature` over `message` with the keys of
+/// `set` that fit `alg` and `kid`, through `jsonwebtoken`'s RustCrypto
+/// verifiers. A key without `kid` fits any token `kid`, as in Envoy's
+/// `jwt_verify_lib`; a token without `kid` tries every key that fits the
+/// algorithm. `alg` is already allow-listed ([`super::jwt::Token::parse`]),
+/// and a key is only used for an algorithm of its own type, so a public key
+/// never reaches an HMAC verifier.
 pub(crate) fn verify(
-    set: &JwkSet,
+    set: &KeySet,
     alg: JwtAlgorithm,
     kid: Option<&str>,
     message: &[u8],
-    sig: &[u8],
+    signature: &str,
 ) -> Result<(), Reject> {
     let mut kid_known = kid.is_none();
-    for key in set.keys.iter() {
+    for (key, decoding) in set.jwks.keys.iter().zip(set.decoding.iter()) {
         match (kid, key.kid.as_deref()) {
             (Some(want), Some(have)) if want != have => continue,
             (Some(_), Some(_)) => kid_known = true,
@@ -63,7 +122,11 @@ pub(crate) fn verify(
         if key.alg.is_some_and(|a| a != alg) || !alg.fits(&key.key) {
             continue;
         }
-        if verify_one(key, alg, message, sig) {
+        let Some(decoding) = decoding else { continue };
+        if matches!(
+            jsonwebtoken::crypto::verify(signature, message, decoding, crate_algorithm(alg)),
+            Ok(true)
+        ) {
             return Ok(());
         }
     }
@@ -72,42 +135,6 @@ pub(crate) fn verify(
     } else {
         Reject::UnknownKid
     })
-}
-
-fn verify_one(key: &Jwk, alg: JwtAlgorithm, message: &[u8], sig: &[u8]) -> bool {
-    use JwtAlgorithm as A;
-    match &key.key {
-        JwkKey::Rsa { n, e } => {
-            let params: &signature::RsaParameters = match alg {
-                A::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-                A::Rs384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-                A::Rs512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-                A::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
-                A::Ps384 => &signature::RSA_PSS_2048_8192_SHA384,
-                A::Ps512 => &signature::RSA_PSS_2048_8192_SHA512,
-                A::Es256 | A::Es384 | A::EdDsa => return false,
-            };
-            signature::RsaPublicKeyComponents { n: &**n, e: &**e }
-                .verify(params, message, sig)
-                .is_ok()
-        }
-        JwkKey::Ec { point, .. } => {
-            let alg: &'static dyn signature::VerificationAlgorithm = match alg {
-                A::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
-                A::Es384 => &signature::ECDSA_P384_SHA384_FIXED,
-                _ => return false,
-            };
-            signature::UnparsedPublicKey::new(alg, &**point)
-                .verify(message, sig)
-                .is_ok()
-        }
-        JwkKey::Ed25519 { x } => {
-            alg == A::EdDsa
-                && signature::UnparsedPublicKey::new(&signature::ED25519, &**x)
-                    .verify(message, sig)
-                    .is_ok()
-        }
-    }
 }
 
 // === impl Jwks ===
@@ -119,7 +146,7 @@ pub(crate) struct Jwks {
 }
 
 struct Shared {
-    keys: ArcSwapOption<JwkSet>,
+    keys: ArcSwapOption<KeySet>,
     /// Bumped after every load attempt, successful or not.
     attempts: watch::Sender<u64>,
     wake: Notify,
@@ -151,7 +178,7 @@ impl std::fmt::Debug for Jwks {
 /// What [`Jwks::keys`] found.
 pub(crate) enum Keys {
     /// The current set.
-    Set(Arc<JwkSet>),
+    Set(Arc<KeySet>),
     /// Nothing loaded yet, or the loads failed.
     None,
 }
@@ -168,7 +195,7 @@ impl Jwks {
                 let (attempts, _) = watch::channel(1);
                 return Self {
                     shared: Arc::new(Shared {
-                        keys: ArcSwapOption::from_pointee(set.clone()),
+                        keys: ArcSwapOption::from_pointee(KeySet::new(set.clone())),
                         attempts,
                         wake: Notify::new(),
                         in_flight: AtomicBool::new(false),
@@ -291,7 +318,7 @@ async fn run(shared: Arc<Shared>, fetcher: Fetcher, refresh: Duration, min_refet
                     tracing::debug!(jwks = %shared.what, %note, "jwks key skipped");
                 }
                 tracing::debug!(jwks = %shared.what, keys = set.keys.len(), "jwks loaded");
-                shared.keys.store(Some(Arc::new(set)));
+                shared.keys.store(Some(Arc::new(KeySet::new(set))));
                 refresh
             }
             Err(error) => {
@@ -317,6 +344,9 @@ async fn run(shared: Arc<Shared>, fetcher: Fetcher, refresh: Duration, min_refet
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use mesh_core::model::security::Jwk;
     use ring::rand::SystemRandom;
     use ring::signature::{Ed25519KeyPair, KeyPair};
 
@@ -335,12 +365,12 @@ mod tests {
                 x: Arc::from(p.public_key().as_ref()),
             },
         };
-        let set = JwkSet {
+        let set = KeySet::new(JwkSet {
             keys: Arc::from([jwk(Some("a"), &other), jwk(Some("b"), &pair)]),
-        };
+        });
         let msg = b"header.payload";
-        let sig = pair.sign(msg);
-        let sig = sig.as_ref();
+        let sig = URL_SAFE_NO_PAD.encode(pair.sign(msg));
+        let sig = sig.as_str();
         assert_eq!(
             verify(&set, JwtAlgorithm::EdDsa, Some("b"), msg, sig),
             Ok(())
@@ -359,9 +389,9 @@ mod tests {
             Err(Reject::Signature),
             "the key does not fit the algorithm"
         );
-        let kidless = JwkSet {
+        let kidless = KeySet::new(JwkSet {
             keys: Arc::from([jwk(None, &pair)]),
-        };
+        });
         assert_eq!(
             verify(&kidless, JwtAlgorithm::EdDsa, Some("z"), msg, sig),
             Ok(())

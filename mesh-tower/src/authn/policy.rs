@@ -222,7 +222,7 @@ impl Compiled {
                     token.alg,
                     token.kid.as_deref(),
                     token.signing_input.as_bytes(),
-                    &token.signature,
+                    token.signature,
                 ),
                 Keys::None => Err(Reject::NoKeys),
             };
