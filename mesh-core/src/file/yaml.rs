@@ -176,6 +176,22 @@ impl<'v> Obj<'v> {
         }
     }
 
+    /// Fails with the first unknown key when the object may hold only
+    /// `supported` keys (no unsupported or ignored ones).
+    pub(crate) fn only_fields(&self, supported: &[&str]) -> Result<(), InvalidConfig> {
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        self.check_fields(
+            &Fields {
+                supported,
+                unsupported: &[],
+                ignored: &[],
+            },
+            &mut errors,
+            &mut warnings,
+        );
+        errors.into_iter().next().map_or(Ok(()), Err)
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<&'v Value> {
         self.map.get(key).filter(|v| !v.is_null())
     }

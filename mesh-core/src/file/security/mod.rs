@@ -11,7 +11,7 @@ mod authz;
 mod peer_authn;
 mod request_authn;
 
-use super::yaml::{Fields, Obj};
+use super::yaml::Obj;
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{Labels, PolicyScope, SecurityPolicies};
 
@@ -66,19 +66,7 @@ fn scope(name: &str, namespace: &str, spec: &Obj<'_>) -> Result<PolicyScope, Inv
     let Some(selector) = spec.obj("selector", &path)? else {
         return Ok(scope);
     };
-    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
-    selector.check_fields(
-        &Fields {
-            supported: &["matchLabels"],
-            unsupported: &[],
-            ignored: &[],
-        },
-        &mut errors,
-        &mut warnings,
-    );
-    if let Some(e) = errors.into_iter().next() {
-        return Err(e);
-    }
+    selector.only_fields(&["matchLabels"])?;
     let labels = selector.str_map("matchLabels")?;
     Ok(scope.with_selector(Labels::new(labels)))
 }

@@ -192,19 +192,7 @@ fn from_headers(rule: Obj<'_>) -> Result<Arc<[JwtHeader]>, InvalidConfig> {
     for (i, v) in rule.list("fromHeaders")?.iter().enumerate() {
         let path = list_path.index(i);
         let h = Obj::new(v, &path)?;
-        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
-        h.check_fields(
-            &Fields {
-                supported: &["name", "prefix"],
-                unsupported: &[],
-                ignored: &[],
-            },
-            &mut errors,
-            &mut warnings,
-        );
-        if let Some(e) = errors.into_iter().next() {
-            return Err(e);
-        }
+        h.only_fields(&["name", "prefix"])?;
         let name = h.req_str("name")?;
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             InvalidConfig::new(
@@ -224,19 +212,7 @@ fn claim_headers(rule: Obj<'_>) -> Result<Arc<[ClaimToHeader]>, InvalidConfig> {
     for (i, v) in rule.list("outputClaimToHeaders")?.iter().enumerate() {
         let path = list_path.index(i);
         let o = Obj::new(v, &path)?;
-        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
-        o.check_fields(
-            &Fields {
-                supported: &["header", "claim"],
-                unsupported: &[],
-                ignored: &[],
-            },
-            &mut errors,
-            &mut warnings,
-        );
-        if let Some(e) = errors.into_iter().next() {
-            return Err(e);
-        }
+        o.only_fields(&["header", "claim"])?;
         let header = output_header(o.req_str("header")?, &path.field("header"))?;
         let claim = o.req_str("claim")?;
         if claim.is_empty() || claim.split('.').any(str::is_empty) {
