@@ -1,0 +1,175 @@
+//! What the ADS client is configured with: the servers in priority order,
+//! the node it identifies as, and its timers.
+//!
+//! [`ClientConfig`] is what gRPC's bootstrap file describes (gRFC A27,
+//! A71); the `bootstrap` module reads that file into it, code can build one
+//! directly.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+
+/// How the ADS client connects and behaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientConfig {
+    /// The management servers in priority order: the first is the primary,
+    /// the others are fallbacks (gRFC A71).
+    pub servers: Vec<ServerConfig>,
+    /// The node the client identifies as; sent in the first request of
+    /// every stream (A1.1).
+    pub node: Node,
+    /// How long a requested resource may stay unanswered on a connected
+    /// stream before it is declared not to exist: 15 s (gRFC A57, Envoy's
+    /// recommendation), 30 s with `resource_timer_is_transient_error`
+    /// (gRFC A88).
+    pub resource_timeout: Duration,
+    /// Connect timeout of a management-server connection (a blackholed
+    /// server must not stall startup silently).
+    pub connect_timeout: Duration,
+    /// Reconnection backoff.
+    pub backoff: BackoffConfig,
+    /// The listener names the process needs from the start (the
+    /// `xds:///<name>` targets it calls); more can be watched later.
+    pub listeners: Vec<String>,
+    /// The template of the server-side listener resource name, with `%s`
+    /// replaced by `<ip>:<port>` (bootstrap
+    /// `server_listener_resource_name_template`; Istio's agent writes
+    /// `xds.istio.io/grpc/lds/inbound/%s`).
+    pub server_listener_resource_name_template: Option<String>,
+    /// The bootstrap's certificate-provider instances (name → config).
+    pub certificate_providers: Vec<CertificateProvider>,
+}
+
+/// One management server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// `server_uri`, such as `istiod.istio-system.svc:15010` or
+    /// `unix:///etc/istio/proxy/XDS` (a scheme-less authority means
+    /// `http://` or `https://` per the credentials).
+    pub uri: String,
+    /// The channel credentials, the first supported of the bootstrap's
+    /// `channel_creds` list.
+    pub channel_creds: ChannelCreds,
+    /// `server_features`.
+    pub features: ServerFeatures,
+    /// Which xDS variant to speak.
+    pub protocol: Protocol,
+}
+
+/// Channel credentials for a management server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChannelCreds {
+    /// `insecure`: plaintext.
+    Insecure,
+    /// `tls`: TLS with the given roots, and a client certificate for mTLS
+    /// when both `certificate_file` and `private_key_file` are set.
+    Tls {
+        /// `ca_certificate_file`; `None` is not supported (there is no
+        /// system root store here) and is rejected by the bootstrap reader.
+        ca_certificate_file: PathBuf,
+        /// `certificate_file`.
+        certificate_file: Option<PathBuf>,
+        /// `private_key_file`.
+        private_key_file: Option<PathBuf>,
+    },
+}
+
+/// The bootstrap's `server_features` that change client behaviour.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerFeatures {
+    /// `ignore_resource_deletion` (gRFC A53).
+    pub ignore_resource_deletion: bool,
+    /// `fail_on_data_errors` (gRFC A88): data errors drop cached values.
+    pub fail_on_data_errors: bool,
+    /// `resource_timer_is_transient_error` (gRFC A88).
+    pub resource_timer_is_transient_error: bool,
+}
+
+/// State-of-the-World or incremental ADS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// `StreamAggregatedResources`.
+    #[default]
+    StateOfTheWorld,
+    /// `DeltaAggregatedResources` (bootstrap server feature `xds_delta`
+    /// here, since gRPC's bootstrap has no field for it).
+    Delta,
+}
+
+/// Exponential backoff with jitter between stream attempts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackoffConfig {
+    /// First delay.
+    pub base: Duration,
+    /// Growth factor per failed attempt.
+    pub multiplier: f64,
+    /// Relative jitter, ± this fraction.
+    pub jitter: f64,
+    /// Upper bound.
+    pub max: Duration,
+}
+
+impl Default for BackoffConfig {
+    /// gRPC's connection backoff (grpc-go `backoff.DefaultConfig`): 1 s,
+    /// ×1.6, ±20 %, at most 120 s.
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            multiplier: 1.6,
+            jitter: 0.2,
+            max: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A certificate-provider instance of the bootstrap (gRFC A29).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateProvider {
+    /// The instance name TLS contexts refer to.
+    pub name: String,
+    /// The plugin config.
+    pub plugin: CertificatePlugin,
+}
+
+/// The certificate-provider plugins the mesh runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertificatePlugin {
+    /// `file_watcher`: PEM files re-read every `refresh_interval`.
+    FileWatcher {
+        /// `certificate_file`.
+        certificate_file: Option<PathBuf>,
+        /// `private_key_file`.
+        private_key_file: Option<PathBuf>,
+        /// `ca_certificate_file`.
+        ca_certificate_file: Option<PathBuf>,
+        /// `refresh_interval` (default 10 minutes).
+        refresh_interval: Duration,
+    },
+}
+
+impl ClientConfig {
+    /// A config for one plaintext SotW server at `uri`, identifying as
+    /// `node_id`, with the default timers.
+    pub fn new(uri: impl Into<String>, node_id: impl Into<String>) -> Self {
+        Self {
+            servers: vec![ServerConfig {
+                uri: uri.into(),
+                channel_creds: ChannelCreds::Insecure,
+                features: ServerFeatures::default(),
+                protocol: Protocol::StateOfTheWorld,
+            }],
+            node: Node {
+                id: node_id.into(),
+                user_agent_name: "rust-mesh".into(),
+                ..Node::default()
+            },
+            resource_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(10),
+            backoff: BackoffConfig::default(),
+            listeners: Vec::new(),
+            server_listener_resource_name_template: None,
+            certificate_providers: Vec::new(),
+        }
+    }
+}
