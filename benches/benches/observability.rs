@@ -38,6 +38,7 @@ fn metrics(c: &mut Criterion) {
                 duration: Duration::from_micros(1200),
                 request_bytes: 0,
                 response_bytes: 512,
+                peer: Default::default(),
             }));
         })
     });

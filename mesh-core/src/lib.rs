@@ -90,4 +90,6 @@ pub use error::{FieldPath, InvalidConfig};
 pub use name::{ClusterName, ListenerName, RouteTableName};
 pub use request::{RouteRequest, authority_port};
 pub use snapshot::{NoRoute, Provenance, ResourceKind, Resources, RouteHit, Snapshot, Version};
-pub use store::{ConfigStore, PublishError, Rejection, ResourceWatch, SourceId, SourceStatus};
+pub use store::{
+    ConfigStore, PublishError, Rejection, ResourceWatch, SourceId, SourceStatus, UpdateCounts,
+};

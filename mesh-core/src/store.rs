@@ -143,6 +143,20 @@ struct Inner {
 #[derive(Default)]
 struct Writers {
     sources: BTreeMap<SourceId, SourceEntry>,
+    updates: BTreeMap<SourceId, UpdateCounts>,
+}
+
+/// How many updates a source offered the store: accepted (published,
+/// whether or not they changed the config) and rejected (invalid, or not
+/// even readable). Counted under the writers' lock, which every update
+/// takes anyway; kept after the source is removed. The admin endpoint
+/// renders them as `mesh_config_updates_total{source,result}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpdateCounts {
+    /// Updates accepted.
+    pub accepted: u64,
+    /// Updates rejected.
+    pub rejected: u64,
 }
 
 struct SourceEntry {
@@ -240,11 +254,13 @@ impl ConfigStore {
                     });
                     entry.status.accepted_at = Some(SystemTime::now());
                 }
+                w.updates.entry(source.clone()).or_default().accepted += 1;
                 tracing::debug!(%source, %version, "config accepted");
                 Ok(version)
             }
             Err(err) => {
                 let reason = err.to_string();
+                w.updates.entry(source.clone()).or_default().rejected += 1;
                 match previous {
                     Some(mut p) => {
                         p.status.last_rejection = Some(Rejection {
@@ -269,6 +285,7 @@ impl ConfigStore {
         let reason = reason.into();
         tracing::warn!(%source, %reason, "config rejected; keeping the last good config");
         let mut w = self.writers();
+        w.updates.entry(source.clone()).or_default().rejected += 1;
         let entry = w
             .sources
             .entry(source.clone())
@@ -319,6 +336,16 @@ impl ConfigStore {
             .sources
             .values()
             .map(|e| e.status.clone())
+            .collect()
+    }
+
+    /// The updates every source offered so far, by source name (see
+    /// [`UpdateCounts`]).
+    pub fn update_counts(&self) -> Vec<(SourceId, UpdateCounts)> {
+        self.writers()
+            .updates
+            .iter()
+            .map(|(s, c)| (s.clone(), *c))
             .collect()
     }
 

@@ -232,6 +232,7 @@ impl Future for ResponseFuture {
             duration: this.start.elapsed(),
             request_bytes: *this.request_bytes,
             response_bytes: 0,
+            peer: metrics::Peer::default(),
         };
         let result = match result {
             Ok(mut res) => {

@@ -99,6 +99,9 @@ impl Mesh {
             credentials,
         } = builder;
         let metrics = Arc::new(IstioMetrics::new(&node.workload));
+        if let Some(c) = &credentials {
+            metrics.set_identity(Arc::clone(c));
+        }
         let mut changes = store.subscribe();
         let first = Runtime::build(
             changes.borrow_and_update().clone(),

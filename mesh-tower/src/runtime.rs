@@ -197,6 +197,16 @@ impl ClusterRuntime {
             _ => UpstreamTlsConfig::build(&config, credentials),
         };
         let transport = Transport::of(&config, tls.clone());
+        let shared: Arc<ClusterShared> = match previous {
+            Some(p) => Arc::clone(&p.shared),
+            None => Arc::new(ClusterShared {
+                istio: Arc::new(crate::metrics::SeriesTable::new(Some(config.name.clone()))),
+                next: AtomicUsize::new(0),
+                breaker_stats: Arc::default(),
+                outlier_stats: OutlierStats::default(),
+                retry: Arc::default(),
+            }),
+        };
         let new_eps = endpoint_set.as_ref().map_or(&[][..], |s| s.endpoints());
         let old_configs: Vec<_> = previous
             .map(|p| p.endpoints.iter().map(|e| endpoint_config(e)).collect())
@@ -211,7 +221,12 @@ impl ClusterRuntime {
                 }
                 // Endpoints added after the cluster's first build warm up
                 // (slow start); the first ones do not.
-                _ => EndpointState::new(ep, transport.clone(), previous.is_some()),
+                _ => EndpointState::new(
+                    ep,
+                    transport.clone(),
+                    previous.is_some(),
+                    Arc::clone(&shared.istio),
+                ),
             })
             .collect();
         if let Some(p) = previous {
@@ -233,16 +248,6 @@ impl ClusterRuntime {
             candidates = (0..new_eps.len() as u32).collect();
         }
         let (groups, choice) = locality_groups(&config, node, &candidates, new_eps);
-        let shared: Arc<ClusterShared> = match previous {
-            Some(p) => Arc::clone(&p.shared),
-            None => Arc::new(ClusterShared {
-                istio: Arc::new(crate::metrics::SeriesTable::new(Some(config.name.clone()))),
-                next: AtomicUsize::new(0),
-                breaker_stats: Arc::default(),
-                outlier_stats: OutlierStats::default(),
-                retry: Arc::default(),
-            }),
-        };
         // The breaker's counters survive a push that keeps the limits; new
         // limits start new counters (requests admitted under the old ones
         // finish under them), with the overflow counts carried over.

@@ -141,6 +141,62 @@ async fn scraped_request_counts_match_what_was_sent_by_response_code() {
         ),
         3
     );
+    // The five sequential requests went over one pooled connection.
+    assert_eq!(
+        sample(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &[source, dest, "connection_security_policy=\"unknown\""]
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "mesh_cluster_endpoints",
+            &[&format!("cluster=\"{SVC}\""), "health=\"unknown\""]
+        ),
+        1
+    );
+    // One accepted update (the YAML the mesh was made from); then a code
+    // source that redefines the file's cluster is rejected.
+    let file = "source=\"file:mesh.yaml\"";
+    assert_eq!(
+        sample(
+            &text,
+            "mesh_config_updates_total",
+            &[file, "result=\"accepted\""]
+        ),
+        1,
+        "{text}"
+    );
+    let err = client_mesh
+        .store()
+        .publish(
+            "code".into(),
+            mesh_core::Resources::new().with_cluster(mesh_core::model::Cluster::new(SVC)),
+        )
+        .unwrap_err();
+    assert!(err.reason().contains(SVC), "{err}");
+    let text = scrape(serve_admin(&client_mesh).await, "/metrics").await.1;
+    assert_eq!(
+        sample(
+            &text,
+            "mesh_config_updates_total",
+            &["source=\"code\"", "result=\"rejected\""]
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "mesh_config_updates_total",
+            &["source=\"code\"", "result=\"accepted\""]
+        ),
+        0
+    );
     assert_eq!(
         sample(
             &text,
@@ -363,4 +419,117 @@ spec:
         ejected.contains(&(good.addr().to_string(), false)),
         "{ejected:?}"
     );
+}
+
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/cart";
+
+/// One request over a new connection (mutual TLS when `tls` is given),
+/// closed when the response is read.
+async fn one_request(addr: SocketAddr, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> u16 {
+    use hyper_util::rt::TokioIo;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = http::Request::get("http://cart.shop/ok")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = match tls {
+        Some(config) => {
+            let name = rustls_pki_types::ServerName::try_from("cart.shop").unwrap();
+            let io = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(request).await.unwrap()
+        }
+        None => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(request).await.unwrap()
+        }
+    };
+    let status = response.status().as_u16();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn mtls_requests_and_connections_carry_principals_and_security_policy() {
+    use mesh_identity::CredentialStore;
+    use mesh_identity::test_util::TestCa;
+    use mesh_identity::tls::{PeerMatcher, client_config, server_config};
+    use mesh_tower::serve::{ServeConfig, TransportMode, serve};
+    use std::sync::Arc;
+
+    init_tracing();
+    let ca = TestCa::new("cluster.local").unwrap();
+    let server_creds = Arc::new(CredentialStore::new(
+        ca.leaf(SERVER_ID).credentials().unwrap(),
+        ca.bundle().unwrap(),
+    ));
+    let mesh = Mesh::builder(mesh_core::ConfigStore::new())
+        .with_credentials(Arc::clone(&server_creds))
+        .build();
+    let tls = Arc::new(server_config(server_creds, PeerMatcher::AnyTrusted).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config =
+        ServeConfig::new(TransportMode::Permissive(tls)).with_metrics(Arc::clone(mesh.metrics()));
+    let server = tokio::spawn(serve(listener, config, app().layer(mesh.server_layer())));
+    let client = Arc::new(
+        client_config(
+            Arc::new(CredentialStore::new(
+                ca.leaf(CLIENT_ID).credentials().unwrap(),
+                ca.bundle().unwrap(),
+            )),
+            PeerMatcher::exact(SERVER_ID.parse().unwrap()),
+        )
+        .unwrap(),
+    );
+    assert_eq!(one_request(addr, Some(Arc::clone(&client))).await, 200);
+    assert_eq!(one_request(addr, Some(client)).await, 200);
+    assert_eq!(one_request(addr, None).await, 200);
+
+    let admin = serve_admin(&mesh).await;
+    let dest = "reporter=\"destination\"";
+    let mtls = [
+        dest,
+        &*format!("source_principal=\"{CLIENT_ID}\""),
+        &*format!("destination_principal=\"{SERVER_ID}\""),
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    let plain = [
+        dest,
+        "source_principal=\"unknown\"",
+        "connection_security_policy=\"none\"",
+    ];
+    let text = scrape(admin, "/metrics").await.1;
+    assert_eq!(sample(&text, "istio_requests_total", &mtls), 2, "{text}");
+    assert_eq!(sample(&text, "istio_requests_total", &plain), 1, "{text}");
+    assert_eq!(
+        sample(&text, "istio_tcp_connections_opened_total", &mtls),
+        2
+    );
+    assert_eq!(
+        sample(&text, "istio_tcp_connections_opened_total", &plain),
+        1
+    );
+    // The clients closed their connections: the server sees the close
+    // shortly after (bounded wait, no wall-clock assertion).
+    let mut closed = 0;
+    for _ in 0..200 {
+        let text = scrape(admin, "/metrics").await.1;
+        closed = sample(&text, "istio_tcp_connections_closed_total", &[dest]);
+        if closed == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(closed, 3);
+    server.abort();
 }

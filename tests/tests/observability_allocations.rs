@@ -28,6 +28,7 @@ fn record(code: u16) -> Record<'static> {
         duration: Duration::from_micros(1500),
         request_bytes: 10,
         response_bytes: 100,
+        peer: Default::default(),
     }
 }
 

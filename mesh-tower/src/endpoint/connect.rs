@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::tls::UpstreamTlsConfig;
+use crate::metrics::{SeriesTable, TcpCounters, TcpGuard};
 
 /// A connection to an endpoint could not be established.
 #[derive(Debug)]
@@ -88,6 +89,7 @@ pub(crate) struct Connector {
     address: EndpointAddress,
     timeout: Duration,
     tls: Option<Arc<UpstreamTlsConfig>>,
+    tcp: Option<Arc<SeriesTable>>,
 }
 
 impl Connector {
@@ -95,11 +97,13 @@ impl Connector {
         address: EndpointAddress,
         timeout: Duration,
         tls: Option<Arc<UpstreamTlsConfig>>,
+        tcp: Option<Arc<SeriesTable>>,
     ) -> Self {
         Self {
             address,
             timeout,
             tls,
+            tcp,
         }
     }
 
@@ -112,9 +116,18 @@ impl Connector {
     }
 }
 
-/// A connection to an endpoint: plaintext or TLS.
+/// A connection to an endpoint: plaintext or TLS, counted in the
+/// cluster's `istio_tcp_connections_opened_total` / `_closed_total` (the
+/// guard counts it closed when hyper drops the connection).
 #[derive(Debug)]
-pub(crate) enum Io {
+pub(crate) struct Io {
+    kind: IoKind,
+    _tcp: Option<TcpGuard<Arc<SeriesTable>>>,
+}
+
+/// The transport of an [`Io`].
+#[derive(Debug)]
+enum IoKind {
     Plain(TokioIo<TcpStream>),
     // Boxed: a TLS stream is over a kilobyte, and this is per connection.
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
@@ -126,9 +139,9 @@ impl hyper::rt::Read for Io {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            Io::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
+        match &mut self.get_mut().kind {
+            IoKind::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            IoKind::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
         }
     }
 }
@@ -139,30 +152,30 @@ impl hyper::rt::Write for Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            Io::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
+        match &mut self.get_mut().kind {
+            IoKind::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            IoKind::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_flush(cx),
-            Io::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
+        match &mut self.get_mut().kind {
+            IoKind::Plain(io) => Pin::new(io).poll_flush(cx),
+            IoKind::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            Io::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
+        match &mut self.get_mut().kind {
+            IoKind::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            IoKind::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Plain(io) => io.is_write_vectored(),
-            Io::Tls(io) => io.is_write_vectored(),
+        match &self.kind {
+            IoKind::Plain(io) => io.is_write_vectored(),
+            IoKind::Tls(io) => io.is_write_vectored(),
         }
     }
 
@@ -171,9 +184,9 @@ impl hyper::rt::Write for Io {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            Io::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().kind {
+            IoKind::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            IoKind::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
         }
     }
 }
@@ -183,9 +196,9 @@ impl hyper::rt::Write for Io {
 /// the client would speak HTTP/1.1 to a server expecting HTTP/2).
 impl Connection for Io {
     fn connected(&self) -> Connected {
-        match self {
-            Io::Plain(io) => io.connected(),
-            Io::Tls(io) => {
+        match &self.kind {
+            IoKind::Plain(io) => io.connected(),
+            IoKind::Tls(io) => {
                 let (tcp, session) = io.inner().get_ref();
                 let connected = tcp.connected();
                 if session.alpn_protocol() == Some(b"h2") {
@@ -211,6 +224,7 @@ impl tower::Service<http::Uri> for Connector {
         let address = self.address.clone();
         let timeout = self.timeout;
         let tls = self.tls.clone();
+        let tcp = self.tcp.clone();
         // One allocation per new connection, not per request.
         Box::pin(async move {
             let error = |kind| ConnectError {
@@ -237,7 +251,7 @@ impl tower::Service<http::Uri> for Connector {
                 // Requests are small and latency matters more than packet count.
                 let _ = stream.set_nodelay(true);
                 let (Some(tls), Some(config)) = (&tls, config) else {
-                    return Ok(Io::Plain(TokioIo::new(stream)));
+                    return Ok(IoKind::Plain(TokioIo::new(stream)));
                 };
                 let stream = tokio_rustls::TlsConnector::from(config)
                     .connect(tls.server_name().clone(), stream)
@@ -255,11 +269,15 @@ impl tower::Service<http::Uri> for Connector {
                         String::from_utf8_lossy(alpn.unwrap_or_default())
                     ))));
                 }
-                Ok(Io::Tls(Box::new(TokioIo::new(stream))))
+                Ok(IoKind::Tls(Box::new(TokioIo::new(stream))))
             };
-            tokio::time::timeout(timeout, connect)
+            let kind = tokio::time::timeout(timeout, connect)
                 .await
-                .map_err(|_| error(ConnectErrorKind::Timeout(timeout)))?
+                .map_err(|_| error(ConnectErrorKind::Timeout(timeout)))??;
+            Ok(Io {
+                kind,
+                _tcp: tcp.as_ref().map(TcpCounters::open),
+            })
         })
     }
 }

@@ -161,12 +161,19 @@ const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
 impl EndpointState {
     /// State for `endpoint`; `warming` marks it as newly added (slow
-    /// start counts from now).
-    pub(crate) fn new(endpoint: &Endpoint, transport: Transport, warming: bool) -> Arc<Self> {
+    /// start counts from now). The connections it opens are counted in
+    /// `metrics`, the cluster's standard metrics.
+    pub(crate) fn new(
+        endpoint: &Endpoint,
+        transport: Transport,
+        warming: bool,
+        metrics: Arc<crate::metrics::SeriesTable>,
+    ) -> Arc<Self> {
         let connector = Connector::new(
             endpoint.address.clone(),
             transport.connect_timeout,
             transport.tls.config.clone(),
+            Some(metrics),
         );
         let pool = match transport.protocol {
             Protocol::Http2 => Pool::Http2(H2Pool::new(

@@ -9,14 +9,40 @@
 //! - `istio_request_duration_milliseconds` (histogram);
 //! - `istio_request_bytes`, `istio_response_bytes` (histograms);
 //!
+//! - `istio_tcp_connections_opened_total`,
+//!   `istio_tcp_connections_closed_total` (counters: the connections the
+//!   client stack's endpoint pools open, `reporter="source"`, and the
+//!   connections [`serve`](crate::serve::serve) accepts when its
+//!   [`ServeConfig::with_metrics`](crate::serve::ServeConfig::with_metrics)
+//!   is set, `reporter="destination"`);
+//!
 //! with the labels `reporter` (`source` for the client stack,
 //! `destination` for the server layer), `source_workload`,
-//! `destination_workload`, `destination_service`, `response_code`,
-//! `grpc_response_status`, `response_flags` (Envoy's short names: `NR`,
-//! `UH`, `UF`, `UT`, `UO`, `URX`, `UC`, `FI`, `RL`, or `-`) and
-//! `request_protocol` (`http` or `grpc`). Labels this crate cannot know
-//! yet (the peer's workload and principal) are `unknown`, Istio's value
-//! for an unknown peer.
+//! `source_principal`, `destination_workload`, `destination_principal`,
+//! `destination_service`, `response_code`, `grpc_response_status`,
+//! `response_flags` (Envoy's short names: `NR`, `UH`, `UF`, `UT`, `UO`,
+//! `URX`, `UC`, `FI`, `RL`, or `-`), `connection_security_policy` and
+//! `request_protocol` (`http` or `grpc`).
+//!
+//! Principals are SPIFFE IDs. The process's own principal (the
+//! `source_principal` of its calls, the `destination_principal` of the
+//! requests it serves) is read from its credentials at scrape time. The
+//! peer's principal is known on the server side only: the verified client
+//! SVID of the connection ([`ConnectionSecurity`](crate::serve::ConnectionSecurity));
+//! the client side reports `destination_principal="unknown"`, because the
+//! pooled connection a request went over is not visible to the layer
+//! that records it (Istio learns it by metadata exchange, which a
+//! proxyless client does not do). `connection_security_policy` is
+//! `mutual_tls` or `none` on the server side and `unknown` on the client
+//! side, as in Istio (its source reporter cannot know the server's
+//! policy). Labels this crate cannot know (the peer's workload) are
+//! `unknown`, Istio's value for an unknown peer.
+//!
+//! Peer principals are interned into at most [`PRINCIPALS`] slots per
+//! process (claimed on first sight, never freed): a further principal is
+//! recorded as `unknown` and counted in
+//! `mesh_metrics_principals_overflow_total`, so a peer cannot grow the
+//! label set without bound.
 //!
 //! # Why own atomics, and how recording stays cheap
 //!
@@ -58,12 +84,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::sync::OnceLock;
+
 use http::HeaderMap;
 use mesh_core::ClusterName;
+use mesh_identity::CredentialStore;
 
 /// The most label sets (code, gRPC status, flag, protocol) one
 /// destination holds.
 pub const SLOTS: usize = 16;
+
+/// The most distinct peer principals labelled per process (4 bits of a
+/// series key, 0 meaning `unknown`).
+pub const PRINCIPALS: usize = 15;
 
 /// Envoy's default histogram buckets (`HistogramSettingsImpl::defaultBuckets`,
 /// the buckets Istio's standard histograms use unless configured): the
@@ -229,6 +262,25 @@ pub struct Record<'a> {
     pub request_bytes: u64,
     /// Response body bytes, when known.
     pub response_bytes: u64,
+    /// The peer's transport security (server side; the default on the
+    /// client side).
+    pub peer: Peer,
+}
+
+/// The transport security of the peer of a recorded request: whether the
+/// connection was mutual TLS, and the peer principal's slot in the
+/// [`IstioMetrics`] interner (see [`IstioMetrics::peer`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub(crate) mutual_tls: bool,
+    pub(crate) principal: u8,
+}
+
+impl Peer {
+    /// Whether the connection was mutual TLS.
+    pub fn is_mutual_tls(&self) -> bool {
+        self.mutual_tls
+    }
 }
 
 /// The labels of a series besides reporter and destination.
@@ -238,6 +290,7 @@ pub(crate) struct Key {
     pub(crate) grpc_status: Option<u8>,
     pub(crate) flag: ResponseFlag,
     pub(crate) protocol: Protocol,
+    pub(crate) peer: Peer,
 }
 
 const FLAGS: [ResponseFlag; 10] = [
@@ -263,6 +316,7 @@ impl Key {
             grpc_status: r.grpc_status.filter(|&g| g <= 16),
             flag: r.flag,
             protocol: r.protocol,
+            peer: r.peer,
         }
     }
 
@@ -274,6 +328,8 @@ impl Key {
             | (grpc << 16)
             | (flag << 21)
             | (u32::from(self.protocol == Protocol::Grpc) << 25)
+            | (u32::from(self.peer.mutual_tls) << 26)
+            | (u32::from(self.peer.principal & 0xf) << 27)
     }
 
     fn unpack(k: u32) -> Option<Self> {
@@ -289,6 +345,10 @@ impl Key {
                 Protocol::Grpc
             } else {
                 Protocol::Http
+            },
+            peer: Peer {
+                mutual_tls: k & (1 << 26) != 0,
+                principal: ((k >> 27) & 0xf) as u8,
             },
         })
     }
@@ -342,6 +402,50 @@ pub struct SeriesTable {
     destination: Option<ClusterName>,
     slots: [Series; SLOTS],
     dropped: AtomicU64,
+    tcp: TcpCounters,
+}
+
+/// `istio_tcp_connections_opened_total` and `_closed_total` of one label
+/// set.
+#[derive(Debug, Default)]
+pub struct TcpCounters {
+    opened: AtomicU64,
+    closed: AtomicU64,
+}
+
+impl TcpCounters {
+    /// Counts an opened connection; the guard counts it closed when
+    /// dropped.
+    pub(crate) fn open<T: AsRef<TcpCounters> + Clone>(owner: &T) -> TcpGuard<T> {
+        owner.as_ref().opened.fetch_add(1, Ordering::Relaxed);
+        TcpGuard(owner.clone())
+    }
+
+    /// Connections opened.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed.
+    pub fn closed(&self) -> u64 {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection closed when dropped.
+#[derive(Debug)]
+pub(crate) struct TcpGuard<T: AsRef<TcpCounters>>(T);
+
+impl<T: AsRef<TcpCounters>> Drop for TcpGuard<T> {
+    fn drop(&mut self) {
+        self.0.as_ref().closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl AsRef<TcpCounters> for Arc<SeriesTable> {
+    fn as_ref(&self) -> &TcpCounters {
+        &self.tcp
+    }
 }
 
 impl SeriesTable {
@@ -351,6 +455,7 @@ impl SeriesTable {
             destination,
             slots: std::array::from_fn(|_| Series::default()),
             dropped: AtomicU64::new(0),
+            tcp: TcpCounters::default(),
         }
     }
 
@@ -392,6 +497,11 @@ impl SeriesTable {
         None
     }
 
+    /// The connections opened to the table's destination.
+    pub fn tcp(&self) -> &TcpCounters {
+        &self.tcp
+    }
+
     /// Requests not recorded: their label set found no free slot.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -420,8 +530,24 @@ impl SeriesTable {
 #[derive(Debug)]
 pub struct IstioMetrics {
     workload: Arc<str>,
+    identity: OnceLock<Arc<CredentialStore>>,
     unrouted: Arc<SeriesTable>,
     inbound: SeriesTable,
+    principals: [OnceLock<Box<str>>; PRINCIPALS],
+    principals_overflow: AtomicU64,
+    /// Accepted connections by `Peer` (principal slot * 2 + mutual TLS).
+    inbound_tcp: [TcpCounters; 2 * (PRINCIPALS + 1)],
+}
+
+/// A connection accepted by the server, counted in an [`IstioMetrics`]'s
+/// inbound TCP counters.
+#[derive(Clone, Debug)]
+pub(crate) struct InboundTcp(Arc<IstioMetrics>, usize);
+
+impl AsRef<TcpCounters> for InboundTcp {
+    fn as_ref(&self) -> &TcpCounters {
+        &self.0.inbound_tcp[self.1]
+    }
 }
 
 impl IstioMetrics {
@@ -436,9 +562,90 @@ impl IstioMetrics {
         };
         Self {
             workload: Arc::from(workload),
+            identity: OnceLock::new(),
             unrouted: Arc::new(SeriesTable::new(None)),
             inbound: SeriesTable::new(None),
+            principals: std::array::from_fn(|_| OnceLock::new()),
+            principals_overflow: AtomicU64::new(0),
+            inbound_tcp: std::array::from_fn(|_| TcpCounters::default()),
         }
+    }
+
+    /// Reads the process's own principal (the `source_principal` of its
+    /// calls, the `destination_principal` of the requests it serves) from
+    /// `credentials` at each scrape; `unknown` without. Set once: a second
+    /// call is ignored. [`Mesh`](crate::Mesh) sets its credentials here.
+    pub fn set_identity(&self, credentials: Arc<CredentialStore>) {
+        let _ = self.identity.set(credentials);
+    }
+
+    /// The process's own principal now, if it has an SVID.
+    pub fn own_principal(&self) -> Option<String> {
+        let id = self.identity.get()?.id()?;
+        Some(id.as_str().to_owned())
+    }
+
+    /// The [`Peer`] of a request that came over a connection with this
+    /// security: the peer principal is interned on first sight (at most
+    /// [`PRINCIPALS`]; then `unknown`). Lock-free and, once a principal
+    /// is interned, allocation-free.
+    pub fn peer(&self, security: Option<&crate::serve::ConnectionSecurity>) -> Peer {
+        let Some(security) = security else {
+            return Peer::default();
+        };
+        let mutual_tls = security.mode() == crate::serve::SecurityMode::MutualTls;
+        let principal = security.peer().map_or(0, |id| self.intern(id.as_str()));
+        Peer {
+            mutual_tls,
+            principal,
+        }
+    }
+
+    fn intern(&self, id: &str) -> u8 {
+        for (i, slot) in self.principals.iter().enumerate() {
+            let found = match slot.get() {
+                Some(p) => &**p == id,
+                // First sight: claim the slot (a racing claim of the same
+                // slot by another principal moves on to the next one).
+                None => {
+                    let _ = slot.set(Box::from(id));
+                    slot.get().is_some_and(|p| &**p == id)
+                }
+            };
+            if found {
+                return (i + 1) as u8;
+            }
+        }
+        self.principals_overflow.fetch_add(1, Ordering::Relaxed);
+        0
+    }
+
+    /// The interned principal of `peer`, if any.
+    pub fn peer_principal(&self, peer: Peer) -> Option<&str> {
+        let i = usize::from(peer.principal).checked_sub(1)?;
+        self.principals.get(i)?.get().map(|p| &**p)
+    }
+
+    /// Counts a connection accepted with `peer`'s security; the guard
+    /// counts it closed.
+    pub(crate) fn accepted(self: &Arc<Self>, peer: Peer) -> TcpGuard<InboundTcp> {
+        let i = usize::from(peer.principal) * 2 + usize::from(peer.mutual_tls);
+        TcpCounters::open(&InboundTcp(Arc::clone(self), i % self.inbound_tcp.len()))
+    }
+
+    /// Connections accepted by servers, with mutual TLS or not, over
+    /// every peer principal.
+    pub fn inbound_tcp(&self, mutual_tls: bool) -> (u64, u64) {
+        self.inbound_tcp
+            .iter()
+            .skip(usize::from(mutual_tls))
+            .step_by(2)
+            .fold((0, 0), |(o, c), t| (o + t.opened(), c + t.closed()))
+    }
+
+    /// Records a request served by a server layer.
+    pub fn record_inbound(&self, r: &Record<'_>) {
+        self.inbound.record(r);
     }
 
     /// The workload name.
@@ -470,7 +677,12 @@ impl IstioMetrics {
             .collect();
         tables.push((Reporter::Source, &self.unrouted));
         tables.push((Reporter::Destination, &self.inbound));
-        render::istio(self, &tables, out);
+        let own = self.own_principal();
+        let ctx = render::Ctx {
+            m: self,
+            own: own.as_deref().unwrap_or("unknown"),
+        };
+        render::istio(&ctx, &tables, out);
     }
 }
 

@@ -3,7 +3,14 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use super::{BUCKETS, Histogram, IstioMetrics, Key, Reporter, Series, SeriesTable};
+use super::{BUCKETS, Histogram, IstioMetrics, Key, Peer, Reporter, Series, SeriesTable};
+
+/// What every series' labels share: the metrics and the process's own
+/// principal, read once per scrape.
+pub(super) struct Ctx<'a> {
+    pub(super) m: &'a IstioMetrics,
+    pub(super) own: &'a str,
+}
 
 /// One series to render: reporter, destination, labels, counts.
 type Row<'a> = (Reporter, Option<&'a str>, Key, &'a Series);
@@ -29,21 +36,52 @@ fn destination_service(cluster: Option<&str>) -> &str {
     }
 }
 
-fn labels(out: &mut String, m: &IstioMetrics, row: &Row<'_>) {
-    let (reporter, cluster, k, _) = row;
-    let (source, dest) = match reporter {
-        Reporter::Source => (&*m.workload, "unknown"),
-        Reporter::Destination => ("unknown", &*m.workload),
+/// The labels every Istio metric shares (`reporter` to
+/// `destination_service`, and `connection_security_policy`).
+fn peer_labels(
+    out: &mut String,
+    c: &Ctx<'_>,
+    reporter: Reporter,
+    peer: Peer,
+    cluster: Option<&str>,
+) {
+    let m = c.m;
+    let (source, dest, source_principal, dest_principal, policy) = match reporter {
+        Reporter::Source => (&*m.workload, "unknown", c.own, "unknown", "unknown"),
+        Reporter::Destination => (
+            "unknown",
+            &*m.workload,
+            m.peer_principal(peer).unwrap_or("unknown"),
+            c.own,
+            if peer.mutual_tls {
+                "mutual_tls"
+            } else {
+                "none"
+            },
+        ),
     };
     out.push_str("reporter=\"");
     out.push_str(reporter.as_str());
     out.push_str("\",source_workload=\"");
     label(out, source);
+    out.push_str("\",source_principal=\"");
+    label(out, source_principal);
     out.push_str("\",destination_workload=\"");
     label(out, dest);
+    out.push_str("\",destination_principal=\"");
+    label(out, dest_principal);
     out.push_str("\",destination_service=\"");
-    label(out, destination_service(*cluster));
-    let _ = write!(out, "\",response_code=\"{}\"", k.code);
+    label(out, destination_service(cluster));
+    out.push_str("\",connection_security_policy=\"");
+    out.push_str(policy);
+    out.push('"');
+}
+
+fn labels(out: &mut String, c: &Ctx<'_>, row: &Row<'_>) {
+    let (reporter, cluster, k, _) = row;
+    peer_labels(out, c, *reporter, k.peer, *cluster);
+    out.push(',');
+    let _ = write!(out, "response_code=\"{}\"", k.code);
     out.push_str(",grpc_response_status=\"");
     if let Some(g) = k.grpc_status {
         let _ = write!(out, "{g}");
@@ -58,7 +96,7 @@ fn labels(out: &mut String, m: &IstioMetrics, row: &Row<'_>) {
 fn histogram(
     out: &mut String,
     name: &str,
-    m: &IstioMetrics,
+    m: &Ctx<'_>,
     series: &[Row<'_>],
     pick: fn(&Series) -> &Histogram,
 ) {
@@ -85,7 +123,7 @@ fn histogram(
     }
 }
 
-pub(super) fn istio(m: &IstioMetrics, tables: &[(Reporter, &SeriesTable)], out: &mut String) {
+pub(super) fn istio(m: &Ctx<'_>, tables: &[(Reporter, &SeriesTable)], out: &mut String) {
     let series: Vec<Row<'_>> = tables
         .iter()
         .flat_map(|&(reporter, t)| {
@@ -121,6 +159,55 @@ pub(super) fn istio(m: &IstioMetrics, tables: &[(Reporter, &SeriesTable)], out: 
     out.push_str("# HELP mesh_metrics_series_dropped_total Requests not recorded: their destination had no free series slot.\n");
     out.push_str("# TYPE mesh_metrics_series_dropped_total counter\n");
     let _ = writeln!(out, "mesh_metrics_series_dropped_total {dropped}");
+    out.push_str("# HELP mesh_metrics_principals_overflow_total Requests whose peer principal was labelled unknown: the principal table was full.\n");
+    out.push_str("# TYPE mesh_metrics_principals_overflow_total counter\n");
+    let _ = writeln!(
+        out,
+        "mesh_metrics_principals_overflow_total {}",
+        m.m.principals_overflow.load(Ordering::Relaxed)
+    );
+    tcp(m, tables, out);
+}
+
+/// `istio_tcp_connections_opened_total` and `_closed_total`: the client
+/// side per destination table, the server side per peer.
+fn tcp(c: &Ctx<'_>, tables: &[(Reporter, &SeriesTable)], out: &mut String) {
+    for (name, help, pick) in [
+        (
+            "istio_tcp_connections_opened_total",
+            "Total TCP connections opened.",
+            super::TcpCounters::opened as fn(&super::TcpCounters) -> u64,
+        ),
+        (
+            "istio_tcp_connections_closed_total",
+            "Total TCP connections closed.",
+            super::TcpCounters::closed,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (reporter, t) in tables {
+            if *reporter != Reporter::Source || t.tcp().opened() == 0 {
+                continue;
+            }
+            let _ = write!(out, "{name}{{");
+            let cluster = t.destination().map(|c| c.as_str());
+            peer_labels(out, c, Reporter::Source, Peer::default(), cluster);
+            let _ = writeln!(out, "}} {}", pick(t.tcp()));
+        }
+        for (i, t) in c.m.inbound_tcp.iter().enumerate() {
+            if t.opened() == 0 {
+                continue;
+            }
+            let peer = Peer {
+                mutual_tls: i % 2 == 1,
+                principal: (i / 2) as u8,
+            };
+            let _ = write!(out, "{name}{{");
+            peer_labels(out, c, Reporter::Destination, peer, None);
+            let _ = writeln!(out, "}} {}", pick(t));
+        }
+    }
 }
 
 /// One family of per-cluster samples.
@@ -144,7 +231,26 @@ pub(crate) fn render_mesh(mesh: &crate::Mesh, out: &mut String) {
     let mut ejections: Vec<Row> = Vec::new();
     let mut ejected: Vec<Row> = Vec::new();
     let mut in_flight: Vec<Row> = Vec::new();
+    // (cluster, health, count): healthy, unhealthy, draining, unknown.
+    let mut endpoints: Vec<(String, &'static str, u64)> = Vec::new();
     for name in mesh.cluster_names() {
+        if let Some(eps) = mesh.cluster_endpoints(name.as_str()) {
+            let mut counts = [0u64; 4];
+            for e in &eps {
+                counts[match e.health {
+                    mesh_core::model::Health::Healthy => 0,
+                    mesh_core::model::Health::Unhealthy => 1,
+                    mesh_core::model::Health::Draining => 2,
+                    mesh_core::model::Health::Unknown => 3,
+                }] += 1;
+            }
+            for (i, h) in ["healthy", "unhealthy", "draining", "unknown"]
+                .into_iter()
+                .enumerate()
+            {
+                endpoints.push((name.as_str().to_owned(), h, counts[i]));
+            }
+        }
         let n = name.as_str().to_owned();
         if let Some((r, f)) = mesh.retry_counts(name.as_str()) {
             retries.push((n.clone(), r));
@@ -207,6 +313,22 @@ pub(crate) fn render_mesh(mesh: &crate::Mesh, out: &mut String) {
         "Requests admitted by the circuit breaker and not finished.",
         &in_flight,
     );
+    out.push_str("# HELP mesh_cluster_endpoints Endpoints of the cluster, by the health the config gives them (outlier ejection is mesh_cluster_ejected_endpoints).\n");
+    out.push_str("# TYPE mesh_cluster_endpoints gauge\n");
+    for (cluster, health, n) in &endpoints {
+        out.push_str("mesh_cluster_endpoints{cluster=\"");
+        label(out, cluster);
+        let _ = writeln!(out, "\",health=\"{health}\"}} {n}");
+    }
+    out.push_str("# HELP mesh_config_updates_total Config updates offered to the store, by source and result (accepted or rejected).\n");
+    out.push_str("# TYPE mesh_config_updates_total counter\n");
+    for (source, c) in mesh.store().update_counts() {
+        for (result, n) in [("accepted", c.accepted), ("rejected", c.rejected)] {
+            out.push_str("mesh_config_updates_total{source=\"");
+            label(out, source.as_str());
+            let _ = writeln!(out, "\",result=\"{result}\"}} {n}");
+        }
+    }
     let m = mesh.mirror_stats();
     for (name, v) in [
         ("queued", m.queued()),

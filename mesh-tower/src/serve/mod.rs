@@ -203,6 +203,7 @@ pub struct ServeConfig {
     mode: TransportMode,
     handshake_timeout: Duration,
     max_connection_age: Option<MaxConnectionAge>,
+    metrics: Option<Arc<crate::metrics::IstioMetrics>>,
 }
 
 /// gRFC A9's `MAX_CONNECTION_AGE` and `MAX_CONNECTION_AGE_GRACE`.
@@ -233,7 +234,19 @@ impl ServeConfig {
             mode,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_connection_age: None,
+            metrics: None,
         }
+    }
+
+    /// Counts every connection served (once its transport is set up: after
+    /// the mTLS handshake, if any) in Istio's
+    /// `istio_tcp_connections_opened_total` / `_closed_total` with
+    /// `reporter="destination"`, the peer's principal and
+    /// `connection_security_policy`, into `metrics` (a mesh's:
+    /// `Arc::clone(mesh.metrics())`). Off unless set.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::IstioMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Drains each connection after it has served for `age` (±10%
@@ -325,7 +338,10 @@ where
 {
     let deadline = Instant::now() + config.handshake_timeout;
     let addrs = (stream.peer_addr()?, stream.local_addr()?);
-    let age = config.max_connection_age;
+    let age = Served {
+        age: config.max_connection_age,
+        metrics: config.metrics.as_ref(),
+    };
     let (mode, tls) = match &config.mode {
         TransportMode::Disable => (EffectiveMtlsMode::Disable, None),
         TransportMode::Strict(tls) => (EffectiveMtlsMode::Strict, Some(tls)),
@@ -358,6 +374,13 @@ where
     }
 }
 
+/// What `http` needs of the config besides the transport.
+#[derive(Clone, Copy)]
+struct Served<'a> {
+    age: Option<MaxConnectionAge>,
+    metrics: Option<&'a Arc<crate::metrics::IstioMetrics>>,
+}
+
 fn plaintext((remote, local): (SocketAddr, SocketAddr)) -> ConnectionSecurity {
     ConnectionSecurity {
         mode: SecurityMode::Plaintext,
@@ -372,7 +395,7 @@ async fn mtls<I, S, B>(
     io: I,
     (remote, local): (SocketAddr, SocketAddr),
     deadline: Instant,
-    age: Option<MaxConnectionAge>,
+    age: Served<'_>,
     service: S,
 ) -> Result<(), BoxError>
 where
@@ -400,7 +423,7 @@ where
 async fn http<I, S, B>(
     io: I,
     security: ConnectionSecurity,
-    age: Option<MaxConnectionAge>,
+    served: Served<'_>,
     service: S,
 ) -> Result<(), BoxError>
 where
@@ -412,6 +435,9 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    // Counted closed when this function returns, however it ends.
+    let _tcp = served.metrics.map(|m| m.accepted(m.peer(Some(&security))));
+    let age = served.age;
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(security.clone());
         service.clone().oneshot(request)

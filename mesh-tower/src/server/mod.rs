@@ -194,6 +194,9 @@ where
         let access =
             crate::access_log::Start::capture(&req, trace.as_ref().map(|t| t.span.trace_id));
         let metrics = (self.metrics.is_some() || access.is_some()).then(|| Inbound {
+            peer: self.metrics.as_ref().map_or(metrics::Peer::default(), |m| {
+                m.peer(req.extensions().get::<crate::serve::ConnectionSecurity>())
+            }),
             metrics: self.metrics.clone(),
             access,
             start: tokio::time::Instant::now(),
@@ -229,6 +232,7 @@ struct Inbound {
     start: tokio::time::Instant,
     request_bytes: u64,
     protocol: metrics::Protocol,
+    peer: metrics::Peer,
 }
 
 impl<F, ResB, E> Future for ResponseFuture<F>
@@ -270,9 +274,10 @@ where
                 duration: m.start.elapsed(),
                 request_bytes: m.request_bytes,
                 response_bytes,
+                peer: m.peer,
             };
             if let Some(metrics) = &m.metrics {
-                metrics.inbound().record(&record);
+                metrics.record_inbound(&record);
             }
             if let Some(a) = &m.access {
                 a.log(&record);
