@@ -39,7 +39,45 @@ pub struct ClientConfig {
     pub server_listener_resource_name_template: Option<String>,
     /// The bootstrap's certificate-provider instances (name → config).
     pub certificate_providers: Vec<CertificateProvider>,
+    /// The template of the listener resource name of an `xds:///<target>`
+    /// client (bootstrap `client_default_listener_resource_name_template`,
+    /// gRFC A47): `%s` is replaced by the target, percent-encoded when the
+    /// template is an `xdstp://` name. `None` means `%s`: the listener is
+    /// named as the target, which is what istiod serves.
+    pub client_default_listener_resource_name_template: Option<String>,
+    /// The bootstrap's `authorities` (gRFC A47), for `xds://<authority>/…`
+    /// targets. They share the top-level servers: one ADS connection per
+    /// process.
+    pub authorities: Vec<Authority>,
 }
+
+/// An authority of the bootstrap (gRFC A47): where the listener of an
+/// `xds://<name>/<target>` client is looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authority {
+    /// The authority name, as in the target URI.
+    pub name: String,
+    /// `client_listener_resource_name_template`; starts with
+    /// `xdstp://<name>/` (default
+    /// `xdstp://<name>/envoy.config.listener.v3.Listener/%s`).
+    pub client_listener_resource_name_template: String,
+}
+
+/// A target that names no listener the bootstrap can resolve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownAuthority(pub String);
+
+impl std::fmt::Display for UnknownAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "xds target authority {:?} is not in the bootstrap's authorities",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownAuthority {}
 
 /// One management server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,6 +208,110 @@ impl ClientConfig {
             listeners: Vec::new(),
             server_listener_resource_name_template: None,
             certificate_providers: Vec::new(),
+            client_default_listener_resource_name_template: None,
+            authorities: Vec::new(),
         }
+    }
+
+    /// The listener resource name of the client target
+    /// `xds://<authority>/<target>` (gRFC A47): an empty `authority`
+    /// (`xds:///<target>`) uses
+    /// [`client_default_listener_resource_name_template`](Self::client_default_listener_resource_name_template),
+    /// a named one the template of that [`Authority`]. `%s` is replaced by
+    /// `target`, percent-encoded (all but `/` and RFC 3986 path characters)
+    /// when the template is an `xdstp:` name, as gRPC does.
+    pub fn client_listener_name(
+        &self,
+        authority: &str,
+        target: &str,
+    ) -> Result<String, UnknownAuthority> {
+        let template = if authority.is_empty() {
+            self.client_default_listener_resource_name_template
+                .as_deref()
+                .unwrap_or("%s")
+        } else {
+            self.authorities
+                .iter()
+                .find(|a| a.name == authority)
+                .map(|a| a.client_listener_resource_name_template.as_str())
+                .ok_or_else(|| UnknownAuthority(authority.to_owned()))?
+        };
+        Ok(fill_template(template, target))
+    }
+
+    /// The listener resource name of a server listening on `addr`
+    /// (`<ip>:<port>`, `[<ipv6>]:<port>`), from
+    /// [`server_listener_resource_name_template`](Self::server_listener_resource_name_template)
+    /// (gRFC A36); `None` without a template (gRPC then refuses to start an
+    /// xDS server).
+    pub fn server_listener_name(&self, addr: &str) -> Option<String> {
+        self.server_listener_resource_name_template
+            .as_deref()
+            .map(|t| fill_template(t, addr))
+    }
+}
+
+/// `template` with every `%s` replaced by `value`, percent-encoded for an
+/// `xdstp:` template (gRFC A47 "xDS resource names in bootstrap").
+fn fill_template(template: &str, value: &str) -> String {
+    if template.starts_with("xdstp:") {
+        template.replace("%s", &percent_encode_path(value))
+    } else {
+        template.replace("%s", value)
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, the path
+/// sub-delimiters gRPC leaves alone (`$ & + = : @`) and `/`.
+fn percent_encode_path(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~$&+=:@/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_listener_names_follow_the_templates() {
+        let mut c = ClientConfig::new("127.0.0.1:1", "n");
+        assert_eq!(
+            c.client_listener_name("", "reviews.default.svc.cluster.local:9080")
+                .unwrap(),
+            "reviews.default.svc.cluster.local:9080"
+        );
+        c.client_default_listener_resource_name_template =
+            Some("xdstp://a/envoy.config.listener.v3.Listener/%s".into());
+        assert_eq!(
+            c.client_listener_name("", "svc a/b?c").unwrap(),
+            "xdstp://a/envoy.config.listener.v3.Listener/svc%20a/b%3Fc"
+        );
+        c.authorities.push(Authority {
+            name: "td".into(),
+            client_listener_resource_name_template: "xdstp://td/L/%s".into(),
+        });
+        assert_eq!(
+            c.client_listener_name("td", "x:1").unwrap(),
+            "xdstp://td/L/x:1"
+        );
+        assert_eq!(
+            c.client_listener_name("other", "x")
+                .unwrap_err()
+                .to_string(),
+            "xds target authority \"other\" is not in the bootstrap's authorities"
+        );
+        assert_eq!(c.server_listener_name("0.0.0.0:8080"), None);
+        c.server_listener_resource_name_template = Some("xds.istio.io/grpc/lds/inbound/%s".into());
+        assert_eq!(
+            c.server_listener_name("[::]:8080").unwrap(),
+            "xds.istio.io/grpc/lds/inbound/[::]:8080"
+        );
     }
 }

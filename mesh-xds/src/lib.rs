@@ -23,12 +23,14 @@
 //! assert_eq!(TypeUrl::of(ResourceKind::EndpointSet), TypeUrl::ClusterLoadAssignment);
 //! ```
 
+pub mod bootstrap;
 pub mod config;
 pub mod resource;
 pub mod status;
 pub mod translate;
 mod type_url;
 
+pub use bootstrap::{Bootstrap, InvalidBootstrap};
 pub use config::ClientConfig;
 pub use resource::{DecodeContext, DecodeError, Decoded, XdsResource};
 pub use status::{ResourceState, ResourceStatus};
