@@ -207,7 +207,7 @@ impl Snapshot {
     /// Validates `resources` as one complete config at `version`.
     ///
     /// Fails when two resources of a kind share a name, two client
-    /// listeners share a port, a listener names a missing route table, or a
+    /// listeners named `0.0.0.0_<port>` share a port, a listener names a missing route table, or a
     /// route names a missing cluster. The error's path names the resource.
     pub fn build(version: Version, resources: Resources) -> Result<Self, InvalidConfig> {
         Self::build_with(version, resources, |_, _| None, None)
@@ -304,6 +304,13 @@ impl Snapshot {
                     ),
                 )
             })?;
+            // Only an outbound listener named as Istio names sidecar ones
+            // (`0.0.0.0_<port>`) claims its port: proxyless API listeners
+            // (`<fqdn>:<port>`, reached by name through `route_via`)
+            // share ports with one another.
+            if !l.claims_port() {
+                continue;
+            }
             if snap
                 .client_ports
                 .insert(l.port, Arc::clone(table))
@@ -577,6 +584,40 @@ mod tests {
             err.to_string(),
             "listener \"0.0.0.0_80\" names route table \"80\", which does not exist"
         );
+    }
+
+    #[test]
+    fn proxyless_api_listeners_share_a_port_and_are_reached_by_name() {
+        let api = |name: &str| Listener {
+            name: name.into(),
+            port: 80,
+            kind: crate::model::ListenerKind::Client {
+                route_table: "80".into(),
+            },
+        };
+        let snap = Snapshot::build(
+            Version(1),
+            Resources::new()
+                .with_listener(api("svc.ns.svc.cluster.local:80"))
+                .with_listener(api("other.ns.svc.cluster.local:80"))
+                .with_route_table(table("c"))
+                .with_cluster(Cluster::new("c")),
+        )
+        .unwrap();
+        let headers = http::HeaderMap::new();
+        let req = RouteRequest {
+            method: &http::Method::GET,
+            authority: "svc",
+            port: 80,
+            path: "/",
+            headers: &headers,
+        };
+        assert_eq!(
+            snap.route(&req).unwrap_err(),
+            NoRoute::NoListener { port: 80 },
+            "only 0.0.0.0_<port> listeners claim the port"
+        );
+        assert!(snap.route_via("svc.ns.svc.cluster.local:80", &req).is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use mesh_core::model::{Cluster, Endpoint, Listener, RouteTable, SecurityPolicies};
 
 use crate::TypeUrl;
+use crate::translate::HttpDefaults;
 
 /// One resource of a `DiscoveryResponse`, decoded, validated and
 /// translated into the model.
@@ -72,6 +73,13 @@ pub struct ListenerResource {
     /// filter chains' `DownstreamTlsContext`, RBAC as authorization
     /// policies), contributed to the snapshot's [`SecurityPolicies`].
     pub security: SecurityPolicies,
+    /// What the listener's HTTP connection manager contributes to its
+    /// routes (fault filter, `max_stream_duration`). When it is not
+    /// [`HttpDefaults::default`], the `RouteConfiguration` this listener
+    /// names must be translated with it
+    /// ([`route_configuration`](crate::translate::route_configuration))
+    /// rather than taken from the RDS cache as is.
+    pub http: HttpDefaults,
 }
 
 impl ListenerResource {

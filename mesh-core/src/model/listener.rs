@@ -65,6 +65,21 @@ impl Listener {
         }
     }
 
+    /// Whether this is a client listener that routes every request sent to
+    /// its port ([`Snapshot::route`](crate::Snapshot::route)): one named
+    /// `0.0.0.0_<port>`, as [`Listener::client`] and Istio's sidecar
+    /// outbound listeners are. Other client listeners, such as proxyless
+    /// gRPC's `<fqdn>:<port>` API listeners, are reached by name only.
+    pub fn claims_port(&self) -> bool {
+        matches!(self.kind, ListenerKind::Client { .. })
+            && self
+                .name
+                .as_str()
+                .strip_prefix("0.0.0.0_")
+                .and_then(|p| p.parse::<u16>().ok())
+                == Some(self.port)
+    }
+
     /// The route table of a client listener.
     pub fn route_table(&self) -> Option<&RouteTableName> {
         match &self.kind {

@@ -15,8 +15,11 @@ use crate::resource::{DecodeContext, DecodeError, Decoded};
 mod cluster;
 mod endpoint;
 mod listener;
+mod rbac;
 mod route;
 mod secret;
+
+pub use route::{HttpDefaults, ISTIO_FAULT_FILTER, route_configuration};
 
 /// Decodes, validates and translates one resource of a response for
 /// `type_url`.
