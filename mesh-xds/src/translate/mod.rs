@@ -12,12 +12,24 @@ use prost::Message;
 use crate::TypeUrl;
 use crate::resource::{DecodeContext, DecodeError, Decoded};
 
+// Deprecated Envoy fields are still read: control planes (istiod among
+// them) still send them, and ignoring them would change behaviour.
+#[allow(deprecated)]
 mod cluster;
+#[allow(deprecated)]
 mod endpoint;
+#[allow(deprecated)]
+mod lb;
 mod listener;
 mod rbac;
 mod route;
+#[allow(deprecated)]
 mod secret;
+#[allow(deprecated)]
+mod tls;
+mod values;
+
+pub use lb::ROUTE_HASH_POLICY_HEADER;
 
 pub use route::{HttpDefaults, ISTIO_FAULT_FILTER, route_configuration};
 
@@ -52,3 +64,7 @@ pub fn decode(type_url: TypeUrl, any: &Any, ctx: &DecodeContext) -> Result<Decod
 pub(crate) fn proto<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, DecodeError> {
     M::decode(bytes).map_err(|e| DecodeError::new(None, format!("{what}: undecodable: {e}")))
 }
+
+#[cfg(test)]
+#[allow(deprecated)]
+mod cds_tests;
