@@ -1288,3 +1288,99 @@ fn secrets_from_files_or_with_checks_are_nacked() {
         "bad: tls_certificate.certificate_chain: no PEM block ending in \"CERTIFICATE\""
     );
 }
+
+// --- rules A2.1: unsupported fields are ignored and recorded ----------------------
+
+#[test]
+fn a2_1_fields_without_model_support_are_recorded_as_ignored() {
+    let mut c = eds_cluster(REVIEWS);
+    c.health_checks = vec![Default::default()];
+    c.lb_subset_config = Some(Default::default());
+    c.common_lb_config = Some(xc::CommonLbConfig {
+        update_merge_window: secs(1),
+        ..Default::default()
+    });
+    let (r, ignored) = cluster(&c);
+    assert_eq!(r.cluster.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(
+        ignored,
+        vec![
+            "common_lb_config.update_merge_window",
+            "health_checks",
+            "lb_subset_config",
+        ]
+    );
+}
+
+#[test]
+fn a2_7_a_certificate_from_another_instance_than_the_roots_is_nacked() {
+    let mut common = istio_common_tls(&[]);
+    common.tls_certificate_provider_instance = Some(CertificateProviderPluginInstance {
+        instance_name: "other".into(),
+        certificate_name: "default".into(),
+    });
+    #[allow(deprecated)]
+    {
+        common.tls_certificate_certificate_provider_instance = None;
+    }
+    let c = with_tls(eds_cluster(REVIEWS), common);
+    let ctx = DecodeContext {
+        certificate_providers: BTreeSet::from(["default".to_owned(), "other".to_owned()]),
+    };
+    let err = super::decode(TypeUrl::Cluster, &any(&c), &ctx)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{REVIEWS}: transport_socket.typed_config.common_tls_context.tls_certificate_provider_instance: instance \"other\" differs from the roots' instance \"default\": the process has one workload identity"
+        )
+    );
+}
+
+#[test]
+fn a2_7_case_insensitive_and_empty_san_matchers_are_nacked() {
+    let c = with_validation(|v| {
+        v.match_subject_alt_names = vec![StringMatcher {
+            ignore_case: true,
+            match_pattern: Some(MatchPattern::Exact(SA_REVIEWS.into())),
+        }]
+    });
+    assert_eq!(
+        nack(&c),
+        format!(
+            "{REVIEWS}: {VC}.match_subject_alt_names[0].ignore_case: case-insensitive SAN matching cannot be honoured (SANs are compared exactly)"
+        )
+    );
+    let c = with_validation(|v| v.match_subject_alt_names = vec![exact("")]);
+    assert_eq!(
+        nack(&c),
+        format!(
+            "{REVIEWS}: {VC}.match_subject_alt_names[0].exact: empty: an empty SAN never matches (gRFC A29)"
+        )
+    );
+}
+
+#[test]
+fn a2_7_sds_secret_references_are_nacked() {
+    let mut common = istio_common_tls(&[]);
+    common.tls_certificate_sds_secret_configs = vec![Default::default()];
+    let c = with_tls(eds_cluster(REVIEWS), common);
+    assert_eq!(
+        nack(&c),
+        format!(
+            "{REVIEWS}: transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs: SDS secret references are not supported: use tls_certificate_provider_instance (gRFC A29)"
+        )
+    );
+}
+
+#[test]
+fn a_tls_context_without_roots_is_nacked() {
+    let c = with_tls(eds_cluster(REVIEWS), CommonTlsContext::default());
+    assert_eq!(
+        nack(&c),
+        format!(
+            "{REVIEWS}: transport_socket.typed_config.common_tls_context: no root certificates: set a validation context with ca_certificate_provider_instance or trusted_ca (gRFC A29)"
+        )
+    );
+}

@@ -112,7 +112,8 @@ pub(super) fn endpoints(
     let mut groups = Vec::with_capacity(cla.endpoints.len());
     let mut seen_localities: HashMap<(u32, &Locality), usize> = HashMap::new();
     let mut localities = Vec::with_capacity(cla.endpoints.len());
-    let mut addresses: HashMap<EndpointAddress, String> = HashMap::new();
+    let mut addresses: HashMap<EndpointAddress, (usize, usize)> =
+        HashMap::with_capacity(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum());
     for (i, lle) in cla.endpoints.iter().enumerate() {
         let lpath = format!("{}endpoints[{i}]", prefix(path));
         let Some(loc) = &lle.locality else {
@@ -150,31 +151,30 @@ pub(super) fn endpoints(
         let mut sum: u64 = 0;
         let mut eps = Vec::with_capacity(lbs.len());
         for (j, lb) in lbs.into_iter().enumerate() {
-            let epath = format!("{lpath}.lb_endpoints[{j}]");
+            // Paths are built only for errors and ignored fields: this
+            // loop runs once per endpoint of every EDS update.
+            let epath = |field: &str| format!("{lpath}.lb_endpoints[{j}].{field}");
             let ep = match &lb.host_identifier {
                 Some(HostIdentifier::Endpoint(e)) => e,
                 Some(HostIdentifier::EndpointName(n)) => {
                     return Err(doc.err(
-                        &join(&epath, "endpoint_name"),
+                        &epath("endpoint_name"),
                         format!("{n:?}: named endpoints are not supported"),
                     ));
                 }
-                None => return Err(doc.err(&join(&epath, "endpoint"), "unset")),
+                None => return Err(doc.err(&epath("endpoint"), "unset")),
             };
-            let apath = join(&epath, "endpoint.address");
-            let address = address(doc, &apath, ep.address.as_ref(), dns)?;
-            doc.ignore_if(
-                !ep.additional_addresses.is_empty(),
-                &join(&epath, "endpoint.additional_addresses"),
-            );
-            doc.ignore_if(
-                ep.health_check_config.is_some(),
-                &join(&epath, "endpoint.health_check_config"),
-            );
+            let address = address(doc, &|| epath("endpoint.address"), ep.address.as_ref(), dns)?;
+            if !ep.additional_addresses.is_empty() {
+                doc.ignore(epath("endpoint.additional_addresses"));
+            }
+            if ep.health_check_config.is_some() {
+                doc.ignore(epath("endpoint.health_check_config"));
+            }
             let weight = match &lb.load_balancing_weight {
                 Some(w) if w.value == 0 => {
                     return Err(doc.err(
-                        &join(&epath, "load_balancing_weight"),
+                        &epath("load_balancing_weight"),
                         "0: an explicit endpoint weight must be at least 1 (rules A2.8)",
                     ));
                 }
@@ -191,10 +191,13 @@ pub(super) fn endpoints(
                     ),
                 ));
             }
-            if let Some(prev) = addresses.insert(address.clone(), epath.clone()) {
+            if let Some((pi, pj)) = addresses.insert(address.clone(), (i, j)) {
                 return Err(doc.err(
-                    &apath,
-                    format!("duplicate address {address} (also {prev}; rules A2.8)"),
+                    &epath("endpoint.address"),
+                    format!(
+                        "duplicate address {address} (also {}endpoints[{pi}].lb_endpoints[{pj}]; rules A2.8)",
+                        prefix(path)
+                    ),
                 ));
             }
             eps.push(Endpoint {
@@ -357,41 +360,40 @@ fn gcd(mut a: u128, mut b: u128) -> u128 {
 /// An endpoint address: an IP socket address, or with `dns` a host name.
 pub(super) fn address(
     doc: &Doc<'_>,
-    path: &str,
+    path: &dyn Fn() -> String,
     a: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
     dns: bool,
 ) -> Result<EndpointAddress, DecodeError> {
     let sa = match a.and_then(|a| a.address.as_ref()) {
         Some(XdsAddress::SocketAddress(sa)) => sa,
         Some(XdsAddress::Pipe(_)) => {
-            return Err(doc.err(&join(path, "pipe"), "unix sockets are not supported"));
+            return Err(doc.err(&join(&path(), "pipe"), "unix sockets are not supported"));
         }
         Some(XdsAddress::EnvoyInternalAddress(_)) => {
-            return Err(doc.err(&join(path, "envoy_internal_address"), "not supported"));
+            return Err(doc.err(&join(&path(), "envoy_internal_address"), "not supported"));
         }
-        None => return Err(doc.err(path, "unset")),
+        None => return Err(doc.err(&path(), "unset")),
     };
-    let spath = join(path, "socket_address");
-    doc.reject_if(
-        sa.protocol == Protocol::Udp as i32,
-        &join(&spath, "protocol"),
-        "UDP is not supported",
-    )?;
-    doc.reject_if(
-        !sa.resolver_name.is_empty(),
-        &join(&spath, "resolver_name"),
-        "custom resolvers are not supported",
-    )?;
+    let spath = |field: &str| format!("{}.socket_address.{field}", path());
+    if sa.protocol == Protocol::Udp as i32 {
+        return Err(doc.err(&spath("protocol"), "UDP is not supported"));
+    }
+    if !sa.resolver_name.is_empty() {
+        return Err(doc.err(
+            &spath("resolver_name"),
+            "custom resolvers are not supported",
+        ));
+    }
     let port = match &sa.port_specifier {
         Some(PortSpecifier::PortValue(p)) => u16::try_from(*p)
-            .map_err(|_| doc.err(&join(&spath, "port_value"), format!("{p} is not a port")))?,
+            .map_err(|_| doc.err(&spath("port_value"), format!("{p} is not a port")))?,
         Some(PortSpecifier::NamedPort(n)) => {
             return Err(doc.err(
-                &join(&spath, "named_port"),
+                &spath("named_port"),
                 format!("{n:?}: named ports are not supported"),
             ));
         }
-        None => return Err(doc.err(&join(&spath, "port_value"), "unset")),
+        None => return Err(doc.err(&spath("port_value"), "unset")),
     };
     match sa.address.parse::<IpAddr>() {
         Ok(ip) => Ok(EndpointAddress::Socket(SocketAddr::new(ip, port))),
@@ -400,7 +402,7 @@ pub(super) fn address(
             port,
         }),
         Err(_) => Err(doc.err(
-            &join(&spath, "address"),
+            &spath("address"),
             format!(
                 "{:?} is not an IP address{}",
                 sa.address,
