@@ -24,6 +24,7 @@
 //! ```
 
 pub mod bootstrap;
+pub mod client;
 pub mod config;
 pub mod resource;
 pub mod status;
@@ -31,6 +32,7 @@ pub mod translate;
 mod type_url;
 
 pub use bootstrap::{Bootstrap, InvalidBootstrap};
+pub use client::{Watch, XdsClient, XdsClientMetrics};
 pub use config::ClientConfig;
 pub use resource::{DecodeContext, DecodeError, Decoded, XdsResource};
 pub use status::{ResourceState, ResourceStatus};

@@ -16,6 +16,7 @@ use mesh_tower::{Mesh, MeshClient};
 use tower::ServiceExt;
 
 pub mod peers;
+pub mod xds_script;
 
 pub use mesh_examples::mesh_from_yaml;
 

@@ -1,0 +1,312 @@
+//! The LDS → RDS → CDS → EDS cascade (gRFC A74): which resources the
+//! watched listeners need, and the complete configs published to the
+//! store.
+//!
+//! The wanted set of every type is recomputed from the watched listeners
+//! and the cached values after each change. That is reference counting by
+//! use (A8.5): a cluster stays subscribed while any route of any watched
+//! listener names it, and is unsubscribed (SotW: the reduced name list is
+//! resent) when the last one stops naming it.
+//!
+//! A listener is published only with its route table, every cluster its
+//! routes name and each cluster's endpoints (A8.1). While a dependency is
+//! still awaited, the previous complete version of that listener stays
+//! published (A8.7 warming, make-before-break: a route to a cluster not
+//! received yet never reaches the data plane).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mesh_core::Resources;
+use mesh_core::model::{Cluster, EndpointSet, Listener, RouteAction, RouteTable, SecurityPolicies};
+
+use super::state::State;
+use crate::TypeUrl;
+use crate::resource::{ClusterEndpoints, XdsResource};
+
+/// One listener with everything it needs, as last published.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Bundle {
+    listener: Listener,
+    route_table: Option<RouteTable>,
+    clusters: Vec<Cluster>,
+    endpoints: Vec<EndpointSet>,
+    security: SecurityPolicies,
+    warnings: Vec<String>,
+}
+
+/// What assembling one listener gave.
+enum Assembled {
+    /// Every dependency is resolved.
+    Complete(Box<Bundle>),
+    /// A dependency is still awaited: keep what was published.
+    Pending,
+    /// The listener failed (does not exist, or rejected without a cached
+    /// value): it is not published.
+    Failed,
+}
+
+/// The clusters a route table sends to (forwarding targets and mirrors).
+pub(crate) fn route_clusters(table: &RouteTable, out: &mut BTreeSet<String>) {
+    for vh in table.virtual_hosts() {
+        for route in vh.routes.iter() {
+            if let RouteAction::Forward(f) = &route.action {
+                for t in f.clusters.targets() {
+                    out.insert(t.cluster.as_str().to_owned());
+                }
+                for m in f.mirrors.iter() {
+                    out.insert(m.cluster.as_str().to_owned());
+                }
+            }
+        }
+    }
+}
+
+/// Recomputes the wanted names of every type from the watched listeners
+/// down the cascade. Returns whether any wanted set changed.
+pub(crate) fn recompute(state: &mut State) -> bool {
+    let listeners: BTreeSet<String> = state.interest.keys().cloned().collect();
+    let mut routes = BTreeSet::new();
+    let mut clusters = BTreeSet::new();
+    for l in &listeners {
+        if let Some(XdsResource::Listener(lr)) = state.value(TypeUrl::Listener, l) {
+            match (&lr.inline_route, lr.rds_name()) {
+                (Some(table), _) => route_clusters(table, &mut clusters),
+                (None, Some(rds)) => {
+                    routes.insert(rds.to_owned());
+                }
+                (None, None) => {}
+            }
+        }
+    }
+    for r in &routes {
+        if let Some(XdsResource::RouteConfiguration(table)) =
+            state.value(TypeUrl::RouteConfiguration, r)
+        {
+            route_clusters(table, &mut clusters);
+        }
+    }
+    let mut eds = BTreeSet::new();
+    for c in &clusters {
+        if let Some(XdsResource::Cluster(cr)) = state.value(TypeUrl::Cluster, c)
+            && let Some(name) = cr.eds_name()
+        {
+            eds.insert(name.to_owned());
+        }
+    }
+    let mut changed = state.set_wanted(TypeUrl::Listener, listeners);
+    changed |= state.set_wanted(TypeUrl::RouteConfiguration, routes);
+    changed |= state.set_wanted(TypeUrl::Cluster, clusters);
+    changed |= state.set_wanted(TypeUrl::ClusterLoadAssignment, eds);
+    changed
+}
+
+/// Recomputes the wanted names until they settle (a change may expose
+/// cached values further down). Returns whether anything changed.
+pub(crate) fn recompute_all(state: &mut State) -> bool {
+    let mut any = false;
+    // At most one round per cascade level.
+    for _ in 0..4 {
+        if !recompute(state) {
+            break;
+        }
+        any = true;
+    }
+    any
+}
+
+fn ignored_warnings(state: &State, t: TypeUrl, name: &str, what: &str, out: &mut Vec<String>) {
+    if let Some(e) = state.entry(t, name)
+        && let Some(c) = &e.value
+    {
+        for f in &c.decoded.ignored {
+            out.push(format!(
+                "xds {what} {name:?} (version {}): field {f} is not applied",
+                e.version.as_deref().unwrap_or("")
+            ));
+        }
+    }
+}
+
+fn assemble(state: &State, name: &str) -> Assembled {
+    let node = &state.config.node.id;
+    let Some(entry) = state.entry(TypeUrl::Listener, name) else {
+        return Assembled::Pending;
+    };
+    let Some(XdsResource::Listener(lr)) = state.value(TypeUrl::Listener, name) else {
+        return if entry.pending() {
+            Assembled::Pending
+        } else {
+            Assembled::Failed
+        };
+    };
+    let mut warnings = Vec::new();
+    ignored_warnings(state, TypeUrl::Listener, name, "Listener", &mut warnings);
+    let route_table = match (&lr.inline_route, lr.rds_name()) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(rds)) => match state.value(TypeUrl::RouteConfiguration, rds) {
+            Some(XdsResource::RouteConfiguration(t)) => {
+                ignored_warnings(
+                    state,
+                    TypeUrl::RouteConfiguration,
+                    rds,
+                    "RouteConfiguration",
+                    &mut warnings,
+                );
+                Some(t.clone())
+            }
+            _ => {
+                // A8.2: an RDS error without a cached value fails the
+                // listener; still awaited means not complete yet.
+                return match state.entry(TypeUrl::RouteConfiguration, rds) {
+                    Some(e) if !e.pending() => Assembled::Failed,
+                    _ => Assembled::Pending,
+                };
+            }
+        },
+        (None, None) => None,
+    };
+    let mut cluster_names = BTreeSet::new();
+    if let Some(t) = &route_table {
+        route_clusters(t, &mut cluster_names);
+    }
+    let mut clusters = Vec::new();
+    let mut endpoints = Vec::new();
+    for c in &cluster_names {
+        let Some(entry) = state.entry(TypeUrl::Cluster, c) else {
+            return Assembled::Pending;
+        };
+        let Some(XdsResource::Cluster(cr)) = state.value(TypeUrl::Cluster, c) else {
+            if entry.pending() {
+                return Assembled::Pending;
+            }
+            // A8.3: a failed cluster fails only the calls routed to it: it
+            // is published without endpoints, and the warning names it.
+            warnings.push(format!(
+                "xds Cluster {c:?} (node {node}): {}; calls to it fail UNAVAILABLE",
+                entry.error.as_deref().unwrap_or("not available")
+            ));
+            clusters.push(Cluster::new(c.as_str()));
+            endpoints.push(EndpointSet::empty(c.as_str()));
+            continue;
+        };
+        ignored_warnings(state, TypeUrl::Cluster, c, "Cluster", &mut warnings);
+        let mut cluster = cr.cluster.clone();
+        if cluster.name.as_str() != c {
+            cluster.name = c.as_str().into();
+        }
+        let eps = match &cr.endpoints {
+            ClusterEndpoints::Inline(eps) => eps.clone(),
+            ClusterEndpoints::Eds(eds) => match state.value(TypeUrl::ClusterLoadAssignment, eds) {
+                Some(XdsResource::Endpoints(er)) => {
+                    ignored_warnings(
+                        state,
+                        TypeUrl::ClusterLoadAssignment,
+                        eds,
+                        "ClusterLoadAssignment",
+                        &mut warnings,
+                    );
+                    er.endpoints.clone()
+                }
+                _ => match state.entry(TypeUrl::ClusterLoadAssignment, eds) {
+                    Some(e) if !e.pending() => {
+                        warnings.push(format!(
+                            "xds ClusterLoadAssignment {eds:?} of cluster {c:?} (node {node}): {}; the cluster has no endpoints",
+                            e.error.as_deref().unwrap_or("not available")
+                        ));
+                        Vec::new()
+                    }
+                    // A8.7: a cluster is used only once its EDS arrived.
+                    _ => return Assembled::Pending,
+                },
+            },
+        };
+        match EndpointSet::try_new(c.as_str(), eps) {
+            Ok(set) => endpoints.push(set),
+            Err(err) => {
+                warnings.push(format!("xds Cluster {c:?} (node {node}): endpoints: {err}"));
+                endpoints.push(EndpointSet::empty(c.as_str()));
+            }
+        }
+        clusters.push(cluster);
+    }
+    Assembled::Complete(Box::new(Bundle {
+        listener: lr.listener.clone(),
+        route_table,
+        clusters,
+        endpoints,
+        security: lr.security.clone(),
+        warnings,
+    }))
+}
+
+/// The complete configs, per listener; kept between updates.
+#[derive(Default)]
+pub(crate) struct Published {
+    bundles: BTreeMap<String, Bundle>,
+    last: Option<Resources>,
+}
+
+impl Published {
+    /// Reassembles every watched listener and returns the resources to
+    /// publish when they differ from the last published ones.
+    pub(crate) fn update(&mut self, state: &State) -> Option<Resources> {
+        self.bundles
+            .retain(|name, _| state.interest.contains_key(name));
+        for name in state.interest.keys() {
+            match assemble(state, name) {
+                Assembled::Complete(b) => {
+                    self.bundles.insert(name.clone(), *b);
+                }
+                Assembled::Pending => {}
+                Assembled::Failed => {
+                    self.bundles.remove(name);
+                }
+            }
+        }
+        let mut listeners = BTreeMap::new();
+        let mut tables = BTreeMap::new();
+        let mut clusters = BTreeMap::new();
+        let mut endpoints = BTreeMap::new();
+        let mut security = SecurityPolicies::default();
+        let mut warnings = Vec::new();
+        for b in self.bundles.values() {
+            listeners
+                .entry(b.listener.name.as_str().to_owned())
+                .or_insert_with(|| b.listener.clone());
+            if let Some(t) = &b.route_table {
+                tables
+                    .entry(t.name().as_str().to_owned())
+                    .or_insert_with(|| t.clone());
+            }
+            for c in &b.clusters {
+                clusters
+                    .entry(c.name.as_str().to_owned())
+                    .or_insert_with(|| c.clone());
+            }
+            for e in &b.endpoints {
+                endpoints
+                    .entry(e.cluster().as_str().to_owned())
+                    .or_insert_with(|| e.clone());
+            }
+            security.extend(b.security.clone());
+            for w in &b.warnings {
+                if !warnings.contains(w) {
+                    warnings.push(w.clone());
+                }
+            }
+        }
+        let resources = Resources {
+            listeners: listeners.into_values().collect(),
+            route_tables: tables.into_values().collect(),
+            clusters: clusters.into_values().collect(),
+            endpoints: endpoints.into_values().collect(),
+            security,
+            warnings,
+        };
+        if self.last.as_ref() == Some(&resources) {
+            return None;
+        }
+        self.last = Some(resources.clone());
+        Some(resources)
+    }
+}

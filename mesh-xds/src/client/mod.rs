@@ -1,0 +1,785 @@
+//! The ADS client: one subscriber per process (State of the World or
+//! delta), its cache, the LDS → RDS → CDS → EDS cascade, and the per-resource
+//! status.
+//!
+//! # Design
+//!
+//! One task per client does all protocol work: it owns the stream, the
+//! cache ([`state`]) and the cascade ([`cascade`]), and it publishes
+//! complete configs to the [`ConfigStore`] under the source `xds`.
+//! Handles ([`XdsClient`], [`Watch`]) talk to it through a
+//! [`std::sync::Mutex`] held only for short, non-async sections (the
+//! watched listener names, the status view) and a
+//! [`tokio::sync::Notify`]: the task never awaits anything a handle must
+//! drain and handles never wait for the task (A4.9, grpc-rust#2778), and
+//! no queue grows without bound (interest is a counted set, not a queue of
+//! commands). The task reads the next response only after the previous
+//! one was fully applied and published (A1.13).
+//!
+//! The task ends when the last handle (client or watch) is dropped, or on
+//! [`XdsClient::shutdown`].
+
+mod cache;
+mod cascade;
+mod metrics;
+mod state;
+mod transport;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use futures::future::BoxFuture;
+use mesh_core::{ConfigStore, SourceId};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+pub use metrics::XdsClientMetrics;
+pub use transport::{ConnectError, Connector};
+
+use crate::TypeUrl;
+use crate::config::{ClientConfig, Protocol};
+use crate::resource::{DecodeContext, DecodeError, Decoded};
+use crate::status::ResourceStatus;
+use metrics::Metrics;
+use state::{Request, Response, State};
+
+/// Decodes one resource (the default is [`crate::translate::decode`]);
+/// replaceable for tests of the protocol alone.
+pub type Decoder =
+    Arc<dyn Fn(TypeUrl, &Any, &DecodeContext) -> Result<Decoded, DecodeError> + Send + Sync>;
+
+/// The store source the client publishes under.
+pub const SOURCE: &str = "xds";
+
+/// How many requests may wait for the transport on one stream. The task
+/// sends at most one request per type per event, and the transport drains
+/// the queue on its own task, so a small bound suffices.
+const REQUEST_QUEUE: usize = 16;
+
+/// A4.4: a stream that ended after a response is re-opened no sooner than
+/// this long after it was opened, so a server that answers once and then
+/// resets every stream is not hammered (gRFC A88 "open issues").
+pub const MIN_STREAM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Options beyond the [`ClientConfig`]: the test hooks.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// Makes the channel to a server; `None`: real connections to the
+    /// configured URIs.
+    pub connector: Option<Connector>,
+    /// Decodes resources; `None`: [`crate::translate::decode`].
+    pub decoder: Option<Decoder>,
+}
+
+/// A handle to the process's ADS client. Cloning gives another handle to
+/// the same client.
+#[derive(Clone)]
+pub struct XdsClient {
+    owner: Arc<Owner>,
+}
+
+/// A watch of one listener (client or server side). Dropping the last
+/// watch of a name unsubscribes it and everything only it needed (A8.5).
+pub struct Watch {
+    owner: Arc<Owner>,
+    name: String,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("name", &self.name).finish()
+    }
+}
+
+impl Watch {
+    /// The listener resource name watched.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.owner.shared.unwatch(&self.name);
+    }
+}
+
+/// One resource for config dumps: type, name, value as received.
+type RawEntry = (TypeUrl, String, Option<Arc<Any>>);
+
+/// What the handles share with the task.
+struct Shared {
+    node: Node,
+    inner: Mutex<Inner>,
+    wake: Notify,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Watched listener names with their counts.
+    interest: BTreeMap<String, usize>,
+    /// Bumped on every interest change.
+    generation: u64,
+    closed: bool,
+    statuses: Arc<Vec<ResourceStatus>>,
+    raw: Arc<Vec<RawEntry>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere while holding it;
+        // the data (counts and a status view) stays consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watch(&self, name: &str) {
+        {
+            let mut inner = self.lock();
+            *inner.interest.entry(name.to_owned()).or_insert(0) += 1;
+            inner.generation += 1;
+        }
+        self.wake.notify_one();
+    }
+
+    fn unwatch(&self, name: &str) {
+        {
+            let mut inner = self.lock();
+            if let Some(n) = inner.interest.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.interest.remove(name);
+                }
+            }
+            inner.generation += 1;
+        }
+        self.wake.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// Owned by every handle; the last one to go stops the task.
+struct Owner {
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    template: Option<String>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl std::fmt::Debug for XdsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsClient")
+            .field("node", &self.owner.shared.node.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl XdsClient {
+    /// Starts the client: spawns its task on the current tokio runtime,
+    /// which connects to the first server of `config` and watches
+    /// `config.listeners`.
+    pub fn start(config: ClientConfig, store: ConfigStore) -> XdsClient {
+        Self::start_with(config, store, ClientOptions::default())
+    }
+
+    /// Like [`start`](Self::start), connecting through `connector` (the
+    /// test hook for in-memory transports).
+    pub fn start_with_connector(
+        config: ClientConfig,
+        store: ConfigStore,
+        connector: Connector,
+    ) -> XdsClient {
+        Self::start_with(
+            config,
+            store,
+            ClientOptions {
+                connector: Some(connector),
+                decoder: None,
+            },
+        )
+    }
+
+    /// Like [`start`](Self::start), with `options`.
+    pub fn start_with(
+        config: ClientConfig,
+        store: ConfigStore,
+        options: ClientOptions,
+    ) -> XdsClient {
+        let shared = Arc::new(Shared {
+            node: config.node.clone(),
+            inner: Mutex::new(Inner::default()),
+            wake: Notify::new(),
+            metrics: Metrics::default(),
+        });
+        {
+            let mut inner = shared.lock();
+            for l in &config.listeners {
+                // Held for the client's lifetime.
+                *inner.interest.entry(l.clone()).or_insert(0) += 1;
+            }
+        }
+        let decoder = options
+            .decoder
+            .unwrap_or_else(|| Arc::new(crate::translate::decode));
+        let connector = options
+            .connector
+            .unwrap_or_else(transport::default_connector);
+        let template = config.server_listener_resource_name_template.clone();
+        let task = Task {
+            shared: Arc::clone(&shared),
+            state: State::new(config, decoder),
+            published: cascade::Published::default(),
+            store,
+            connector,
+            generation: u64::MAX,
+        };
+        let handle = tokio::spawn(task.run());
+        XdsClient {
+            owner: Arc::new(Owner {
+                shared,
+                task: Mutex::new(Some(handle)),
+                template,
+            }),
+        }
+    }
+
+    /// Watches the listener `name` (a client target `xds:///name` resolves
+    /// to the listener `name`, gRFC A27). The config is published once the
+    /// listener and everything it needs arrived.
+    pub fn watch_listener(&self, name: &str) -> Watch {
+        self.owner.shared.watch(name);
+        Watch {
+            owner: Arc::clone(&self.owner),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Watches the server-side listener of `addr`, named by the bootstrap's
+    /// `server_listener_resource_name_template` with `%s` replaced by
+    /// `<ip>:<port>` (gRFC A36; IPv6 in brackets). Without a template the
+    /// name is `<ip>:<port>`.
+    pub fn watch_server_listener(&self, addr: SocketAddr) -> Watch {
+        let name = server_listener_name(self.owner.template.as_deref(), addr);
+        self.watch_listener(&name)
+    }
+
+    /// The status of every watched or cached resource (A3.13).
+    pub fn status(&self) -> Vec<ResourceStatus> {
+        let statuses = Arc::clone(&self.owner.shared.lock().statuses);
+        statuses.as_ref().clone()
+    }
+
+    /// Every watched or cached resource with its raw value, for CSDS
+    /// config dumps.
+    pub fn raw_resources(&self) -> Vec<(TypeUrl, String, Option<Any>)> {
+        let raw = Arc::clone(&self.owner.shared.lock().raw);
+        raw.iter()
+            .map(|(t, n, a)| (*t, n.clone(), a.as_deref().cloned()))
+            .collect()
+    }
+
+    /// The node the client identifies as.
+    pub fn node(&self) -> &Node {
+        &self.owner.shared.node
+    }
+
+    /// A snapshot of the counters (gRFC A78).
+    pub fn metrics(&self) -> XdsClientMetrics {
+        let statuses = Arc::clone(&self.owner.shared.lock().statuses);
+        self.owner.shared.metrics.snapshot(&statuses)
+    }
+
+    /// Stops the task and waits for it to end. Other handles stay valid
+    /// but the client no longer updates the store.
+    pub async fn shutdown(self) {
+        self.owner.shared.close();
+        let handle = self
+            .owner
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            // The task never panics by design; a JoinError is only a
+            // cancelled runtime.
+            let _ = h.await;
+        }
+    }
+}
+
+/// The server-listener resource name of `addr`.
+pub fn server_listener_name(template: Option<&str>, addr: SocketAddr) -> String {
+    let hostport = match addr {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    match template {
+        Some(t) if t.contains("%s") => t.replace("%s", &hostport),
+        Some(t) => t.to_owned(),
+        None => hostport,
+    }
+}
+
+// === the task ===
+
+/// The sending half of a stream.
+enum Tx {
+    Sotw(mpsc::Sender<DiscoveryRequest>),
+    Delta(mpsc::Sender<DeltaDiscoveryRequest>),
+}
+
+impl Tx {
+    /// Queues `req`; fails when the stream is gone. Never waits on the
+    /// task itself: the transport drains the queue.
+    async fn send(&self, req: Request) -> Result<(), ()> {
+        match (self, req) {
+            (Tx::Sotw(tx), Request::Sotw(r)) => tx.send(r).await.map_err(|_| ()),
+            (Tx::Delta(tx), Request::Delta(r)) => tx.send(r).await.map_err(|_| ()),
+            // A request of the other variant cannot be produced for this
+            // stream's protocol; dropping it is the only safe move.
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The receiving half of a stream.
+enum Rx {
+    Sotw(Streaming<DiscoveryResponse>),
+    Delta(Streaming<DeltaDiscoveryResponse>),
+}
+
+impl Rx {
+    /// The next response (cancel-safe: `Streaming::message` keeps its state
+    /// in the stream).
+    async fn next(&mut self) -> Result<Option<Response>, tonic::Status> {
+        match self {
+            Rx::Sotw(s) => Ok(s.message().await?.map(Response::Sotw)),
+            Rx::Delta(s) => Ok(s.message().await?.map(Response::Delta)),
+        }
+    }
+}
+
+/// An open stream with its first response (the promoted fallback probe).
+struct Opened {
+    server: usize,
+    tx: Tx,
+    rx: Rx,
+    first: Option<Response>,
+}
+
+/// How a stream ended.
+enum Outcome {
+    /// The client is shutting down.
+    Shutdown,
+    /// The stream ended after at least one response (A4.1: not an error).
+    Ended,
+    /// No stream, or it ended before any response (A4.2: a connectivity
+    /// error).
+    Failed(String),
+    /// A higher-priority server answered while on a fallback (A6.3).
+    Promoted(Box<Opened>),
+}
+
+struct Task {
+    shared: Arc<Shared>,
+    state: State,
+    published: cascade::Published,
+    store: ConfigStore,
+    connector: Connector,
+    generation: u64,
+}
+
+/// Opens a stream to `server`: the channel, then the RPC with `opening`
+/// queued ahead, all within `timeout` (A4.10).
+async fn open(
+    connector: Connector,
+    servers: Vec<crate::config::ServerConfig>,
+    server: usize,
+    opening: Vec<Request>,
+    timeout: Duration,
+) -> Result<(Tx, Rx), String> {
+    let Some(cfg) = servers.get(server).cloned() else {
+        return Err(format!("no server {server}"));
+    };
+    let uri = cfg.uri.clone();
+    let fut = async move {
+        let channel = (connector)(server, &cfg)
+            .await
+            .map_err(|e| format!("connecting to xds server {}: {e}", cfg.uri))?;
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+        match cfg.protocol {
+            Protocol::StateOfTheWorld => {
+                let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+                for r in opening {
+                    if let Request::Sotw(r) = r {
+                        tx.try_send(r)
+                            .map_err(|e| format!("queueing a request: {e}"))?;
+                    }
+                }
+                let resp = client
+                    .stream_aggregated_resources(ReceiverStream::new(rx))
+                    .await
+                    .map_err(|s| format!("xds server {}: {s}", cfg.uri))?;
+                Ok((Tx::Sotw(tx), Rx::Sotw(resp.into_inner())))
+            }
+            Protocol::Delta => {
+                let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+                for r in opening {
+                    if let Request::Delta(r) = r {
+                        tx.try_send(r)
+                            .map_err(|e| format!("queueing a request: {e}"))?;
+                    }
+                }
+                let resp = client
+                    .delta_aggregated_resources(ReceiverStream::new(rx))
+                    .await
+                    .map_err(|s| format!("xds server {}: {s}", cfg.uri))?;
+                Ok((Tx::Delta(tx), Rx::Delta(resp.into_inner())))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "xds server {uri}: no connection within {}s (connect timeout)",
+            timeout.as_secs_f64()
+        )),
+    }
+}
+
+/// Opens a stream to the primary and waits for its first response, after
+/// `delay` (the fallback probe, gRFC A71).
+fn probe(
+    connector: Connector,
+    servers: Vec<crate::config::ServerConfig>,
+    opening: Vec<Request>,
+    timeout: Duration,
+    delay: Duration,
+) -> BoxFuture<'static, Result<Opened, String>> {
+    Box::pin(async move {
+        tokio::time::sleep(delay).await;
+        let (tx, mut rx) = open(connector, servers, 0, opening, timeout).await?;
+        match rx.next().await {
+            Ok(Some(first)) => Ok(Opened {
+                server: 0,
+                tx,
+                rx,
+                first: Some(first),
+            }),
+            Ok(None) => Err("the primary closed the stream before any response".to_owned()),
+            Err(s) => Err(format!("primary: {s}")),
+        }
+    })
+}
+
+/// The `attempt`-th backoff delay: `base × multiplier^attempt`, capped,
+/// with ± `jitter` (gRPC connection backoff, A4.2/A4.3).
+fn backoff_delay(cfg: &crate::config::BackoffConfig, attempt: u32) -> Duration {
+    let exp = cfg.multiplier.max(1.0).powi(attempt.min(64) as i32);
+    let base = (cfg.base.as_secs_f64() * exp).min(cfg.max.as_secs_f64());
+    let jitter = cfg.jitter.clamp(0.0, 1.0);
+    let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
+    Duration::from_secs_f64((base * factor).max(0.0))
+}
+
+impl Task {
+    fn closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+
+    /// Copies the handles' interest into the state when it changed.
+    fn sync_interest(&mut self) -> bool {
+        let inner = self.shared.lock();
+        if inner.generation == self.generation {
+            return false;
+        }
+        self.generation = inner.generation;
+        self.state.interest = inner.interest.clone();
+        true
+    }
+
+    /// Recomputes the cascade, republishes and refreshes the status view.
+    fn settle(&mut self) {
+        cascade::recompute_all(&mut self.state);
+        if let Some(resources) = self.published.update(&self.state)
+            && let Err(e) = self.store.publish(SourceId::new(SOURCE), resources)
+        {
+            tracing::warn!(error = %e, "xDS config rejected by the store; the last good config stays");
+        }
+        self.refresh_view();
+    }
+
+    /// Refreshes the status view the handles read.
+    fn refresh_view(&mut self) {
+        let statuses = Arc::new(self.state.statuses());
+        let raw = Arc::new(self.state.raw());
+        let mut inner = self.shared.lock();
+        inner.statuses = statuses;
+        inner.raw = raw;
+    }
+
+    /// Waits `d`, or less when the client closes. Returns whether it
+    /// closed. Interest changes meanwhile update the status (A4.6: the
+    /// subscriptions queue until a stream exists).
+    async fn pause(&mut self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        loop {
+            if self.closed() {
+                return true;
+            }
+            if self.sync_interest() {
+                self.settle();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return self.closed(),
+                _ = self.shared.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        self.sync_interest();
+        self.settle();
+        let servers = self.state.config.servers.len();
+        if servers == 0 {
+            tracing::error!("xDS client has no server to connect to");
+            while !self.pause(Duration::from_secs(3600)).await {}
+            return;
+        }
+        let mut server = 0;
+        let mut attempt = 0u32;
+        let mut opened: Option<Opened> = None;
+        loop {
+            if self.closed() {
+                return;
+            }
+            let started = Instant::now();
+            let outcome = self.stream(server, opened.take()).await;
+            self.state.stream_ended();
+            self.shared.metrics.set_connected(server, false);
+            match outcome {
+                Outcome::Shutdown => return,
+                Outcome::Promoted(o) => {
+                    tracing::info!(
+                        server = o.server,
+                        "xDS primary server is back; leaving the fallback"
+                    );
+                    server = o.server;
+                    attempt = 0;
+                    opened = Some(*o);
+                }
+                Outcome::Ended => {
+                    // A4.1: not an error; backoff resets (A4.2), the next
+                    // stream starts at the primary (gRFC A71), no sooner
+                    // than MIN_STREAM_INTERVAL after this one (A4.4).
+                    attempt = 0;
+                    server = 0;
+                    self.settle();
+                    let wait =
+                        (started + MIN_STREAM_INTERVAL).saturating_duration_since(Instant::now());
+                    if self.pause(wait).await {
+                        return;
+                    }
+                }
+                Outcome::Failed(reason) => {
+                    self.shared.metrics.server_failure();
+                    tracing::warn!(server, %reason, "xDS stream failed");
+                    // A6.1: fall back only on a connectivity failure with a
+                    // watched resource that is not cached.
+                    if server + 1 < servers && self.state.has_unsettled() {
+                        server += 1;
+                        continue;
+                    }
+                    // A6.4: every server failed; A4.2: back off, then start
+                    // again at the primary.
+                    self.settle();
+                    let delay = backoff_delay(&self.state.config.backoff, attempt);
+                    attempt = attempt.saturating_add(1);
+                    server = 0;
+                    if self.pause(delay).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one stream until it ends.
+    async fn stream(&mut self, server: usize, opened: Option<Opened>) -> Outcome {
+        self.sync_interest();
+        let (tx, mut rx, first) = match opened {
+            Some(o) => {
+                self.state.adopt_stream(o.server);
+                (o.tx, o.rx, o.first)
+            }
+            None => {
+                self.state.stream_started(server);
+                cascade::recompute_all(&mut self.state);
+                // A4.6: whatever was subscribed before the stream existed
+                // goes in its opening requests.
+                let opening = self.state.subscription_requests();
+                let timeout = self.state.config.connect_timeout;
+                let servers = self.state.config.servers.clone();
+                let fut = open(self.connector.clone(), servers, server, opening, timeout);
+                tokio::select! {
+                    r = fut => match r {
+                        Ok((tx, rx)) => (tx, rx, None),
+                        Err(e) => return Outcome::Failed(e),
+                    },
+                    () = self.wait_closed() => return Outcome::Shutdown,
+                }
+            }
+        };
+        self.shared.metrics.set_connected(server, true);
+        if self.sync_interest() {
+            cascade::recompute_all(&mut self.state);
+            if self.send_subscriptions(&tx).await.is_err() {
+                return Outcome::Failed("the stream closed".to_owned());
+            }
+        }
+        // A3.1: the timers start once the requests are on a live stream.
+        self.state.stream_connected(Instant::now());
+        self.settle();
+        let mut responded = false;
+        if let Some(first) = first {
+            responded = true;
+            if self.on_response(first, &tx).await.is_err() {
+                return Outcome::Ended;
+            }
+        }
+        // A6.3: on a fallback, keep trying the primary.
+        let mut probe_attempt = 0u32;
+        let mut probing: Option<BoxFuture<'static, Result<Opened, String>>> = None;
+        loop {
+            if server > 0 && probing.is_none() {
+                let delay = backoff_delay(&self.state.config.backoff, probe_attempt);
+                probe_attempt = probe_attempt.saturating_add(1);
+                probing = Some(probe(
+                    self.connector.clone(),
+                    self.state.config.servers.clone(),
+                    self.state.opening_requests(0),
+                    self.state.config.connect_timeout,
+                    delay,
+                ));
+            }
+            let deadline = self.state.next_deadline();
+            tokio::select! {
+                biased;
+                () = self.shared.wake.notified() => {
+                    if self.closed() {
+                        return Outcome::Shutdown;
+                    }
+                    if self.sync_interest() {
+                        cascade::recompute_all(&mut self.state);
+                        if self.send_subscriptions(&tx).await.is_err() {
+                            return self.broken(responded, "the stream closed");
+                        }
+                        self.settle();
+                    }
+                }
+                () = sleep_until_opt(deadline) => {
+                    if self.state.fire_timers(Instant::now()) {
+                        self.settle();
+                    }
+                }
+                r = rx.next() => match r {
+                    Ok(Some(resp)) => {
+                        responded = true;
+                        if self.on_response(resp, &tx).await.is_err() {
+                            return Outcome::Ended;
+                        }
+                    }
+                    Ok(None) => return self.broken(responded, "the server closed the stream"),
+                    Err(s) => return self.broken(responded, &format!("stream error: {s}")),
+                },
+                r = poll_opt(&mut probing) => {
+                    probing = None;
+                    match r {
+                        Ok(o) => return Outcome::Promoted(Box::new(o)),
+                        Err(e) => tracing::debug!(error = %e, "xDS primary still unavailable"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn broken(&self, responded: bool, why: &str) -> Outcome {
+        if responded {
+            tracing::info!(
+                reason = why,
+                "xDS stream ended after responses; reconnecting"
+            );
+            Outcome::Ended
+        } else {
+            Outcome::Failed(why.to_owned())
+        }
+    }
+
+    /// Returns once the client closes. Interest changes meanwhile are
+    /// picked up by generation once the stream is up, not through the
+    /// wake-up, so nothing is lost.
+    async fn wait_closed(&self) {
+        while !self.closed() {
+            self.shared.wake.notified().await;
+        }
+    }
+
+    /// Applies a response, publishes, then ACKs/NACKs it and sends the
+    /// subscription changes it caused.
+    async fn on_response(&mut self, resp: Response, tx: &Tx) -> Result<(), ()> {
+        let applied = self.state.apply(resp, &self.shared.metrics);
+        // The interest may have changed while applying; take it too.
+        let interest = self.sync_interest();
+        if applied.changed || interest {
+            self.settle();
+        } else {
+            self.refresh_view();
+        }
+        tx.send(applied.ack).await?;
+        self.send_subscriptions(tx).await
+    }
+
+    async fn send_subscriptions(&mut self, tx: &Tx) -> Result<(), ()> {
+        for r in self.state.subscription_requests() {
+            tx.send(r).await?;
+        }
+        self.state.start_timers(Instant::now());
+        Ok(())
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_opt<T>(f: &mut Option<BoxFuture<'static, T>>) -> T {
+    match f {
+        Some(f) => Pin::new(f).await,
+        None => std::future::pending().await,
+    }
+}

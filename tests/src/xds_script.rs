@@ -1,0 +1,755 @@
+//! A scripted ADS server for the xDS conformance suite: it runs tonic's
+//! generated ADS service over in-memory pipes (`tokio::io::duplex`), hands
+//! every stream to the test, records every request, and lets the test send
+//! responses, close streams and refuse or blackhole connections. Nothing
+//! touches a socket, so the tests run on paused time without flaking.
+//!
+//! Also: builders of real Envoy v3 resources, and a small decoder of those
+//! resources into the `mesh-xds` vocabulary, used until the translators
+//! of `mesh_xds::translate` land (the protocol suite needs only the names,
+//! the cascade references and a few invalid cases the real translators
+//! reject too).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use hyper_util::rt::TokioIo;
+use mesh_core::model::{
+    Cluster, Endpoint, ForwardAction, Listener, ListenerKind, Route, RouteAction, RouteTable,
+    VirtualHost,
+};
+use mesh_xds::TypeUrl;
+use mesh_xds::client::{ConnectError, Connector, Decoder};
+use mesh_xds::config::{ClientConfig, Protocol};
+use mesh_xds::pb::envoy::config::cluster::v3 as cds;
+use mesh_xds::pb::envoy::config::core::v3 as core;
+use mesh_xds::pb::envoy::config::endpoint::v3 as eds;
+use mesh_xds::pb::envoy::config::listener::v3 as lds;
+use mesh_xds::pb::envoy::config::route::v3 as rds;
+use mesh_xds::pb::envoy::extensions::filters::http::router::v3::Router;
+use mesh_xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use mesh_xds::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use mesh_xds::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use mesh_xds::pb::google::protobuf::Any;
+use mesh_xds::resource::{
+    ClusterEndpoints, ClusterResource, DecodeError, Decoded, EndpointsResource, ListenerResource,
+    XdsResource,
+};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Endpoint as TonicEndpoint, Server, Uri};
+use tonic::{Request, Response, Status, Streaming};
+
+/// How the scripted server treats new connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Accept them.
+    Accept,
+    /// Refuse them at once (connection refused).
+    Refuse,
+    /// Never answer (a blackholed server).
+    Blackhole,
+}
+
+/// One stream as the server sees it.
+pub struct ScriptStream<Req, Resp> {
+    requests: mpsc::Receiver<Req>,
+    responses: Option<mpsc::Sender<Result<Resp, Status>>>,
+}
+
+/// A SotW stream.
+pub type SotwStream = ScriptStream<DiscoveryRequest, DiscoveryResponse>;
+/// A delta stream.
+pub type DeltaStream = ScriptStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
+
+impl<Req: std::fmt::Debug, Resp> ScriptStream<Req, Resp> {
+    /// The next request the client sent (fails the test after 60 s of
+    /// paused time).
+    pub async fn recv(&mut self) -> Req {
+        match tokio::time::timeout(Duration::from_secs(60), self.requests.recv()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => panic!("the client closed the stream"),
+            Err(_) => panic!("no request from the client within 60s"),
+        }
+    }
+
+    /// The next request, if one comes within `d`.
+    pub async fn try_recv(&mut self, d: Duration) -> Option<Req> {
+        tokio::time::timeout(d, self.requests.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Asserts that the client sends nothing within `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        if let Some(r) = self.try_recv(d).await {
+            panic!("unexpected request: {r:?}");
+        }
+    }
+
+    /// Sends a response.
+    pub async fn send(&self, resp: Resp) {
+        self.responses
+            .as_ref()
+            .expect("stream closed")
+            .send(Ok(resp))
+            .await
+            .expect("client gone");
+    }
+
+    /// Ends the stream with status OK (the server closed it).
+    pub fn close(&mut self) {
+        self.responses = None;
+    }
+
+    /// Ends the stream with an error status.
+    pub async fn fail(&mut self, status: Status) {
+        if let Some(tx) = self.responses.take() {
+            let _ = tx.send(Err(status)).await;
+        }
+    }
+}
+
+struct Svc {
+    sotw: mpsc::Sender<SotwStream>,
+    delta: mpsc::Sender<DeltaStream>,
+}
+
+fn pump<T: Send + 'static>(mut inbound: Streaming<T>) -> mpsc::Receiver<T> {
+    let (tx, rx) = mpsc::channel(4096);
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = inbound.message().await {
+            if tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Svc {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let requests = pump(request.into_inner());
+        let (tx, rx) = mpsc::channel(4096);
+        let _ = self
+            .sotw
+            .send(ScriptStream {
+                requests,
+                responses: Some(tx),
+            })
+            .await;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let requests = pump(request.into_inner());
+        let (tx, rx) = mpsc::channel(4096);
+        let _ = self
+            .delta
+            .send(ScriptStream {
+                requests,
+                responses: Some(tx),
+            })
+            .await;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The scripted server.
+pub struct ScriptedAds {
+    sotw: tokio::sync::Mutex<mpsc::Receiver<SotwStream>>,
+    delta: tokio::sync::Mutex<mpsc::Receiver<DeltaStream>>,
+    conns: mpsc::Sender<tokio::io::DuplexStream>,
+    mode: AtomicU8,
+    connects: AtomicUsize,
+}
+
+impl ScriptedAds {
+    /// Starts a server (on the current runtime).
+    pub fn start() -> Arc<Self> {
+        let (sotw_tx, sotw_rx) = mpsc::channel(64);
+        let (delta_tx, delta_rx) = mpsc::channel(64);
+        let (conn_tx, conn_rx) = mpsc::channel::<tokio::io::DuplexStream>(64);
+        let svc = Svc {
+            sotw: sotw_tx,
+            delta: delta_tx,
+        };
+        tokio::spawn(async move {
+            let incoming = ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>);
+            let _ = Server::builder()
+                .add_service(
+                    AggregatedDiscoveryServiceServer::new(svc)
+                        .max_decoding_message_size(usize::MAX),
+                )
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Arc::new(Self {
+            sotw: tokio::sync::Mutex::new(sotw_rx),
+            delta: tokio::sync::Mutex::new(delta_rx),
+            conns: conn_tx,
+            mode: AtomicU8::new(0),
+            connects: AtomicUsize::new(0),
+        })
+    }
+
+    /// Sets how new connections are treated.
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::SeqCst) {
+            0 => Mode::Accept,
+            1 => Mode::Refuse,
+            _ => Mode::Blackhole,
+        }
+    }
+
+    /// How many connection attempts reached the server.
+    pub fn connects(&self) -> usize {
+        self.connects.load(Ordering::SeqCst)
+    }
+
+    /// The next SotW stream a client opens (fails the test after 60 s of
+    /// paused time).
+    pub async fn sotw_stream(&self) -> SotwStream {
+        let mut rx = self.sotw.lock().await;
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(s)) => s,
+            _ => panic!("no SotW stream within 60s"),
+        }
+    }
+
+    /// The next SotW stream, if one opens within `d`.
+    pub async fn try_sotw_stream(&self, d: Duration) -> Option<SotwStream> {
+        let mut rx = self.sotw.lock().await;
+        tokio::time::timeout(d, rx.recv()).await.ok().flatten()
+    }
+
+    /// The next delta stream.
+    pub async fn delta_stream(&self) -> DeltaStream {
+        let mut rx = self.delta.lock().await;
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(s)) => s,
+            _ => panic!("no delta stream within 60s"),
+        }
+    }
+
+    async fn connect(self: Arc<Self>) -> Result<tonic::transport::Channel, ConnectError> {
+        self.connects.fetch_add(1, Ordering::SeqCst);
+        match self.mode() {
+            Mode::Refuse => return Err("connection refused (scripted)".into()),
+            Mode::Blackhole => std::future::pending::<()>().await,
+            Mode::Accept => {}
+        }
+        let conns = self.conns.clone();
+        let slot = Arc::new(Mutex::new(Some(())));
+        let channel = TonicEndpoint::from_static("http://xds.test")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let conns = conns.clone();
+                let slot = Arc::clone(&slot);
+                async move {
+                    // One connection per channel: the client makes a new
+                    // channel for every stream.
+                    if slot.lock().unwrap().take().is_none() {
+                        return Err(std::io::Error::other("reconnect not scripted"));
+                    }
+                    let (client, server) = tokio::io::duplex(1 << 16);
+                    conns
+                        .send(server)
+                        .await
+                        .map_err(|_| std::io::Error::other("server gone"))?;
+                    Ok::<_, std::io::Error>(TokioIo::new(client))
+                }
+            }))
+            .await?;
+        Ok(channel)
+    }
+}
+
+/// A connector that reaches `servers[i]` for the config's server `i`.
+pub fn connector(servers: Vec<Arc<ScriptedAds>>) -> Connector {
+    Arc::new(move |i, _cfg| {
+        let s = servers.get(i).cloned();
+        Box::pin(async move {
+            match s {
+                Some(s) => s.connect().await,
+                None => Err("no such scripted server".into()),
+            }
+        })
+    })
+}
+
+/// A client config for `n` scripted servers speaking `protocol`, node
+/// `node-1`, the default timers.
+pub fn config(n: usize, protocol: Protocol) -> ClientConfig {
+    let mut c = ClientConfig::new("xds-0.test:15010", "node-1");
+    let first = c.servers[0].clone();
+    c.servers = (0..n)
+        .map(|i| {
+            let mut s = first.clone();
+            s.uri = format!("xds-{i}.test:15010");
+            s.protocol = protocol;
+            s
+        })
+        .collect();
+    c
+}
+
+// === resources ===
+
+fn any<M: Message>(t: TypeUrl, m: &M) -> Any {
+    Any {
+        type_url: t.as_str().to_owned(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn ads() -> core::ConfigSource {
+    core::ConfigSource {
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        resource_api_version: core::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+fn hcm_any(route: hcm::http_connection_manager::RouteSpecifier, filters: bool) -> Any {
+    let router = Any {
+        type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router".into(),
+        value: Router::default().encode_to_vec(),
+    };
+    let m = hcm::HttpConnectionManager {
+        route_specifier: Some(route),
+        http_filters: if filters {
+            vec![hcm::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(router)),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    };
+    Any {
+        type_url: "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager".into(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// An API listener `name` whose routes come from RDS `route`.
+pub fn listener(name: &str, route: &str) -> Any {
+    listener_with(name, route, true)
+}
+
+/// An API listener that every xDS client rejects: its HCM has no HTTP
+/// filters (gRFC A39; istio/istio#36150).
+pub fn invalid_listener(name: &str, route: &str) -> Any {
+    listener_with(name, route, false)
+}
+
+fn listener_with(name: &str, route: &str, filters: bool) -> Any {
+    let l = lds::Listener {
+        name: name.into(),
+        api_listener: Some(lds::ApiListener {
+            api_listener: Some(hcm_any(
+                hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+                    config_source: Some(ads()),
+                    route_config_name: route.into(),
+                }),
+                filters,
+            )),
+        }),
+        ..Default::default()
+    };
+    any(TypeUrl::Listener, &l)
+}
+
+/// An API listener with its route config inline, sending everything to
+/// `cluster`.
+pub fn listener_inline(name: &str, cluster: &str) -> Any {
+    let l = lds::Listener {
+        name: name.into(),
+        api_listener: Some(lds::ApiListener {
+            api_listener: Some(hcm_any(
+                hcm::http_connection_manager::RouteSpecifier::RouteConfig(route_proto(
+                    &format!("{name}-inline"),
+                    &[cluster],
+                )),
+                true,
+            )),
+        }),
+        ..Default::default()
+    };
+    any(TypeUrl::Listener, &l)
+}
+
+fn route_proto(name: &str, clusters: &[&str]) -> rds::RouteConfiguration {
+    rds::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![rds::VirtualHost {
+            name: "vh".into(),
+            domains: vec!["*".into()],
+            routes: clusters
+                .iter()
+                .enumerate()
+                .map(|(i, c)| rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(if i + 1 == clusters.len() {
+                            rds::route_match::PathSpecifier::Prefix("/".into())
+                        } else {
+                            rds::route_match::PathSpecifier::Prefix(format!("/{c}/"))
+                        }),
+                        ..Default::default()
+                    }),
+                    action: Some(rds::route::Action::Route(rds::RouteAction {
+                        cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster(
+                            (*c).into(),
+                        )),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A route configuration `name` routing to `clusters` (the last one takes
+/// `/`, each other one `/<cluster>/`).
+pub fn route(name: &str, clusters: &[&str]) -> Any {
+    any(TypeUrl::RouteConfiguration, &route_proto(name, clusters))
+}
+
+/// An EDS cluster whose endpoints are the assignment `eds`.
+pub fn cluster(name: &str, eds: &str) -> Any {
+    any(TypeUrl::Cluster, &cluster_proto(name, eds, None))
+}
+
+/// A cluster every xDS client rejects: least-request with
+/// `choice_count` 1 (grpc-go `unmarshal_cds.go`, A2.9).
+pub fn invalid_cluster(name: &str) -> Any {
+    any(TypeUrl::Cluster, &cluster_proto(name, name, Some(1)))
+}
+
+fn cluster_proto(name: &str, eds: &str, choice_count: Option<u32>) -> cds::Cluster {
+    cds::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
+            cds::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cds::cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: eds.into(),
+        }),
+        lb_policy: if choice_count.is_some() {
+            cds::cluster::LbPolicy::LeastRequest as i32
+        } else {
+            cds::cluster::LbPolicy::RoundRobin as i32
+        },
+        lb_config: choice_count.map(|n| {
+            cds::cluster::LbConfig::LeastRequestLbConfig(cds::cluster::LeastRequestLbConfig {
+                choice_count: Some(mesh_xds::pb::google::protobuf::UInt32Value { value: n }),
+                ..Default::default()
+            })
+        }),
+        ..Default::default()
+    }
+}
+
+/// A cluster load assignment `name` with `addrs`, weight 1 each.
+pub fn endpoints(name: &str, addrs: &[&str]) -> Any {
+    any(TypeUrl::ClusterLoadAssignment, &cla(name, addrs, 1))
+}
+
+/// An assignment every xDS client rejects: an endpoint weight of 0
+/// (A2.8).
+pub fn invalid_endpoints(name: &str, addr: &str) -> Any {
+    any(TypeUrl::ClusterLoadAssignment, &cla(name, &[addr], 0))
+}
+
+fn cla(name: &str, addrs: &[&str], weight: u32) -> eds::ClusterLoadAssignment {
+    eds::ClusterLoadAssignment {
+        cluster_name: name.into(),
+        endpoints: vec![eds::LocalityLbEndpoints {
+            locality: Some(core::Locality {
+                region: "r".into(),
+                zone: "z".into(),
+                sub_zone: String::new(),
+            }),
+            load_balancing_weight: Some(mesh_xds::pb::google::protobuf::UInt32Value { value: 1 }),
+            lb_endpoints: addrs
+                .iter()
+                .map(|a| {
+                    let sa: SocketAddr = a.parse().expect("socket address");
+                    eds::LbEndpoint {
+                        host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(
+                            eds::Endpoint {
+                                address: Some(core::Address {
+                                    address: Some(core::address::Address::SocketAddress(
+                                        core::SocketAddress {
+                                            address: sa.ip().to_string(),
+                                            port_specifier: Some(
+                                                core::socket_address::PortSpecifier::PortValue(
+                                                    u32::from(sa.port()),
+                                                ),
+                                            ),
+                                            ..Default::default()
+                                        },
+                                    )),
+                                }),
+                                ..Default::default()
+                            },
+                        )),
+                        load_balancing_weight: Some(mesh_xds::pb::google::protobuf::UInt32Value {
+                            value: weight,
+                        }),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A SotW response of type `t`.
+pub fn response(t: TypeUrl, version: &str, nonce: &str, resources: Vec<Any>) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: version.into(),
+        resources,
+        type_url: t.as_str().into(),
+        nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+/// A delta response of type `t`; each resource named by its decoded name
+/// and given `version`.
+pub fn delta_response(
+    t: TypeUrl,
+    nonce: &str,
+    resources: Vec<(&str, &str, Any)>,
+    removed: &[&str],
+) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        system_version_info: nonce.into(),
+        resources: resources
+            .into_iter()
+            .map(|(name, version, a)| Resource {
+                name: name.into(),
+                version: version.into(),
+                resource: Some(a),
+                ..Default::default()
+            })
+            .collect(),
+        type_url: t.as_str().into(),
+        removed_resources: removed.iter().map(|s| (*s).to_owned()).collect(),
+        nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+// === the test decoder ===
+
+fn err(name: Option<&str>, reason: impl Into<String>) -> DecodeError {
+    DecodeError::new(name, reason)
+}
+
+fn decoded(name: &str, resource: XdsResource) -> Decoded {
+    Decoded {
+        name: name.to_owned(),
+        resource,
+        ignored: Vec::new(),
+    }
+}
+
+fn table(r: &rds::RouteConfiguration) -> Result<RouteTable, DecodeError> {
+    let name = r.name.as_str();
+    let vhosts = r
+        .virtual_hosts
+        .iter()
+        .map(|vh| {
+            let routes: Vec<Route> = vh
+                .routes
+                .iter()
+                .filter_map(|rt| match &rt.action {
+                    Some(rds::route::Action::Route(a)) => match &a.cluster_specifier {
+                        Some(rds::route_action::ClusterSpecifier::Cluster(c)) => Some(Route {
+                            name: None,
+                            matches: Arc::from([]),
+                            action: RouteAction::Forward(Box::new(ForwardAction::to(c.as_str()))),
+                        }),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect();
+            VirtualHost {
+                name: vh.name.as_str().into(),
+                domains: vh.domains.iter().map(|d| Arc::from(d.as_str())).collect(),
+                routes: routes.into(),
+            }
+        })
+        .collect();
+    RouteTable::try_new(name, vhosts).map_err(|e| err(Some(name), e.to_string()))
+}
+
+fn port_of(name: &str) -> u16 {
+    name.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Decodes the resources built above into the `mesh-xds` vocabulary
+/// (names, cascade references, the invalid cases), checking the `Any`
+/// type like `translate::decode` (A1.7).
+pub fn decode(t: TypeUrl, a: &Any, _ctx: &mesh_xds::DecodeContext) -> Result<Decoded, DecodeError> {
+    if a.type_url != t.as_str() {
+        return Err(err(
+            None,
+            format!(
+                "resource type {:?} in a response for {}",
+                a.type_url,
+                t.as_str()
+            ),
+        ));
+    }
+    let bad = |e: prost::DecodeError| err(None, format!("undecodable: {e}"));
+    match t {
+        TypeUrl::Listener => {
+            let l = lds::Listener::decode(a.value.as_slice()).map_err(bad)?;
+            let name = l.name.as_str();
+            let api = l
+                .api_listener
+                .and_then(|a| a.api_listener)
+                .ok_or_else(|| err(Some(name), "not an API listener"))?;
+            let m = hcm::HttpConnectionManager::decode(api.value.as_slice())
+                .map_err(|e| err(Some(name), e.to_string()))?;
+            if m.http_filters.is_empty() {
+                return Err(err(Some(name), "http_filters: empty"));
+            }
+            let (rt_name, inline) = match m.route_specifier {
+                Some(hcm::http_connection_manager::RouteSpecifier::Rds(r)) => {
+                    (r.route_config_name, None)
+                }
+                Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(r)) => (
+                    r.name.clone(),
+                    Some(table(&r).map_err(|e| err(Some(name), e.reason))?),
+                ),
+                _ => return Err(err(Some(name), "no route config")),
+            };
+            let listener = Listener {
+                name: name.into(),
+                port: port_of(name),
+                kind: ListenerKind::Client {
+                    route_table: rt_name.as_str().into(),
+                },
+            };
+            Ok(decoded(
+                name,
+                XdsResource::Listener(ListenerResource {
+                    listener,
+                    inline_route: inline,
+                    security: Default::default(),
+                }),
+            ))
+        }
+        TypeUrl::RouteConfiguration => {
+            let r = rds::RouteConfiguration::decode(a.value.as_slice()).map_err(bad)?;
+            Ok(decoded(
+                &r.name,
+                XdsResource::RouteConfiguration(table(&r)?),
+            ))
+        }
+        TypeUrl::Cluster => {
+            let c = cds::Cluster::decode(a.value.as_slice()).map_err(bad)?;
+            if let Some(cds::cluster::LbConfig::LeastRequestLbConfig(lr)) = &c.lb_config
+                && lr.choice_count.is_some_and(|n| n.value < 2)
+            {
+                return Err(err(
+                    Some(&c.name),
+                    "least_request_lb_config.choice_count: must be at least 2",
+                ));
+            }
+            let eds = c
+                .eds_cluster_config
+                .as_ref()
+                .map(|e| e.service_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| c.name.clone());
+            Ok(decoded(
+                &c.name,
+                XdsResource::Cluster(Box::new(ClusterResource {
+                    cluster: Cluster::new(c.name.as_str()),
+                    endpoints: ClusterEndpoints::Eds(eds),
+                })),
+            ))
+        }
+        TypeUrl::ClusterLoadAssignment => {
+            let c = eds::ClusterLoadAssignment::decode(a.value.as_slice()).map_err(bad)?;
+            let mut out = Vec::new();
+            for l in &c.endpoints {
+                for e in &l.lb_endpoints {
+                    if e.load_balancing_weight.is_some_and(|w| w.value == 0) {
+                        return Err(err(Some(&c.cluster_name), "endpoint weight 0"));
+                    }
+                    let Some(eds::lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier
+                    else {
+                        continue;
+                    };
+                    let Some(core::address::Address::SocketAddress(sa)) =
+                        ep.address.as_ref().and_then(|a| a.address.as_ref())
+                    else {
+                        continue;
+                    };
+                    let port = match sa.port_specifier {
+                        Some(core::socket_address::PortSpecifier::PortValue(p)) => p as u16,
+                        _ => 0,
+                    };
+                    let ip = sa
+                        .address
+                        .parse()
+                        .map_err(|_| err(Some(&c.cluster_name), "bad address"))?;
+                    out.push(Endpoint::socket(SocketAddr::new(ip, port)));
+                }
+            }
+            Ok(decoded(
+                &c.cluster_name,
+                XdsResource::Endpoints(EndpointsResource { endpoints: out }),
+            ))
+        }
+        TypeUrl::Secret => Err(err(None, "secrets are not decoded by the test decoder")),
+    }
+}
+
+/// [`decode`] as a client decoder.
+pub fn decoder() -> Decoder {
+    Arc::new(decode)
+}
