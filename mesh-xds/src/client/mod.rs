@@ -5,7 +5,7 @@
 //! # Design
 //!
 //! One task per client does all protocol work: it owns the stream, the
-//! cache ([`state`]) and the cascade ([`cascade`]), and it publishes
+//! cache (module `state`) and the cascade (module `cascade`), and it publishes
 //! complete configs to the [`ConfigStore`] under the source `xds`.
 //! Handles ([`XdsClient`], [`Watch`]) talk to it through a
 //! [`std::sync::Mutex`] held only for short, non-async sections (the
