@@ -21,7 +21,7 @@ use mesh_core::model::{Cluster, EndpointSet, Listener, RouteAction, RouteTable, 
 
 use super::state::State;
 use crate::TypeUrl;
-use crate::resource::{ClusterEndpoints, XdsResource};
+use crate::resource::{ClusterEndpoints, Decoded, XdsResource};
 
 /// One listener with everything it needs, as last published.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,6 +144,36 @@ fn assemble(state: &State, name: &str) -> Assembled {
     let route_table = match (&lr.inline_route, lr.rds_name()) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(rds)) => match state.value(TypeUrl::RouteConfiguration, rds) {
+            Some(XdsResource::RouteConfiguration(_)) if !lr.http.is_default() => {
+                // The listener's HTTP connection manager differs from
+                // istiod's defaults the RDS cache was translated with:
+                // translate the route configuration again for it.
+                let raw = state
+                    .entry(TypeUrl::RouteConfiguration, rds)
+                    .and_then(|e| e.value.as_ref())
+                    .map(|c| std::sync::Arc::clone(&c.raw));
+                let table = raw.and_then(|raw| {
+                    match crate::translate::route_configuration(
+                        &raw.value,
+                        state.decode_context(),
+                        &lr.http,
+                    ) {
+                        Ok(Decoded {
+                            resource: XdsResource::RouteConfiguration(t),
+                            ..
+                        }) => Some(t),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(route_configuration = rds, listener = name, error = %e, "xDS route configuration rejected for this listener's HTTP connection manager; the listener is not published");
+                            None
+                        }
+                    }
+                });
+                match table {
+                    Some(t) => Some(t),
+                    None => return Assembled::Failed,
+                }
+            }
             Some(XdsResource::RouteConfiguration(t)) => {
                 ignored_warnings(
                     state,

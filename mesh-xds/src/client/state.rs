@@ -737,6 +737,11 @@ impl State {
             .map(|c| &c.decoded.resource)
     }
 
+    /// What the translators are given.
+    pub(crate) fn decode_context(&self) -> &DecodeContext {
+        &self.ctx
+    }
+
     /// The entry of `name` of type `t`.
     pub(crate) fn entry(&self, t: TypeUrl, name: &str) -> Option<&Entry> {
         self.ts(t).entries.get(name)
