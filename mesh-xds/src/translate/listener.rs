@@ -438,12 +438,12 @@ fn server_listener(
     let mut chains = Vec::new();
     for (i, fc) in l.filter_chains.iter().enumerate() {
         let cp = format!("filter_chains[{i}]");
-        if let Some(c) = filter_chain(fc, &cp, port, ctx, ignored)? {
+        if let Some(c) = filter_chain(fc, &cp, &l.name, port, ctx, ignored)? {
             chains.push((cp, c));
         }
     }
     if let Some(fc) = &l.default_filter_chain
-        && let Some(c) = filter_chain(fc, "default_filter_chain", port, ctx, ignored)?
+        && let Some(c) = filter_chain(fc, "default_filter_chain", &l.name, port, ctx, ignored)?
     {
         chains.push(("default_filter_chain".into(), c));
     }
@@ -488,6 +488,7 @@ struct ChainSecurity {
 fn filter_chain(
     fc: &lpb::FilterChain,
     p: &str,
+    listener: &str,
     port: u16,
     ctx: &DecodeContext,
     ignored: &mut Vec<String>,
@@ -573,7 +574,7 @@ fn filter_chain(
     for (fp, cfg) in &filters.rbac {
         authz
             .authorization_policies
-            .extend(rbac::translate(cfg, fp, port)?);
+            .extend(rbac::translate(cfg, fp, listener, port, ignored)?);
     }
     Ok(Some(ChainSecurity { strict, authz }))
 }

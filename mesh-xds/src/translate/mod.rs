@@ -20,7 +20,7 @@ mod cluster;
 mod endpoint;
 #[allow(deprecated)]
 mod lb;
-mod listener;
+pub(crate) mod listener;
 mod rbac;
 mod route;
 #[allow(deprecated)]
