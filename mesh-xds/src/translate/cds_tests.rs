@@ -748,6 +748,11 @@ fn a2_9_an_unsupported_lb_policy_is_nacked() {
         nack(&c),
         format!("{REVIEWS}: lb_policy: CLUSTER_PROVIDED is not supported (gRFC A27)")
     );
+    c.lb_policy = xc::LbPolicy::LoadBalancingPolicyConfig as i32;
+    assert_eq!(
+        nack(&c),
+        format!("{REVIEWS}: lb_policy: LOAD_BALANCING_POLICY_CONFIG without load_balancing_policy")
+    );
 }
 
 #[test]

@@ -189,9 +189,13 @@ pub(super) fn lb_policy(
             )),
             Some(_) => mismatch(doc),
         },
-        XdsLbPolicy::ClusterProvided | XdsLbPolicy::LoadBalancingPolicyConfig => Err(doc.err(
+        XdsLbPolicy::ClusterProvided => Err(doc.err(
             "lb_policy",
             format!("{} is not supported (gRFC A27)", policy.as_str_name()),
+        )),
+        XdsLbPolicy::LoadBalancingPolicyConfig => Err(doc.err(
+            "lb_policy",
+            "LOAD_BALANCING_POLICY_CONFIG without load_balancing_policy",
         )),
     }
 }
