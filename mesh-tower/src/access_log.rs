@@ -88,7 +88,7 @@ impl Start {
 }
 
 /// A `SystemTime` as RFC 3339 in UTC with milliseconds.
-struct Rfc3339(SystemTime);
+pub(crate) struct Rfc3339(pub(crate) SystemTime);
 
 impl std::fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -267,6 +267,7 @@ impl Mesh {
                     ready: e.is_ready(),
                     connect_failures: e.connect_failures(),
                     http2_connections: e.connections(),
+                    load_score: c.load_score(e),
                 })
                 .collect(),
         )
@@ -395,7 +396,7 @@ impl Node {
 }
 
 /// An endpoint as the runtime sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EndpointStatus {
     /// The address.
     pub address: String,
@@ -416,4 +417,7 @@ pub struct EndpointStatus {
     pub connect_failures: u32,
     /// For an HTTP/2 endpoint, the connections open now and opened so far.
     pub http2_connections: Option<(usize, u64)>,
+    /// The balancer's load score, lower preferred: the peak EWMA cost
+    /// under `PEAK_EWMA`, else requests in flight per unit of weight.
+    pub load_score: f64,
 }

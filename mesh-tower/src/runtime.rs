@@ -438,6 +438,16 @@ impl ClusterRuntime {
         }
     }
 
+    /// The balancer's view of how loaded `endpoint` is, lower preferred:
+    /// the peak EWMA cost under `PEAK_EWMA`, otherwise the requests in
+    /// flight per unit of weight (what `LEAST_REQUEST` compares).
+    pub(crate) fn load_score(&self, endpoint: &EndpointState) -> f64 {
+        match self.groups.first().map(|g| &g.picker) {
+            Some(Picker::PeakEwma(p)) => p.cost(endpoint.ewma(), endpoint.in_flight()),
+            _ => endpoint.in_flight() as f64 / f64::from(endpoint.config().weight.max(1)),
+        }
+    }
+
     /// Records what an attempt at `endpoint` produced and how long it
     /// took, for outlier detection and peak EWMA.
     pub(crate) fn record(&self, endpoint: &EndpointState, outcome: Outcome, rtt: Duration) {

