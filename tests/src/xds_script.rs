@@ -4,11 +4,9 @@
 //! responses, close streams and refuse or blackhole connections. Nothing
 //! touches a socket, so the tests run on paused time without flaking.
 //!
-//! Also: builders of real Envoy v3 resources, and a small decoder of those
-//! resources into the `mesh-xds` vocabulary, used until the translators
-//! of `mesh_xds::translate` land (the protocol suite needs only the names,
-//! the cascade references and a few invalid cases the real translators
-//! reject too).
+//! Also: builders of the real Envoy v3 resources the suite serves (decoded
+//! by the real translators of `mesh_xds::translate`), including invalid
+//! ones every xDS client rejects.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -17,12 +15,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
-use mesh_core::model::{
-    Cluster, Endpoint, ForwardAction, Listener, ListenerKind, Route, RouteAction, RouteTable,
-    VirtualHost,
-};
 use mesh_xds::TypeUrl;
-use mesh_xds::client::{ConnectError, Connector, Decoder};
+use mesh_xds::client::{ConnectError, Connector};
 use mesh_xds::config::{ClientConfig, Protocol};
 use mesh_xds::pb::envoy::config::cluster::v3 as cds;
 use mesh_xds::pb::envoy::config::core::v3 as core;
@@ -38,10 +32,6 @@ use mesh_xds::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use mesh_xds::pb::google::protobuf::Any;
-use mesh_xds::resource::{
-    ClusterEndpoints, ClusterResource, DecodeError, Decoded, EndpointsResource, ListenerResource,
-    XdsResource,
-};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -573,189 +563,4 @@ pub fn delta_response(
         nonce: nonce.into(),
         ..Default::default()
     }
-}
-
-// === the test decoder ===
-
-fn err(name: Option<&str>, reason: impl Into<String>) -> DecodeError {
-    DecodeError::new(name, reason)
-}
-
-fn decoded(name: &str, resource: XdsResource) -> Decoded {
-    Decoded {
-        name: name.to_owned(),
-        resource,
-        ignored: Vec::new(),
-    }
-}
-
-fn table(r: &rds::RouteConfiguration) -> Result<RouteTable, DecodeError> {
-    let name = r.name.as_str();
-    let vhosts = r
-        .virtual_hosts
-        .iter()
-        .map(|vh| {
-            let routes: Vec<Route> = vh
-                .routes
-                .iter()
-                .filter_map(|rt| match &rt.action {
-                    Some(rds::route::Action::Route(a)) => match &a.cluster_specifier {
-                        Some(rds::route_action::ClusterSpecifier::Cluster(c)) => Some(Route {
-                            name: None,
-                            matches: Arc::from([]),
-                            action: RouteAction::Forward(Box::new(ForwardAction::to(c.as_str()))),
-                        }),
-                        _ => None,
-                    },
-                    _ => None,
-                })
-                .collect();
-            VirtualHost {
-                name: vh.name.as_str().into(),
-                domains: vh.domains.iter().map(|d| Arc::from(d.as_str())).collect(),
-                routes: routes.into(),
-            }
-        })
-        .collect();
-    RouteTable::try_new(name, vhosts).map_err(|e| err(Some(name), e.to_string()))
-}
-
-fn port_of(name: &str) -> u16 {
-    name.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Decodes the resources built above into the `mesh-xds` vocabulary
-/// (names, cascade references, the invalid cases), checking the `Any`
-/// type like `translate::decode` (A1.7).
-pub fn decode(t: TypeUrl, a: &Any, _ctx: &mesh_xds::DecodeContext) -> Result<Decoded, DecodeError> {
-    if a.type_url != t.as_str() {
-        return Err(err(
-            None,
-            format!(
-                "resource type {:?} in a response for {}",
-                a.type_url,
-                t.as_str()
-            ),
-        ));
-    }
-    let bad = |e: prost::DecodeError| err(None, format!("undecodable: {e}"));
-    match t {
-        TypeUrl::Listener => {
-            let l = lds::Listener::decode(a.value.as_slice()).map_err(bad)?;
-            let name = l.name.as_str();
-            let api = l
-                .api_listener
-                .and_then(|a| a.api_listener)
-                .ok_or_else(|| err(Some(name), "not an API listener"))?;
-            let m = hcm::HttpConnectionManager::decode(api.value.as_slice())
-                .map_err(|e| err(Some(name), e.to_string()))?;
-            if m.http_filters.is_empty() {
-                return Err(err(Some(name), "http_filters: empty"));
-            }
-            let (rt_name, inline) = match m.route_specifier {
-                Some(hcm::http_connection_manager::RouteSpecifier::Rds(r)) => {
-                    (r.route_config_name, None)
-                }
-                Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(r)) => (
-                    r.name.clone(),
-                    Some(table(&r).map_err(|e| err(Some(name), e.reason))?),
-                ),
-                _ => return Err(err(Some(name), "no route config")),
-            };
-            let listener = Listener {
-                name: name.into(),
-                port: port_of(name),
-                kind: ListenerKind::Client {
-                    route_table: rt_name.as_str().into(),
-                },
-            };
-            Ok(decoded(
-                name,
-                XdsResource::Listener(ListenerResource {
-                    listener,
-                    inline_route: inline,
-                    security: Default::default(),
-                    http: Default::default(),
-                }),
-            ))
-        }
-        TypeUrl::RouteConfiguration => {
-            let r = rds::RouteConfiguration::decode(a.value.as_slice()).map_err(bad)?;
-            Ok(decoded(
-                &r.name,
-                XdsResource::RouteConfiguration(table(&r)?),
-            ))
-        }
-        TypeUrl::Cluster => {
-            let c = cds::Cluster::decode(a.value.as_slice()).map_err(bad)?;
-            if let Some(cds::cluster::LbConfig::LeastRequestLbConfig(lr)) = &c.lb_config
-                && lr.choice_count.is_some_and(|n| n.value < 2)
-            {
-                return Err(err(
-                    Some(&c.name),
-                    "least_request_lb_config.choice_count: must be at least 2",
-                ));
-            }
-            let eds = c
-                .eds_cluster_config
-                .as_ref()
-                .map(|e| e.service_name.clone())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| c.name.clone());
-            Ok(decoded(
-                &c.name,
-                XdsResource::Cluster(Box::new(ClusterResource {
-                    cluster: Cluster::new(c.name.as_str()),
-                    endpoints: ClusterEndpoints::Eds(eds),
-                })),
-            ))
-        }
-        TypeUrl::ClusterLoadAssignment => {
-            let c = eds::ClusterLoadAssignment::decode(a.value.as_slice()).map_err(bad)?;
-            let mut out = Vec::new();
-            for l in &c.endpoints {
-                for e in &l.lb_endpoints {
-                    if e.load_balancing_weight.is_some_and(|w| w.value == 0) {
-                        return Err(err(Some(&c.cluster_name), "endpoint weight 0"));
-                    }
-                    let Some(eds::lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier
-                    else {
-                        continue;
-                    };
-                    let Some(core::address::Address::SocketAddress(sa)) =
-                        ep.address.as_ref().and_then(|a| a.address.as_ref())
-                    else {
-                        continue;
-                    };
-                    let port = match sa.port_specifier {
-                        Some(core::socket_address::PortSpecifier::PortValue(p)) => p as u16,
-                        _ => 0,
-                    };
-                    let ip = sa
-                        .address
-                        .parse()
-                        .map_err(|_| err(Some(&c.cluster_name), "bad address"))?;
-                    out.push(Endpoint::socket(SocketAddr::new(ip, port)));
-                }
-            }
-            Ok(decoded(
-                &c.cluster_name,
-                XdsResource::Endpoints(EndpointsResource { endpoints: out }),
-            ))
-        }
-        TypeUrl::Secret => Err(err(None, "secrets are not decoded by the test decoder")),
-    }
-}
-
-/// The decoder of the conformance suite: the real translators
-/// (`mesh_xds::translate::decode`) for the types that have landed
-/// (Listener, RouteConfiguration), [`decode`] for the others.
-pub fn decoder() -> Decoder {
-    Arc::new(|t, a, ctx| match t {
-        TypeUrl::Listener | TypeUrl::RouteConfiguration => mesh_xds::translate::decode(t, a, ctx),
-        _ => decode(t, a, ctx),
-    })
 }

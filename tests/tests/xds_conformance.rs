@@ -40,7 +40,7 @@ fn start_with(n: usize, protocol: Protocol, tweak: impl FnOnce(&mut ClientConfig
         store.clone(),
         ClientOptions {
             connector: Some(xds_script::connector(servers.clone())),
-            decoder: Some(xds_script::decoder()),
+            decoder: None,
         },
     );
     Env {
