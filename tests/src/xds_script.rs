@@ -202,6 +202,26 @@ impl ScriptedAds {
         })
     }
 
+    /// Also serves on a Unix socket at `path` (real I/O: for tests of the
+    /// `unix:` transport, not on paused time).
+    pub fn serve_unix(&self, path: &std::path::Path) {
+        let listener = tokio::net::UnixListener::bind(path).expect("bind unix socket");
+        let conns = self.conns.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                // Bridge the socket to an in-memory pipe the server reads.
+                let (a, b) = tokio::io::duplex(1 << 16);
+                if conns.send(b).await.is_err() {
+                    break;
+                }
+                tokio::spawn(async move {
+                    let (mut s, mut a) = (stream, a);
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut a).await;
+                });
+            }
+        });
+    }
+
     /// Sets how new connections are treated.
     pub fn set_mode(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);

@@ -1296,6 +1296,108 @@ async fn a8_5_cluster_watches_are_reference_counted_by_route_use() {
     s.expect_silence(Duration::from_secs(1)).await;
 }
 
+// === task lifetime, channel, status ===
+
+#[tokio::test(start_paused = true)]
+async fn a4_9_the_task_ends_with_the_last_handle_and_on_shutdown() {
+    // The last handle (here a watch outliving the client) stops the task:
+    // the stream closes.
+    let env = start();
+    let w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    drop(env.client);
+    s.expect_silence(Duration::from_secs(1)).await;
+    drop(w);
+    assert!(s.try_recv(Duration::from_secs(5)).await.is_none());
+    // shutdown() stops it although other handles live.
+    let env = start();
+    let other = env.client.clone();
+    let _w = other.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    env.client.shutdown().await;
+    assert!(s.try_recv(Duration::from_secs(5)).await.is_none());
+    assert_eq!(other.node().id, "node-1");
+}
+
+#[tokio::test]
+async fn channel_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("XDS");
+    let server = ScriptedAds::start();
+    server.serve_unix(&path);
+    let mut config = xds_script::config(1, Protocol::StateOfTheWorld);
+    config.servers[0].uri = format!("unix://{}", path.display());
+    let client = XdsClient::start(config, ConfigStore::new());
+    let _w = client.watch_listener("svc:80");
+    let mut s = server.sotw_stream().await;
+    let r = expect(&mut s, L).await;
+    assert_eq!(names(&r), ["svc:80"]);
+    assert_eq!(r.node.unwrap().id, "node-1");
+    s.send(response(L, "1", "n1", vec![listener("svc:80", "rt")]))
+        .await;
+    assert_eq!(expect(&mut s, L).await.version_info, "1");
+    client.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a3_13_status_and_metrics_agree_with_what_was_applied() {
+    let env = start();
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    serve_cascade(&mut s, "svc:80", "rt", "c1", "1").await;
+    s.send(response(C, "2", "c-2", vec![invalid_cluster("c1")]))
+        .await;
+    expect(&mut s, C).await;
+    let m = env.client.metrics();
+    assert!(m.connected);
+    assert_eq!(
+        (m.valid(L), m.valid(R), m.valid(C), m.valid(E)),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(m.invalid(C), 1);
+    assert!(m.resources.contains(&(C, ResourceState::Nacked, 1)));
+    assert!(m.resources.contains(&(L, ResourceState::Acked, 1)));
+    let st = env.status(C, "c1");
+    assert_eq!(st.version.as_deref(), Some("1"));
+    assert!(st.last_updated.is_some());
+    assert!(st.error.as_deref().unwrap().contains("choice_count"));
+    // Raw values for config dumps.
+    let raw = env.client.raw_resources();
+    let (_, _, any) = raw
+        .iter()
+        .find(|(t, n, _)| *t == E && n == "c1-eds")
+        .unwrap();
+    assert_eq!(any.as_ref().unwrap().type_url, E.as_str());
+    // Status serializes as JSON with the state names CSDS uses.
+    let json = serde_json::to_string(&st).unwrap();
+    assert!(json.contains("\"NACKED\""), "{json}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_listener_watch_uses_the_template() {
+    let env = start_with(1, Protocol::StateOfTheWorld, |c| {
+        c.server_listener_resource_name_template = Some("xds.istio.io/grpc/lds/inbound/%s".into());
+    });
+    let _w = env
+        .client
+        .watch_server_listener("10.1.2.3:8080".parse().unwrap());
+    let _w6 = env
+        .client
+        .watch_server_listener("[::1]:9090".parse().unwrap());
+    let mut s = env.server().sotw_stream().await;
+    let r = expect(&mut s, L).await;
+    assert_eq!(
+        names(&r),
+        [
+            "xds.istio.io/grpc/lds/inbound/10.1.2.3:8080",
+            "xds.istio.io/grpc/lds/inbound/[::1]:9090"
+        ]
+    );
+}
+
 // === A.6 fallback ===
 
 #[tokio::test(start_paused = true)]
@@ -1368,4 +1470,47 @@ async fn a6_4_errors_surface_only_after_every_server_failed() {
     assert_eq!(env.servers[1].connects(), 1);
     assert_eq!(env.client.metrics().server_failure, 2);
     assert!(!env.client.metrics().connected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a6_5_primary_dies_mid_update_and_the_fallback_completes_it() {
+    let env = start_with(2, Protocol::StateOfTheWorld, |_| {});
+    let _w = env.client.watch_listener("svc:80");
+    let mut p = env.servers[0].sotw_stream().await;
+    expect(&mut p, L).await;
+    serve_cascade(&mut p, "svc:80", "rt", "c1", "1").await;
+    // The new route points at a cluster not fetched yet; the primary dies.
+    p.send(response(R, "2", "r-2", vec![route("rt", &["c2"])]))
+        .await;
+    expect(&mut p, R).await;
+    assert_eq!(names(&expect(&mut p, C).await), ["c2"]);
+    env.servers[0].set_mode(Mode::Refuse);
+    p.fail(tonic::Status::unavailable("primary down")).await;
+    // c2 is not cached: the client falls back and the update completes.
+    let mut f = env.servers[1].sotw_stream().await;
+    let mut opening = Vec::new();
+    for t in [L, R, C] {
+        opening.push(expect(&mut f, t).await);
+    }
+    let cds = opening.iter().find(|r| r.type_url == C.as_str()).unwrap();
+    assert_eq!(names(cds), ["c2"]);
+    assert!(
+        env.store.snapshot().cluster("c1").is_some(),
+        "the old config meanwhile"
+    );
+    f.send(response(C, "f1", "fc1", vec![cluster("c2", "e2")]))
+        .await;
+    expect(&mut f, C).await;
+    assert_eq!(names(&expect(&mut f, E).await), ["e2"]);
+    f.send(response(
+        E,
+        "f1",
+        "fe1",
+        vec![endpoints("e2", &["10.0.0.9:80"])],
+    ))
+    .await;
+    expect(&mut f, E).await;
+    let snap = env.store.snapshot();
+    assert_eq!(snap.endpoints("c2").unwrap().endpoints().len(), 1);
+    assert!(snap.cluster("c1").is_none());
 }
