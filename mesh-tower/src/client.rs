@@ -182,7 +182,11 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> ResponseFuture {
         let span = trace::outbound(req.headers_mut(), self.propagators, self.sampling);
-        let access = access_log::Start::capture(&req, span.map(|s| s.trace_id));
+        let access = access_log::Start::capture(
+            &req,
+            span.map(|s| s.trace_id),
+            self.inner_mesh().access_log(),
+        );
         let request_bytes = metrics::body_bytes(req.headers(), &req.body().size_hint());
         let protocol = metrics::Protocol::of(req.headers());
         ResponseFuture {
@@ -234,8 +238,12 @@ impl Future for ResponseFuture {
             response_bytes: 0,
             peer: metrics::Peer::default(),
         };
+        let mut upstream = None;
         let result = match result {
             Ok(mut res) => {
+                if this.access.is_some() {
+                    upstream = res.extensions_mut().remove::<access_log::Upstream>();
+                }
                 if let Some(span) = *this.span {
                     res.extensions_mut().insert(span);
                 }
@@ -263,7 +271,7 @@ impl Future for ResponseFuture {
         };
         table.record(&record);
         if let Some(a) = this.access.take() {
-            a.log(&record);
+            a.log(&record, upstream.as_ref());
         }
         Poll::Ready(result)
     }

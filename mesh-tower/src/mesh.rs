@@ -7,6 +7,7 @@ use mesh_core::{ConfigStore, Version};
 use mesh_identity::CredentialStore;
 use tokio::sync::watch;
 
+use crate::access_log::AccessLogConfig;
 use crate::client::{InvalidTarget, MeshClient};
 use crate::metrics::IstioMetrics;
 use crate::ratelimit::{ServerRateLimitLayer, Workload};
@@ -39,6 +40,7 @@ struct Inner {
     applied: watch::Receiver<Version>,
     server_stats: Arc<ServerStats>,
     metrics: Arc<IstioMetrics>,
+    access_log: AccessLogConfig,
     task: tokio::task::JoinHandle<()>,
     mirrors: Mirrors,
     mirror_task: tokio::task::JoinHandle<()>,
@@ -89,6 +91,7 @@ impl Mesh {
             store,
             node: Node::default(),
             credentials: None,
+            access_log: AccessLogConfig::new(),
         }
     }
 
@@ -97,6 +100,7 @@ impl Mesh {
             store,
             node,
             credentials,
+            access_log,
         } = builder;
         let metrics = Arc::new(IstioMetrics::new(&node.workload));
         if let Some(c) = &credentials {
@@ -132,6 +136,7 @@ impl Mesh {
                 applied,
                 server_stats: Arc::default(),
                 metrics,
+                access_log,
                 task,
                 mirrors,
                 mirror_task,
@@ -180,6 +185,7 @@ impl Mesh {
     pub fn server_layer(&self) -> MeshServerLayer {
         MeshServerLayer::with_stats(Arc::clone(&self.inner.server_stats))
             .with_metrics(Arc::clone(&self.inner.metrics))
+            .with_access_log(self.inner.access_log)
     }
 
     /// Request counts of every server layer made by [`server_layer`](Self::server_layer).
@@ -203,6 +209,12 @@ impl Mesh {
     /// `router.layer(mesh.server_rate_limit(w)).layer(mesh.server_layer())`.
     pub fn server_rate_limit(&self, workload: Workload) -> ServerRateLimitLayer {
         ServerRateLimitLayer::for_workload(self.clone(), workload)
+    }
+
+    /// Which requests and fields the access log events of this mesh's
+    /// clients and server layers carry ([`MeshBuilder::with_access_log`]).
+    pub fn access_log(&self) -> &AccessLogConfig {
+        &self.inner.access_log
     }
 
     /// Istio's standard metrics, recorded by every client and server
@@ -332,6 +344,7 @@ pub struct MeshBuilder {
     store: ConfigStore,
     node: Node,
     credentials: Option<Arc<CredentialStore>>,
+    access_log: AccessLogConfig,
 }
 
 impl MeshBuilder {
@@ -348,6 +361,15 @@ impl MeshBuilder {
     /// (no workload identity), never in plaintext.
     pub fn with_credentials(mut self, credentials: Arc<CredentialStore>) -> Self {
         self.credentials = Some(credentials);
+        self
+    }
+
+    /// Samples and selects the fields of the access log events of the
+    /// mesh's clients and server layers (default: every request, every
+    /// field; the events exist only when a subscriber enables
+    /// [`access_log::TARGET`](crate::access_log::TARGET)).
+    pub fn with_access_log(mut self, config: AccessLogConfig) -> Self {
+        self.access_log = config;
         self
     }
 

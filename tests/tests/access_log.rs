@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, Empty};
 use mesh_examples::backends::Server;
 use mesh_examples::yaml;
 use mesh_tests::mesh_from_yaml;
-use mesh_tower::access_log::TARGET;
+use mesh_tower::access_log::{AccessLogConfig, TARGET};
+use mesh_tower::{ConnectionSecurity, SecurityMode};
 use tower::ServiceExt;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -125,4 +126,155 @@ async fn nothing_is_logged_when_the_target_is_off() {
         .unwrap();
     assert_eq!(mesh.client().oneshot(req).await.unwrap().status(), 200);
     assert!(lines.lock().unwrap().is_empty());
+}
+
+/// A mesh over `yaml` with access log `config`.
+fn mesh_with(yaml: &str, config: AccessLogConfig) -> mesh_tower::Mesh {
+    let store = mesh_core::ConfigStore::new();
+    mesh_examples::publish_yaml(&store, yaml);
+    mesh_tower::Mesh::builder(store)
+        .with_access_log(config)
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn sampling_by_request_id_picks_the_same_requests_on_both_sides() {
+    let lines = Lines::default();
+    let _guard =
+        tracing::subscriber::set_default(Registry::default().with(Capture(Arc::clone(&lines))));
+    let config = AccessLogConfig::new().with_sampling(0.3).unwrap();
+    let server_mesh = mesh_with(
+        &yaml::service_entry(
+            "unused",
+            8080,
+            "HTTP",
+            &[("127.0.0.1:1".parse().unwrap(), "v1")],
+        ),
+        config,
+    );
+    let server = Server::start_with_layer(
+        axum::Router::new().route("/", get(|| async { "ok" })),
+        server_mesh.server_layer(),
+    )
+    .await
+    .unwrap();
+    let mesh = mesh_with(
+        &yaml::service_entry("svc", 80, "HTTP", &[(server.addr(), "v1")]),
+        config,
+    );
+    let ids: Vec<String> = (0..40).map(|i| format!("id-{i}")).collect();
+    for id in &ids {
+        let req = http::Request::get("http://svc/")
+            .header("x-request-id", id)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = mesh.client().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.unwrap();
+    }
+    let expected: Vec<&String> = ids
+        .iter()
+        .filter(|id| config.samples(Some(id.as_bytes())))
+        .collect();
+    assert!(
+        !expected.is_empty() && expected.len() < ids.len(),
+        "{expected:?}"
+    );
+    let lines = lines.lock().unwrap().clone();
+    for side in ["source", "destination"] {
+        let logged: Vec<&String> = lines
+            .iter()
+            .filter(|l| l["reporter"] == side)
+            .map(|l| &l["request_id"])
+            .collect();
+        assert_eq!(logged, expected, "{side}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn selected_fields_only_with_upstream_host_route_and_peer_identity() {
+    let lines = Lines::default();
+    let _guard =
+        tracing::subscriber::set_default(Registry::default().with(Capture(Arc::clone(&lines))));
+    let config = AccessLogConfig::new()
+        .with_field_names(&[
+            "method",
+            "upstream_host",
+            "route_name",
+            "peer_identity",
+            "downstream_remote_address",
+        ])
+        .unwrap();
+    let server_mesh = mesh_with(
+        &yaml::service_entry(
+            "unused",
+            8080,
+            "HTTP",
+            &[("127.0.0.1:1".parse().unwrap(), "v1")],
+        ),
+        config,
+    );
+    let router = axum::Router::new().route("/reviews/{id}", get(|| async { "review" }));
+    let app = router.clone().layer(server_mesh.server_layer());
+    let server = Server::start_with_layer(router, server_mesh.server_layer())
+        .await
+        .unwrap();
+    let mut y = yaml::service_entry("reviews", 9080, "HTTP", &[(server.addr(), "v1")]);
+    y.push_str(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: reviews }\n\
+         spec:\n  hosts: [reviews]\n  http:\n  - name: reviews-route\n    route: [{ destination: { host: reviews } }]\n",
+    );
+    let mesh = mesh_with(&y, config);
+    let req = http::Request::get("http://reviews:9080/reviews/7")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = mesh.client().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.into_body().collect().await.unwrap();
+
+    // A request that came over mutual TLS (the extension `serve` adds).
+    let peer = "spiffe://cluster.local/ns/shop/sa/web";
+    let remote: std::net::SocketAddr = "10.1.2.3:4567".parse().unwrap();
+    let mut req = http::Request::get("/reviews/9")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    req.extensions_mut().insert(ConnectionSecurity::new(
+        SecurityMode::MutualTls,
+        Some(peer.parse().unwrap()),
+        remote,
+        "10.1.2.4:8080".parse().unwrap(),
+    ));
+    assert_eq!(app.oneshot(req).await.unwrap().status(), 200);
+
+    let lines = lines.lock().unwrap().clone();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let keys: Vec<&str> = vec![
+        "downstream_remote_address",
+        "message",
+        "method",
+        "peer_identity",
+        "reporter",
+        "route_name",
+        "upstream_host",
+    ];
+    for l in &lines {
+        assert_eq!(
+            l.keys().map(String::as_str).collect::<Vec<_>>(),
+            keys,
+            "{l:?}"
+        );
+    }
+    let source = &lines.iter().find(|l| l["reporter"] == "source").unwrap();
+    assert_eq!(source["upstream_host"], server.addr().to_string());
+    assert_eq!(source["route_name"], "reviews-route");
+    assert_eq!(source["peer_identity"], "-");
+    let dest: Vec<_> = lines
+        .iter()
+        .filter(|l| l["reporter"] == "destination")
+        .collect();
+    assert_eq!(dest[0]["route_name"], "/reviews/{id}");
+    assert_eq!(dest[0]["peer_identity"], "-", "plaintext");
+    assert_eq!(dest[0]["upstream_host"], "-");
+    assert_eq!(dest[1]["peer_identity"], peer);
+    assert_eq!(dest[1]["downstream_remote_address"], remote.to_string());
 }

@@ -42,6 +42,7 @@ pub(crate) use connect::Connector;
 pub(crate) use h2::StreamGuard;
 pub(crate) use tls::UpstreamTlsConfig;
 
+use crate::access_log::Upstream;
 use crate::body::BoxBody;
 use crate::error::BoxError;
 use h2::{H2Pool, H2Settings};
@@ -130,7 +131,13 @@ enum Pool {
 }
 
 /// A request on its way to an endpoint.
-pub(crate) enum Sending {
+pub(crate) struct Sending {
+    kind: SendingKind,
+    /// For the access log, when it is on: attached to the response.
+    upstream: Option<Upstream>,
+}
+
+enum SendingKind {
     Http1(hyper_util::client::legacy::ResponseFuture),
     Http2(h2::SendFuture),
 }
@@ -139,16 +146,23 @@ impl Future for Sending {
     type Output = Result<(Response<Incoming>, Option<StreamGuard>), BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Sending::Http1(f) => Pin::new(f).poll(cx).map(|r| {
+        let this = self.get_mut();
+        let result = std::task::ready!(match &mut this.kind {
+            SendingKind::Http1(f) => Pin::new(f).poll(cx).map(|r| {
                 r.map(|res| (res, None))
                     .map_err(|e| Box::new(e) as BoxError)
             }),
-            Sending::Http2(f) => f
+            SendingKind::Http2(f) => f
                 .as_mut()
                 .poll(cx)
                 .map(|r| r.map(|(res, g)| (res, Some(g)))),
-        }
+        });
+        Poll::Ready(result.map(|(mut res, g)| {
+            if let Some(u) = this.upstream.take() {
+                res.extensions_mut().insert(u);
+            }
+            (res, g)
+        }))
     }
 }
 
@@ -283,10 +297,20 @@ impl EndpointState {
 
     /// Sends `req` on one of the endpoint's connections.
     pub(crate) fn send(&self, req: Request<BoxBody>) -> Sending {
-        match &self.pool {
-            Pool::Http1(c) => Sending::Http1(c.request(req)),
-            Pool::Http2(p) => Sending::Http2(p.send(req)),
-        }
+        // The endpoint and route name, for the client's access log: only
+        // while it is on (one relaxed check otherwise).
+        let upstream = crate::access_log::enabled().then(|| Upstream {
+            host: self.address.clone(),
+            route: req
+                .extensions()
+                .get::<crate::route::RouteDecision>()
+                .and_then(|d| d.route().name.clone()),
+        });
+        let kind = match &self.pool {
+            Pool::Http1(c) => SendingKind::Http1(c.request(req)),
+            Pool::Http2(p) => SendingKind::Http2(p.send(req)),
+        };
+        Sending { kind, upstream }
     }
 
     /// HTTP/2 connections open now and opened so far (`None` for

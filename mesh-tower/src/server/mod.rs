@@ -39,6 +39,7 @@ pub use stats::{MAX_ROUTES, RouteStats, ServerStats};
 
 use stats::RouteCounters;
 
+use crate::access_log::AccessLogConfig;
 use crate::metrics::{self, IstioMetrics};
 pub use crate::trace::REQUEST_ID;
 use crate::trace::{Propagators, Sampling, TraceContext, new_request_id, valid_request_id};
@@ -50,6 +51,7 @@ pub struct MeshServerLayer {
     propagators: Propagators,
     sampling: Sampling,
     metrics: Option<Arc<IstioMetrics>>,
+    access_log: AccessLogConfig,
 }
 
 impl MeshServerLayer {
@@ -65,7 +67,16 @@ impl MeshServerLayer {
             propagators: Propagators::default(),
             sampling: Sampling::never(),
             metrics: None,
+            access_log: AccessLogConfig::new(),
         }
+    }
+
+    /// Which requests and fields the access log events of this layer
+    /// carry ([`AccessLogConfig::new`] unless set: all;
+    /// [`Mesh::server_layer`](crate::Mesh::server_layer) uses the mesh's).
+    pub fn with_access_log(mut self, config: AccessLogConfig) -> Self {
+        self.access_log = config;
+        self
     }
 
     /// Starts a new trace for `sampling`'s share of the requests that
@@ -109,6 +120,7 @@ impl<S> tower::Layer<S> for MeshServerLayer {
             propagators: self.propagators,
             sampling: self.sampling,
             metrics: self.metrics.clone(),
+            access_log: self.access_log,
         }
     }
 }
@@ -122,6 +134,7 @@ pub struct MeshServer<S> {
     propagators: Propagators,
     sampling: Sampling,
     metrics: Option<Arc<IstioMetrics>>,
+    access_log: AccessLogConfig,
 }
 
 impl<S> MeshServer<S> {
@@ -191,8 +204,12 @@ where
         let deadline = crate::deadline::inbound(&req);
         let trace =
             crate::trace::server_context(req.headers(), self.propagators, self.sampling, &id);
-        let access =
-            crate::access_log::Start::capture(&req, trace.as_ref().map(|t| t.span.trace_id));
+        let access = crate::access_log::Start::capture(
+            &req,
+            trace.as_ref().map(|t| t.span.trace_id),
+            &self.access_log,
+        )
+        .map(|a| a.with_route(route_key(&req)));
         let metrics = (self.metrics.is_some() || access.is_some()).then(|| Inbound {
             peer: self.metrics.as_ref().map_or(metrics::Peer::default(), |m| {
                 m.peer(req.extensions().get::<crate::serve::ConnectionSecurity>())
@@ -280,7 +297,7 @@ where
                 metrics.record_inbound(&record);
             }
             if let Some(a) = &m.access {
-                a.log(&record);
+                a.log(&record, None);
             }
         }
         Poll::Ready(result.map(|mut res| {
