@@ -329,7 +329,7 @@ impl Start {
             response_flags = on(Field::ResponseFlags).then(|| r.flag.as_str()),
             bytes_received = on(Field::BytesReceived).then_some(r.request_bytes),
             bytes_sent = on(Field::BytesSent).then_some(r.response_bytes),
-            duration_ms = on(Field::DurationMs).then(|| r.duration.as_secs_f64() * 1000.0),
+            duration_ms = on(Field::DurationMs).then_some(r.duration.as_secs_f64() * 1000.0),
             upstream_cluster = on(Field::UpstreamCluster)
                 .then(|| r.destination.map_or("-", |c| c.as_str())),
             upstream_host = on(Field::UpstreamHost)
