@@ -189,11 +189,6 @@ fn settings(
     let od_path = obj.path.field("outlierDetection");
     if let Some(od) = obj.obj("outlierDetection", &od_path)? {
         out.outlier = Some(outlier_detection(od, errors, warnings)?);
-        // Translated and validated, not yet enforced by the client.
-        warnings.push(InvalidConfig::new(
-            od_path.clone(),
-            "not enforced yet; ignored",
-        ));
     }
     let tls_path = obj.path.field("tls");
     if let Some(t) = obj.obj("tls", &tls_path)? {
