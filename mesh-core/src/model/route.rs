@@ -15,8 +15,8 @@ use std::time::Duration;
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::matcher::{HeaderMatch, PathMatch, StringMatch};
 use crate::model::policy::{
-    DirectResponse, FaultPolicy, HeaderMutations, HedgePolicy, Mirror, Redirect, ResponseClass,
-    RetryPolicy, Rewrite,
+    DirectResponse, FaultPolicy, HashKey, HeaderMutations, HedgePolicy, Mirror, Redirect,
+    ResponseClass, RetryPolicy, Rewrite,
 };
 use crate::name::{ClusterName, RouteTableName};
 use crate::request::RouteRequest;
@@ -137,6 +137,11 @@ pub struct ForwardAction {
     /// What counts as a failure, in order (Linkerd `responseClasses`);
     /// empty means the default: a 5xx, a reset or a connect failure.
     pub response_classes: Arc<[ResponseClass]>,
+    /// What a consistent-hash cluster hashes for requests of this route
+    /// (Envoy `RouteAction.hash_policy`, gRFC A42: in xDS the key belongs
+    /// to the route). `None`: the cluster's own key (Istio's
+    /// `consistentHash`, which the file source puts on the cluster).
+    pub hash_policy: Option<HashKey>,
 }
 
 impl ForwardAction {
@@ -154,6 +159,7 @@ impl ForwardAction {
             mirrors: Arc::from([]),
             response_classes: Arc::from([]),
             target_headers: Arc::from([]),
+            hash_policy: None,
         }
     }
 

@@ -31,7 +31,7 @@ mod values;
 
 pub use lb::ROUTE_HASH_POLICY_HEADER;
 
-pub use route::{HttpDefaults, ISTIO_FAULT_FILTER, route_configuration};
+pub use route::{HttpDefaults, ISTIO_FAULT_FILTER, resolve_route_hash_keys, route_configuration};
 
 /// Decodes, validates and translates one resource of a response for
 /// `type_url`.

@@ -38,10 +38,10 @@ use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf;
 use http::{HeaderName, HeaderValue};
 use mesh_core::model::{
-    AbortStatus, Backoff, DirectResponse, FaultAbort, FaultDelay, FaultPolicy, ForwardAction,
-    Fraction, HeaderMatch, HeaderMutations, HeaderRule, Mirror, PathMatch, Redirect, Regex,
-    RetryConditions, RetryOn, RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable,
-    StringMatch, VirtualHost, WeightedCluster, WeightedClusters,
+    AbortStatus, Backoff, Cluster, DirectResponse, FaultAbort, FaultDelay, FaultPolicy,
+    ForwardAction, Fraction, HashKey, HeaderMatch, HeaderMutations, HeaderRule, LbPolicy, Mirror,
+    PathMatch, Redirect, Regex, RetryConditions, RetryOn, RetryPolicy, Rewrite, Route, RouteAction,
+    RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster, WeightedClusters,
 };
 use prost::Message;
 
@@ -856,7 +856,7 @@ fn forward(
         });
     }
 
-    note(ignored, p, !a.hash_policy.is_empty(), "hash_policy");
+    let hash_policy = hash_policy(&a.hash_policy, p, ignored)?;
     note(ignored, p, a.metadata_match.is_some(), "metadata_match");
     note(ignored, p, a.idle_timeout.is_some(), "idle_timeout");
     note(ignored, p, a.flush_timeout.is_some(), "flush_timeout");
@@ -930,7 +930,103 @@ fn forward(
     fwd.response_headers = headers.response;
     fwd.mirrors = mirrors.into();
     fwd.target_headers = target_headers.into();
+    fwd.hash_policy = hash_policy;
     Ok(Some(fwd))
+}
+
+/// `hash_policy` (gRFC A42): the first policy the model can express
+/// becomes the route's key; the policies after it, and the ones it cannot
+/// express (gRPC's `io.grpc.channel_id` filter state, regex rewrites of a
+/// header, cookie attributes) are recorded. Envoy combines the hashes of
+/// several policies; with one key per route the first one decides, which
+/// only changes which endpoint a session sticks to.
+fn hash_policy(
+    list: &[rpb::route_action::HashPolicy],
+    p: &str,
+    ignored: &mut Vec<String>,
+) -> Res<Option<HashKey>> {
+    use rpb::route_action::hash_policy::PolicySpecifier as H;
+    let mut key = None;
+    for (i, h) in list.iter().enumerate() {
+        let hp = format!("{}[{i}]", join(p, "hash_policy"));
+        if key.is_some() {
+            ignored.push(hp);
+            continue;
+        }
+        key = match &h.policy_specifier {
+            Some(H::Header(hd)) if hd.regex_rewrite.is_none() => Some(HashKey::Header(
+                header_name(&hd.header_name, &join(&hp, "header.header_name"))?,
+            )),
+            Some(H::Cookie(c)) if c.attributes.is_empty() => Some(HashKey::Cookie {
+                name: c.name.as_str().into(),
+                path: (!c.path.is_empty()).then(|| Arc::from(c.path.as_str())),
+                ttl: match &c.ttl {
+                    Some(d) => Some(duration(d, &join(&hp, "cookie.ttl"))?),
+                    None => None,
+                },
+            }),
+            Some(H::ConnectionProperties(cp)) if cp.source_ip => Some(HashKey::SourceIp),
+            Some(H::QueryParameter(q)) => Some(HashKey::QueryParameter(q.name.as_str().into())),
+            _ => {
+                ignored.push(hp);
+                None
+            }
+        };
+    }
+    Ok(key)
+}
+
+/// Replaces, in every cluster whose consistent-hash key is the CDS
+/// placeholder [`ROUTE_HASH_POLICY_HEADER`](super::ROUTE_HASH_POLICY_HEADER),
+/// the placeholder by the key of the routes that send to it (gRFC A42: the
+/// key is the route's). Clusters whose routes set no key, or disagree,
+/// keep the placeholder, which hashes each request at random as A42
+/// specifies without a policy; the names of disagreeing clusters are
+/// returned, for the status.
+pub fn resolve_route_hash_keys<'a>(
+    tables: impl IntoIterator<Item = &'a RouteTable>,
+    clusters: &mut [Cluster],
+) -> Vec<String> {
+    use std::collections::HashMap as Map;
+    // cluster -> the key every route to it asks for (None: they disagree).
+    let mut wanted: Map<&str, Option<&HashKey>> = Map::new();
+    for t in tables {
+        for vh in t.virtual_hosts() {
+            for r in vh.routes.iter() {
+                let RouteAction::Forward(f) = &r.action else {
+                    continue;
+                };
+                let Some(key) = &f.hash_policy else { continue };
+                for c in f.clusters.targets() {
+                    wanted
+                        .entry(c.cluster.as_str())
+                        .and_modify(|k| {
+                            if *k != Some(key) {
+                                *k = None;
+                            }
+                        })
+                        .or_insert(Some(key));
+                }
+            }
+        }
+    }
+    let placeholder = super::lb::route_hash_key();
+    let mut conflicts = Vec::new();
+    for c in clusters.iter_mut() {
+        let slot = match &mut c.lb_policy {
+            LbPolicy::RingHash { key, .. } | LbPolicy::Maglev { key, .. } => key,
+            _ => continue,
+        };
+        if *slot != placeholder {
+            continue;
+        }
+        match wanted.get(c.name.as_str()) {
+            Some(Some(k)) => *slot = (*k).clone(),
+            Some(None) => conflicts.push(c.name.as_str().to_owned()),
+            None => {}
+        }
+    }
+    conflicts
 }
 
 fn rewrite(a: &rpb::RouteAction, p: &str, clause: &RouteMatch) -> Res<Option<Rewrite>> {

@@ -774,3 +774,65 @@ fn nack_duplicate_domains() {
         )
     );
 }
+
+#[test]
+fn hash_policy_becomes_the_route_key_and_replaces_the_cds_placeholder() {
+    use mesh_core::model::{Cluster, HashKey, LbPolicy};
+    use rpb::route_action::hash_policy::{self as hp, PolicySpecifier as H};
+    let policy = |spec: H| rpb::route_action::HashPolicy {
+        policy_specifier: Some(spec),
+        terminal: false,
+    };
+    let a = rpb::RouteAction {
+        hash_policy: vec![
+            policy(H::FilterState(hp::FilterState {
+                key: "io.grpc.channel_id".into(),
+            })),
+            policy(H::Header(hp::Header {
+                header_name: "X-User".into(),
+                regex_rewrite: None,
+            })),
+            policy(H::ConnectionProperties(hp::ConnectionProperties {
+                source_ip: true,
+            })),
+        ],
+        ..to_cluster("ring")
+    };
+    let (t, ignored) = table(&config(vec![route(prefix("/"), a)]));
+    let RouteAction::Forward(f) = &t.virtual_hosts()[0].routes[0].action else {
+        panic!()
+    };
+    let key = HashKey::Header(http::HeaderName::from_static("x-user"));
+    assert_eq!(f.hash_policy, Some(key.clone()));
+    assert_eq!(
+        ignored,
+        [
+            "virtual_hosts[0].routes[0].route.hash_policy[0]",
+            "virtual_hosts[0].routes[0].route.hash_policy[2]"
+        ]
+    );
+
+    let placeholder = HashKey::Header(http::HeaderName::from_static(
+        super::super::ROUTE_HASH_POLICY_HEADER,
+    ));
+    let ring = |name: &str| {
+        Cluster::new(name).with_lb_policy(LbPolicy::RingHash {
+            key: placeholder.clone(),
+            minimum_ring_size: 1024,
+            maximum_ring_size: 8 << 20,
+        })
+    };
+    let mut clusters = vec![ring("ring"), ring("other")];
+    assert!(resolve_route_hash_keys([&t], &mut clusters).is_empty());
+    let LbPolicy::RingHash { key: got, .. } = &clusters[0].lb_policy else {
+        panic!()
+    };
+    assert_eq!(got, &key);
+    let LbPolicy::RingHash { key: untouched, .. } = &clusters[1].lb_policy else {
+        panic!()
+    };
+    assert_eq!(
+        untouched, &placeholder,
+        "no route asks: random, as gRFC A42 says"
+    );
+}
