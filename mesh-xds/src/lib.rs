@@ -26,6 +26,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod config;
+pub mod csds;
 pub mod resource;
 pub mod status;
 pub mod translate;
