@@ -13,7 +13,8 @@
 //!
 //! The mapping is a pure function of `ResourceStatus` ([`client_config`],
 //! [`status_json`]); [`CsdsService`] serves it for any [`StatusSource`]
-//! (the ADS client is one) over `FetchClientStatus` and
+//! (the ADS client [`XdsClient`](crate::XdsClient) is one:
+//! `csds::server(Arc::new(client.clone()))`) over `FetchClientStatus` and
 //! `StreamClientStatus` (one response per request, so a slow reader holds
 //! nothing but its own stream).
 //!
@@ -51,6 +52,21 @@ pub trait StatusSource: Send + Sync + 'static {
     /// The raw resources, as received: `None` for a watched resource with
     /// no value in use.
     fn raw_resources(&self) -> Vec<(TypeUrl, String, Option<Any>)>;
+}
+
+/// The process's ADS client reports what it watches.
+impl StatusSource for crate::XdsClient {
+    fn node(&self) -> Node {
+        crate::XdsClient::node(self).clone()
+    }
+
+    fn status(&self) -> Vec<ResourceStatus> {
+        crate::XdsClient::status(self)
+    }
+
+    fn raw_resources(&self) -> Vec<(TypeUrl, String, Option<Any>)> {
+        crate::XdsClient::raw_resources(self)
+    }
 }
 
 /// The CSDS `client_status` of a cache entry state.

@@ -380,3 +380,130 @@ fn status_json_lists_the_same_resources_for_the_admin_endpoint() {
         ]
     );
 }
+
+/// The ADS client is a `StatusSource`: CSDS shows what it watches, as the
+/// cascade arrives and when the server sends an invalid update.
+#[tokio::test(start_paused = true)]
+async fn csds_over_the_real_client_follows_the_cascade_and_a_nack() {
+    use mesh_tests::xds_script::{
+        self, ScriptedAds, cluster, invalid_cluster, listener, response, route,
+    };
+
+    let server = ScriptedAds::start();
+    let store = mesh_core::ConfigStore::new();
+    let client = mesh_xds::XdsClient::start_with(
+        xds_script::config(1, mesh_xds::config::Protocol::StateOfTheWorld),
+        store,
+        mesh_xds::client::ClientOptions {
+            connector: Some(xds_script::connector(vec![Arc::clone(&server)])),
+            decoder: Some(xds_script::decoder()),
+        },
+    );
+    let _watch = client.watch_listener("svc:80");
+    let source = Arc::new(client.clone());
+    let fetch = || {
+        let c = csds::client_config(
+            StatusSource::node(&*source),
+            &StatusSource::status(&*source),
+            StatusSource::raw_resources(&*source),
+            true,
+        );
+        c.generic_xds_configs
+            .into_iter()
+            .map(|g| {
+                let status = ClientResourceStatus::try_from(g.client_status).unwrap();
+                (
+                    g.name,
+                    status,
+                    g.version_info,
+                    g.error_state.map(|e| e.details),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let mut s = server.sotw_stream().await;
+    assert_eq!(s.recv().await.resource_names, ["svc:80"]);
+    assert_eq!(
+        fetch(),
+        [(
+            "svc:80".to_owned(),
+            ClientResourceStatus::Requested,
+            String::new(),
+            None
+        )]
+    );
+    assert_eq!(source.node().id, "node-1");
+
+    s.send(response(
+        TypeUrl::Listener,
+        "1",
+        "l1",
+        vec![listener("svc:80", "rt")],
+    ))
+    .await;
+    s.recv().await; // ACK
+    s.recv().await; // RDS request
+    s.send(response(
+        TypeUrl::RouteConfiguration,
+        "1",
+        "r1",
+        vec![route("rt", &["c"])],
+    ))
+    .await;
+    s.recv().await; // ACK
+    s.recv().await; // CDS request
+    s.send(response(
+        TypeUrl::Cluster,
+        "1",
+        "c1",
+        vec![cluster("c", "c")],
+    ))
+    .await;
+    s.recv().await; // ACK
+    s.recv().await; // EDS request
+    let got = fetch();
+    let acked = |n: &str| {
+        (
+            n.to_owned(),
+            ClientResourceStatus::Acked,
+            "1".to_owned(),
+            None,
+        )
+    };
+    assert_eq!(
+        got,
+        [
+            acked("svc:80"),
+            acked("rt"),
+            acked("c"),
+            (
+                "c".to_owned(),
+                ClientResourceStatus::Requested,
+                String::new(),
+                None
+            ),
+        ]
+    );
+
+    s.send(response(
+        TypeUrl::Cluster,
+        "2",
+        "c2",
+        vec![invalid_cluster("c")],
+    ))
+    .await;
+    let nack = s.recv().await;
+    assert!(nack.error_detail.is_some());
+    let got = fetch();
+    let (name, status, version, error) = &got[2];
+    assert_eq!(
+        (name.as_str(), *status),
+        ("c", ClientResourceStatus::Nacked)
+    );
+    assert_eq!(version, "1", "the cached version stays in use");
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("choice_count")),
+        "{error:?}"
+    );
+}
