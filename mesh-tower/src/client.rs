@@ -69,6 +69,9 @@ pub struct MeshClient {
     inner: Route<Shaping<Leaf>>,
     propagators: Propagators,
     sampling: Sampling,
+    // The watch of an `xds:///` target's listener on the mesh's subscriber.
+    #[cfg(feature = "xds")]
+    xds: Option<Arc<crate::xds::XdsTarget>>,
 }
 
 impl std::fmt::Debug for MeshClient {
@@ -113,6 +116,11 @@ impl MeshClient {
             )))),
             mesh.mirrors().clone(),
         );
+        #[cfg(feature = "xds")]
+        let xds = target
+            .as_ref()
+            .and_then(|t| t.listener())
+            .and_then(|l| crate::xds::XdsTarget::watch(&mesh, l));
         let inner = match target {
             Some(t) => Route::with_target(leaf, mesh, t),
             None => Route::new(leaf, mesh),
@@ -121,6 +129,8 @@ impl MeshClient {
             inner,
             propagators: Propagators::default(),
             sampling: Sampling::never(),
+            #[cfg(feature = "xds")]
+            xds,
         }
     }
 
@@ -148,13 +158,20 @@ impl MeshClient {
     pub fn decide<B>(&self, req: &mut Request<B>) -> Result<Decision, Error> {
         let mesh = self.inner_mesh();
         let runtime = mesh.runtime().load_full();
-        let route = route::decide(&runtime, self.inner_target(), req)?;
-        let endpoint = route
-            .cluster
-            .pick(route.cluster.request_hash(req))
-            .cloned()
-            .ok_or_else(|| Error::no_endpoints(route.cluster().name.as_str()))?;
-        Ok(Decision { route, endpoint })
+        let decided = route::decide(&runtime, self.inner_target(), req).and_then(|route| {
+            let endpoint = route
+                .cluster
+                .pick(route.cluster.request_hash(req))
+                .cloned()
+                .ok_or_else(|| Error::no_endpoints(route.cluster().name.as_str()))?;
+            Ok(Decision { route, endpoint })
+        });
+        #[cfg(feature = "xds")]
+        let decided = match &self.xds {
+            Some(x) => decided.map_err(|e| x.explain(e)),
+            None => decided,
+        };
+        decided
     }
 
     fn inner_mesh(&self) -> &Mesh {
@@ -196,6 +213,8 @@ where
             request_bytes,
             protocol,
             access,
+            #[cfg(feature = "xds")]
+            xds: self.xds.clone(),
         }
     }
 }
@@ -215,6 +234,8 @@ pub struct ResponseFuture {
     request_bytes: u64,
     protocol: metrics::Protocol,
     access: Option<Box<access_log::Start>>,
+    #[cfg(feature = "xds")]
+    xds: Option<Arc<crate::xds::XdsTarget>>,
 }
 
 impl Future for ResponseFuture {
@@ -260,6 +281,11 @@ impl Future for ResponseFuture {
             }
             Err(e) => {
                 let e = Error::from_box(e);
+                #[cfg(feature = "xds")]
+                let e = match this.xds.take() {
+                    Some(x) => x.explain(e),
+                    None => e,
+                };
                 let e = if grpc { e.for_grpc() } else { e };
                 record.code = e.http_status().as_u16();
                 record.flag = metrics::ResponseFlag::of_error(&e);

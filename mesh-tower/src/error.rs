@@ -24,6 +24,8 @@ pub struct Error {
     status: Option<Box<tonic::Status>>,
     // The endpoint an attempt failed at, for previous-host avoidance.
     endpoint: Option<EndpointAddress>,
+    // The cluster a no-endpoints error is about (to name its xDS state).
+    cluster: Option<Box<str>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +38,8 @@ enum Kind {
     InvalidRequest,
     BudgetExhausted,
     CircuitOpen,
+    #[cfg_attr(not(feature = "xds"), allow(dead_code))]
+    XdsUnavailable,
 }
 
 impl Error {
@@ -44,11 +48,29 @@ impl Error {
     }
 
     pub(crate) fn no_endpoints(cluster: &str) -> Self {
-        Self::new(
+        let mut e = Self::new(
             Kind::NoEndpoints,
             format!("no endpoints in cluster {cluster:?}"),
             None,
-        )
+        );
+        e.cluster = Some(cluster.into());
+        e
+    }
+
+    /// The config from the xDS control plane does not (yet) let the
+    /// request be routed; `message` names the resource, its state and the
+    /// node (rule A3.14: `UNAVAILABLE`, never `NOT_FOUND`).
+    #[cfg_attr(not(feature = "xds"), allow(dead_code))]
+    pub(crate) fn xds_unavailable(message: String) -> Self {
+        Self::new(Kind::XdsUnavailable, message, None)
+    }
+
+    /// The cluster of a no-endpoints error.
+    #[cfg_attr(not(feature = "xds"), allow(dead_code))]
+    pub(crate) fn no_endpoints_cluster(&self) -> Option<&str> {
+        self.cluster
+            .as_deref()
+            .filter(|_| self.kind == Kind::NoEndpoints)
     }
 
     /// A circuit breaker limit of `cluster` is reached (Envoy response
@@ -135,6 +157,7 @@ impl Error {
             cause,
             status: None,
             endpoint: None,
+            cluster: None,
         }
     }
 
@@ -194,16 +217,26 @@ impl Error {
         self.kind == Kind::BudgetExhausted
     }
 
+    /// The xDS config does not let the request be routed yet: its
+    /// listener was not received, was rejected or does not exist, or its
+    /// cluster has no endpoints (feature `xds`). The message names the
+    /// resource, its state and the node ID.
+    pub fn is_xds_unavailable(&self) -> bool {
+        self.kind == Kind::XdsUnavailable
+    }
+
     /// The status a proxy answers with for this error: 404 for no route,
     /// 503 for no endpoints, a failed connect, a spent retry budget or an
-    /// open circuit, 504 for a timeout, 502 for
+    /// open circuit or unavailable xDS config, 504 for a timeout, 502 for
     /// a failed upstream connection, 400 for an invalid request.
     pub fn http_status(&self) -> StatusCode {
         match self.kind {
             Kind::NoRoute => StatusCode::NOT_FOUND,
-            Kind::NoEndpoints | Kind::Connect | Kind::BudgetExhausted | Kind::CircuitOpen => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Kind::NoEndpoints
+            | Kind::Connect
+            | Kind::BudgetExhausted
+            | Kind::CircuitOpen
+            | Kind::XdsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Upstream => StatusCode::BAD_GATEWAY,
             Kind::InvalidRequest => StatusCode::BAD_REQUEST,

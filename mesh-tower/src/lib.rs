@@ -90,6 +90,8 @@ pub mod server;
 pub mod shaping;
 pub mod timeout;
 pub mod trace;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 pub use body::{BoxBody, ResponseBody};
 pub use client::{Decision, InvalidTarget, MeshClient, ResponseFuture, Target};

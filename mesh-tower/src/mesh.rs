@@ -44,6 +44,8 @@ struct Inner {
     task: tokio::task::JoinHandle<()>,
     mirrors: Mirrors,
     mirror_task: tokio::task::JoinHandle<()>,
+    #[cfg(feature = "xds")]
+    xds: Option<mesh_xds::XdsClient>,
 }
 
 impl Drop for Inner {
@@ -92,6 +94,8 @@ impl Mesh {
             node: Node::default(),
             credentials: None,
             access_log: AccessLogConfig::new(),
+            #[cfg(feature = "xds")]
+            xds: None,
         }
     }
 
@@ -101,6 +105,8 @@ impl Mesh {
             node,
             credentials,
             access_log,
+            #[cfg(feature = "xds")]
+            xds,
         } = builder;
         let metrics = Arc::new(IstioMetrics::new(&node.workload));
         if let Some(c) = &credentials {
@@ -140,8 +146,15 @@ impl Mesh {
                 task,
                 mirrors,
                 mirror_task,
+                #[cfg(feature = "xds")]
+                xds,
             }),
         }
+    }
+
+    #[cfg(feature = "xds")]
+    pub(crate) fn xds_client(&self) -> Option<&mesh_xds::XdsClient> {
+        self.inner.xds.as_ref()
     }
 
     /// The store the mesh follows.
@@ -345,6 +358,8 @@ pub struct MeshBuilder {
     node: Node,
     credentials: Option<Arc<CredentialStore>>,
     access_log: AccessLogConfig,
+    #[cfg(feature = "xds")]
+    xds: Option<mesh_xds::XdsClient>,
 }
 
 impl MeshBuilder {
@@ -370,6 +385,16 @@ impl MeshBuilder {
     /// [`access_log::TARGET`](crate::access_log::TARGET)).
     pub fn with_access_log(mut self, config: AccessLogConfig) -> Self {
         self.access_log = config;
+        self
+    }
+
+    /// The process's one ADS subscriber (feature `xds`): it must publish
+    /// into the store the mesh follows. Clients of `xds:///<listener>`
+    /// targets then watch their listener on it, and errors that its state
+    /// causes name the resource and the node (see [`xds`](crate::xds)).
+    #[cfg(feature = "xds")]
+    pub fn with_xds(mut self, client: mesh_xds::XdsClient) -> Self {
+        self.xds = Some(client);
         self
     }
 

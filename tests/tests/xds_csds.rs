@@ -507,3 +507,92 @@ async fn csds_over_the_real_client_follows_the_cascade_and_a_nack() {
         "{error:?}"
     );
 }
+
+/// The mesh with its one subscriber: an `xds:///` client watches its
+/// listener while it lives, calls that xDS state cannot route fail with
+/// 503 / UNAVAILABLE naming the listener, its state and the node, and the
+/// admin router's `/xds_status` shows the same state.
+#[tokio::test(start_paused = true)]
+async fn mesh_clients_watch_their_listener_and_xds_errors_name_resource_and_node() {
+    use http_body_util::BodyExt;
+    use mesh_tests::xds_script::{self, ScriptedAds};
+    use tower::ServiceExt;
+
+    let server = ScriptedAds::start();
+    let store = mesh_core::ConfigStore::new();
+    let client = mesh_xds::XdsClient::start_with(
+        xds_script::config(1, mesh_xds::config::Protocol::StateOfTheWorld),
+        store.clone(),
+        mesh_xds::client::ClientOptions {
+            connector: Some(xds_script::connector(vec![Arc::clone(&server)])),
+            decoder: Some(xds_script::decoder()),
+        },
+    );
+    let mesh = mesh_tower::Mesh::builder(store).with_xds(client).build();
+    assert!(mesh.xds().is_some());
+
+    let svc = mesh
+        .client_for("xds:///svc.ns.svc.cluster.local:80")
+        .unwrap();
+    let mut s = server.sotw_stream().await;
+    let first = s.recv().await;
+    assert_eq!(first.type_url, TypeUrl::Listener.as_str());
+    assert_eq!(first.resource_names, ["svc.ns.svc.cluster.local:80"]);
+
+    let call = |c: mesh_tower::MeshClient| async move {
+        let req = http::Request::get("/hello")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        c.oneshot(req).await.unwrap_err()
+    };
+    let e = call(svc.clone()).await;
+    assert!(e.is_xds_unavailable(), "{e}");
+    assert_eq!(e.http_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e.grpc_code(), tonic::Code::Unavailable);
+    assert_eq!(
+        e.to_string(),
+        "xds: listener \"svc.ns.svc.cluster.local:80\" has not been received yet (REQUESTED; node \"node-1\")"
+    );
+
+    // The does-not-exist timer (15 s on a connected stream, A3.1).
+    tokio::time::sleep(std::time::Duration::from_secs(16)).await;
+    let e = call(svc.clone()).await;
+    assert_eq!(
+        e.to_string(),
+        "xds: listener \"svc.ns.svc.cluster.local:80\" does not exist (DOES_NOT_EXIST; node \"node-1\")"
+    );
+
+    let admin = mesh_tower::admin::router(mesh.clone());
+    let res = admin
+        .oneshot(
+            http::Request::get("/xds_status")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), http::StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["node"]["id"], "node-1");
+    assert_eq!(j["resources"][0]["name"], "svc.ns.svc.cluster.local:80");
+    assert_eq!(j["resources"][0]["status"], "DOES_NOT_EXIST");
+
+    // Dropping the last client of the target unsubscribes its listener.
+    drop(svc);
+    let unsub = s.recv().await;
+    assert_eq!(unsub.type_url, TypeUrl::Listener.as_str());
+    assert!(unsub.resource_names.is_empty(), "{unsub:?}");
+
+    // A mesh without a subscriber has no /xds_status.
+    let plain = mesh_tower::Mesh::new(mesh_core::ConfigStore::new());
+    let res = mesh_tower::admin::router(plain)
+        .oneshot(
+            http::Request::get("/xds_status")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), http::StatusCode::NOT_FOUND);
+}

@@ -29,6 +29,13 @@
 //!   `/`, `method` to `GET`; `header` may repeat. `200` with the answer,
 //!   `404` when no route matches, `400` for a malformed query, each
 //!   with a JSON body.
+//! - `GET /xds_status` (feature `xds`, with a subscriber): every xDS
+//!   resource the process watches with its state (REQUESTED, ACKED,
+//!   NACKED, DOES_NOT_EXIST, TIMEOUT, RECEIVED_ERROR), version, update
+//!   time, rejection reason and ignored fields, and the store's view of
+//!   the `xds` source, as JSON ([`Mesh::xds_status_json`]); `404` when the
+//!   mesh has no subscriber. The same status is served over CSDS by
+//!   `mesh_xds::csds`.
 //!
 //! ```no_run
 //! # async fn f(mesh: mesh_tower::Mesh) -> std::io::Result<()> {
@@ -56,14 +63,24 @@ pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The admin router over `mesh`; see the module docs.
 pub fn router(mesh: Mesh) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/live", get(|| async { "live" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/clusters", get(clusters))
         .route("/config_dump", get(config_dump))
-        .route("/check_route", get(check))
-        .with_state(mesh)
+        .route("/check_route", get(check));
+    #[cfg(feature = "xds")]
+    let router = router.route("/xds_status", get(xds_status));
+    router.with_state(mesh)
+}
+
+#[cfg(feature = "xds")]
+async fn xds_status(State(mesh): State<Mesh>) -> axum::response::Response {
+    match mesh.xds_status_json() {
+        Some(json) => axum::Json(json).into_response(),
+        None => (StatusCode::NOT_FOUND, "no xDS subscriber").into_response(),
+    }
 }
 
 async fn ready(State(mesh): State<Mesh>) -> impl IntoResponse {
