@@ -396,7 +396,7 @@ async fn csds_over_the_real_client_follows_the_cascade_and_a_nack() {
         store,
         mesh_xds::client::ClientOptions {
             connector: Some(xds_script::connector(vec![Arc::clone(&server)])),
-            decoder: Some(xds_script::decoder()),
+            decoder: None,
         },
     );
     let _watch = client.watch_listener("svc:80");
@@ -525,7 +525,7 @@ async fn mesh_clients_watch_their_listener_and_xds_errors_name_resource_and_node
         store.clone(),
         mesh_xds::client::ClientOptions {
             connector: Some(xds_script::connector(vec![Arc::clone(&server)])),
-            decoder: Some(xds_script::decoder()),
+            decoder: None,
         },
     );
     let mesh = mesh_tower::Mesh::builder(store).with_xds(client).build();

@@ -218,7 +218,7 @@ async fn run(seed: u64, steps: usize) -> (usize, usize) {
         store.clone(),
         ClientOptions {
             connector: Some(xds_script::connector(vec![Arc::clone(&server)])),
-            decoder: Some(xds_script::decoder()),
+            decoder: None,
         },
     );
     let _watch = client.watch_listener(LISTENER);
