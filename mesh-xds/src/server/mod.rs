@@ -1,0 +1,306 @@
+//! An ADS server that serves the current [`Snapshot`] of a
+//! [`ConfigStore`], so that a mesh YAML file (or any other source) can be
+//! the control plane of Envoy, of proxyless gRPC and of this crate's own
+//! client.
+//!
+//! Every snapshot the store publishes is encoded once
+//! ([`EncodedSnapshot`]) and pushed to every open stream, State-of-the-World
+//! and incremental (delta) alike. The protocol rules are the server's side
+//! of Envoy's `xds_protocol.rst` and of section A of the rules reference:
+//!
+//! - SotW: `version_info` is the store version; each response has a fresh
+//!   nonce; a request whose `response_nonce` is not the stream's latest is
+//!   stale and ignored (A7.8); a NACK is detected by `error_detail`
+//!   (A1.5), logged and recorded ([`AdsServer::nacks`]), and not answered
+//!   with the same content again; LDS and CDS responses hold the full
+//!   subscribed set (A7.1), a wildcard being `*` or — on a stream that never
+//!   named a resource of the type — an empty list (A7.2); only requested
+//!   names are returned (A1.10).
+//! - Delta: per-resource versions (a hash of the resource's bytes), the
+//!   `initial_resource_versions` of a reconnecting client honoured (A7.6),
+//!   subscription changes honoured whatever their nonce (A7.5), deleted and
+//!   non-existent resources reported in `removed_resources` (A7.7).
+//! - Pushes go out in make-before-break order: CDS, EDS, LDS, RDS (A8.6).
+//!
+//! Each stream is served by one task that ends when the client closes its
+//! request stream or drops the response stream; responses wait in a channel
+//! of [`STREAM_BUFFER`] (no unbounded queue).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures::Stream;
+use mesh_core::{ConfigStore, Snapshot};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::TypeUrl;
+use crate::encode::EncodedSnapshot;
+
+mod delta;
+mod sotw;
+
+#[cfg(test)]
+mod tests;
+
+/// Responses buffered per stream before the stream's task waits for the
+/// client to read (at most one per type is ever pending in practice).
+pub const STREAM_BUFFER: usize = 16;
+
+/// NACKs kept for [`AdsServer::nacks`] (the oldest are dropped; the count
+/// in [`AdsServer::nack_count`] keeps growing).
+const NACKS_KEPT: usize = 64;
+
+/// The order pushes go out in: make-before-break (xDS protocol, "Eventual
+/// consistency considerations").
+pub(crate) const PUSH_ORDER: [TypeUrl; 4] = [
+    TypeUrl::Cluster,
+    TypeUrl::ClusterLoadAssignment,
+    TypeUrl::Listener,
+    TypeUrl::RouteConfiguration,
+];
+
+/// A NACK a client sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nack {
+    /// The client's node ID (from the first request of its stream).
+    pub node: String,
+    /// The type it rejected.
+    pub type_url: String,
+    /// The nonce of the rejected response.
+    pub nonce: String,
+    /// The version the client still uses (its last accepted one).
+    pub version: String,
+    /// The client's `error_detail.message`.
+    pub message: String,
+    /// Whether it came on a delta stream.
+    pub delta: bool,
+    /// When it arrived (wall clock, for display).
+    pub at: SystemTime,
+}
+
+/// What one open stream has acknowledged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamStatus {
+    /// The client's node ID.
+    pub node: String,
+    /// Whether it is a delta stream.
+    pub delta: bool,
+    /// Per type URL, the last version the client ACKed (SotW: the
+    /// `version_info`; delta: the `system_version_info` of the ACKed
+    /// response).
+    pub acked: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    streams: Mutex<HashMap<u64, StreamStatus>>,
+    nacks: Mutex<VecDeque<Nack>>,
+    nack_count: AtomicU64,
+    next_stream: AtomicU64,
+}
+
+impl Registry {
+    fn nack(&self, nack: Nack) {
+        tracing::warn!(
+            node = %nack.node,
+            type_url = %nack.type_url,
+            nonce = %nack.nonce,
+            version = %nack.version,
+            delta = nack.delta,
+            error = %nack.message,
+            "xds client rejected a response (nack)"
+        );
+        self.nack_count.fetch_add(1, Ordering::Relaxed);
+        let mut nacks = lock(&self.nacks);
+        if nacks.len() == NACKS_KEPT {
+            nacks.pop_front();
+        }
+        nacks.push_back(nack);
+    }
+
+    fn ack(&self, stream: u64, type_url: &str, version: &str) {
+        if let Some(s) = lock(&self.streams).get_mut(&stream) {
+            s.acked.insert(type_url.to_owned(), version.to_owned());
+        }
+    }
+
+    fn open(self: &Arc<Self>, node: String, delta: bool) -> StreamGuard {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        lock(&self.streams).insert(
+            id,
+            StreamStatus {
+                node,
+                delta,
+                acked: BTreeMap::new(),
+            },
+        );
+        StreamGuard {
+            id,
+            registry: Arc::clone(self),
+        }
+    }
+}
+
+/// Removes a stream from the registry when its task ends.
+struct StreamGuard {
+    id: u64,
+    registry: Arc<Registry>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        lock(&self.registry.streams).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The data is plain bookkeeping: a panic elsewhere cannot leave it
+    // half-updated in a way that matters.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The ADS server. Cheap to clone; the encoding task stops when the last
+/// clone and the last [`AdsServer::service`] are dropped.
+#[derive(Clone, Debug)]
+pub struct AdsServer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    snapshots: watch::Receiver<Arc<EncodedSnapshot>>,
+    registry: Arc<Registry>,
+    encoder: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.encoder.abort();
+    }
+}
+
+impl AdsServer {
+    /// A server for `store`'s snapshots. Spawns the task that encodes every
+    /// new snapshot, so it must be called within a Tokio runtime.
+    pub fn new(store: &ConfigStore) -> Self {
+        let mut updates = store.subscribe();
+        let first = Arc::new(EncodedSnapshot::encode(&updates.borrow_and_update()));
+        let (tx, snapshots) = watch::channel(first);
+        let encoder = tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                let snapshot: Arc<Snapshot> = Arc::clone(&updates.borrow_and_update());
+                let encoded = EncodedSnapshot::encode(&snapshot);
+                tracing::debug!(version = encoded.version, "serving a new snapshot");
+                if tx.send(Arc::new(encoded)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            inner: Arc::new(Inner {
+                snapshots,
+                registry: Arc::default(),
+                encoder,
+            }),
+        }
+    }
+
+    /// The tonic service, to add to a `tonic::transport::Server`.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
+    /// Serves ADS on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+            .await
+    }
+
+    /// The snapshot currently served.
+    pub fn current(&self) -> Arc<EncodedSnapshot> {
+        Arc::clone(&self.inner.snapshots.borrow())
+    }
+
+    /// Waits until the served snapshot is at least store version `version`
+    /// (encoding runs on its own task, just after the store publishes).
+    pub async fn wait_for_version(&self, version: u64) {
+        let mut rx = self.inner.snapshots.clone();
+        // An error means the encoder stopped: nothing newer will come.
+        let _ = rx.wait_for(|s| s.version >= version).await;
+    }
+
+    /// The most recent NACKs (at most 64), oldest first.
+    pub fn nacks(&self) -> Vec<Nack> {
+        lock(&self.inner.registry.nacks).iter().cloned().collect()
+    }
+
+    /// How many NACKs arrived since the server started.
+    pub fn nack_count(&self) -> u64 {
+        self.inner.registry.nack_count.load(Ordering::Relaxed)
+    }
+
+    /// The open streams and what each has acknowledged.
+    pub fn streams(&self) -> Vec<StreamStatus> {
+        let mut v: Vec<_> = lock(&self.inner.registry.streams)
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.node.cmp(&b.node));
+        v
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let stream = sotw::SotwStream::new(
+            self.inner.snapshots.clone(),
+            Arc::clone(&self.inner.registry),
+            tx,
+        );
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let stream = delta::DeltaStream::new(
+            self.inner.snapshots.clone(),
+            Arc::clone(&self.inner.registry),
+            tx,
+        );
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
