@@ -215,7 +215,10 @@ fn forward(
             ..PbWeightedCluster::default()
         })
     };
-    let mut hash_policy = Vec::new();
+    // The route's own key (xDS-sourced routes carry it, gRFC A42) first,
+    // then the keys the targets' clusters hash by (file-sourced config
+    // keeps the key on the cluster, as Istio's DestinationRule does).
+    let mut hash_policy: Vec<_> = f.hash_policy.iter().map(hash_policy_of).collect();
     for t in targets {
         if let Some(key) = hash_key(&t.cluster) {
             let p = hash_policy_of(&key);
