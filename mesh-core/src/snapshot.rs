@@ -9,7 +9,8 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
-    Cluster, EndpointSet, Listener, Route, RouteAction, RouteTable, SecurityPolicies, VirtualHost,
+    Cluster, EndpointSet, Listener, Route, RouteAction, RouteTable, SecurityPolicies,
+    TelemetryPolicy, VirtualHost,
 };
 use crate::name::{ClusterName, ListenerName, RouteTableName};
 use crate::request::RouteRequest;
@@ -64,6 +65,8 @@ pub struct Resources {
     /// Server-side security policies (`PeerAuthentication`,
     /// `RequestAuthentication`, `AuthorizationPolicy`).
     pub security: SecurityPolicies,
+    /// `Telemetry` resources (their tracing part), in source order.
+    pub telemetry: Vec<TelemetryPolicy>,
     /// Config the source read but does not apply (unsupported fields or
     /// kinds), one line each, recorded in the store's status.
     pub warnings: Vec<String>,
@@ -123,6 +126,7 @@ pub struct Snapshot {
     clusters: HashMap<ClusterName, Arc<Cluster>>,
     endpoints: HashMap<ClusterName, Arc<EndpointSet>>,
     security: Arc<SecurityPolicies>,
+    telemetry: Arc<[TelemetryPolicy]>,
     provenance: HashMap<(ResourceKind, Arc<str>), Provenance>,
     // Derived: the route table of the client listener on each port.
     client_ports: HashMap<u16, Arc<RouteTable>>,
@@ -248,6 +252,10 @@ impl Snapshot {
             Ok(())
         }
 
+        snap.telemetry = match previous {
+            Some(p) if *p.telemetry == *resources.telemetry => Arc::clone(&p.telemetry),
+            _ => Arc::from(resources.telemetry),
+        };
         snap.security = match previous {
             Some(p) if *p.security == resources.security => Arc::clone(&p.security),
             _ => Arc::new(resources.security),
@@ -421,6 +429,7 @@ impl Snapshot {
             && self.clusters == other.clusters
             && self.endpoints == other.endpoints
             && self.security == other.security
+            && self.telemetry == other.telemetry
     }
 
     /// The server-side security policies (`PeerAuthentication`,
@@ -428,6 +437,14 @@ impl Snapshot {
     /// source order and, within a file, document order.
     pub fn security(&self) -> &Arc<SecurityPolicies> {
         &self.security
+    }
+
+    /// The `Telemetry` policies of every source, in source order and,
+    /// within a file, document order
+    /// ([`effective_tracing`](crate::model::effective_tracing) resolves
+    /// them for a workload).
+    pub fn telemetry(&self) -> &Arc<[TelemetryPolicy]> {
+        &self.telemetry
     }
 
     /// A listener by name.

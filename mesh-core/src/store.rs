@@ -440,6 +440,7 @@ fn merge(
         merged.clusters.extend(r.clusters.iter().cloned());
         merged.endpoints.extend(r.endpoints.iter().cloned());
         merged.security.extend(r.security.clone());
+        merged.telemetry.extend(r.telemetry.iter().cloned());
     }
     Snapshot::build_with(
         version,

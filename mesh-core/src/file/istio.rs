@@ -32,7 +32,7 @@ use serde_json::Value;
 
 use super::traffic_policy::{self, TrafficPolicy};
 use super::yaml::{Fields, Obj, RawDocument};
-use super::{duration, envoyfilter, linkerd, security, traffic};
+use super::{duration, envoyfilter, linkerd, security, telemetry, traffic};
 use crate::error::{FieldPath, InvalidConfig};
 use crate::model::{
     Cluster, Endpoint, EndpointAddress, EndpointSet, FaultPolicy, ForwardAction, Fraction,
@@ -73,6 +73,8 @@ pub(crate) struct Translator<'o> {
     splits: BTreeMap<String, (DocRef, linkerd::TrafficSplit)>,
     // `security.istio.io` policies, in document order.
     security: SecurityPolicies,
+    // `Telemetry` resources, in document order.
+    telemetry: Vec<crate::model::TelemetryPolicy>,
 }
 
 struct Service {
@@ -163,6 +165,7 @@ impl<'o> Translator<'o> {
             profiles: BTreeMap::new(),
             splits: BTreeMap::new(),
             security: SecurityPolicies::default(),
+            telemetry: Vec::new(),
         }
     }
 
@@ -230,7 +233,21 @@ impl<'o> Translator<'o> {
         );
         let is_linkerd = linkerd::is_linkerd_group(group);
         let is_security = group == "security.istio.io" && security::SECURITY_KINDS.contains(&kind);
-        if is_security {
+        let is_telemetry = group == "telemetry.istio.io" && kind == "Telemetry";
+        if is_telemetry {
+            if !telemetry::TELEMETRY_VERSIONS.contains(&api_version) {
+                return self.error(
+                    &doc,
+                    InvalidConfig::new(
+                        FieldPath::root().field("apiVersion"),
+                        format!(
+                            "unsupported version {api_version:?} (expected one of {})",
+                            telemetry::TELEMETRY_VERSIONS.join(", ")
+                        ),
+                    ),
+                );
+            }
+        } else if is_security {
             if !security::SECURITY_VERSIONS.contains(&api_version) {
                 return self.error(
                     &doc,
@@ -257,7 +274,7 @@ impl<'o> Translator<'o> {
             });
             return;
         }
-        if !is_linkerd && !is_security && !ISTIO_VERSIONS.contains(&api_version) {
+        if !is_linkerd && !is_security && !is_telemetry && !ISTIO_VERSIONS.contains(&api_version) {
             return self.error(
                 &doc,
                 InvalidConfig::new(
@@ -303,6 +320,14 @@ impl<'o> Translator<'o> {
             "VirtualService" => self.virtual_service(doc, &namespace, spec),
             "EnvoyFilter" => self.envoy_filter(doc, &namespace, name, spec),
             "ServiceProfile" | "TrafficSplit" => self.linkerd(doc, &namespace, name, kind, spec),
+            "Telemetry" if is_telemetry => {
+                let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+                match telemetry::translate(name, &namespace, spec, &mut errors, &mut warnings) {
+                    Ok(p) => self.telemetry.push(p),
+                    Err(e) => errors.push(e),
+                }
+                self.collect(&doc, errors, warnings);
+            }
             _ if is_security => {
                 let (mut errors, mut warnings) = (Vec::new(), Vec::new());
                 security::translate(
@@ -1469,6 +1494,7 @@ impl<'o> Translator<'o> {
             return Err(self.errors);
         }
         resources.security = std::mem::take(&mut self.security);
+        resources.telemetry = std::mem::take(&mut self.telemetry);
         Ok(resources)
     }
 

@@ -43,6 +43,7 @@ mod istio;
 mod linkerd;
 mod retries;
 mod security;
+mod telemetry;
 mod traffic;
 mod traffic_policy;
 mod watch;

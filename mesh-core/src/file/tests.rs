@@ -1415,3 +1415,102 @@ fn linkerd_errors_name_the_field() {
         "mesh.yaml: document 2 (TrafficSplit web): host \"web.default.svc.cluster.local\" is also routed by document 3 (VirtualService web); use either Istio or Linkerd routing for a host"
     );
 }
+
+// --- Telemetry (tracing) ---
+
+#[test]
+fn telemetry_tracing_is_read_with_levels_modes_and_tags() {
+    let t = parse(
+        r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: mesh-default, namespace: istio-system }
+spec:
+  tracing:
+  - randomSamplingPercentage: 1.5
+    providers: [{ name: zipkin }]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: reviews, namespace: bookinfo }
+spec:
+  selector: { matchLabels: { app: reviews } }
+  tracing:
+  - match: { mode: SERVER }
+    randomSamplingPercentage: 100
+    disableSpanReporting: false
+    customTags:
+      team: { literal: { value: books } }
+      pod: { environment: { name: POD_NAME, defaultValue: unknown } }
+      user: { header: { name: X-User } }
+  metrics: [{ providers: [{ name: prometheus }] }]
+"#,
+    );
+    let snap = t.snapshot().unwrap();
+    let policies = snap.telemetry();
+    assert_eq!(policies.len(), 2);
+    assert_eq!(&*policies[0].scope.namespace, "istio-system");
+    assert_eq!(policies[0].tracing[0].random_sampling_percentage, Some(1.5));
+    let reviews = &policies[1];
+    assert!(reviews.scope.selector.is_some());
+    let tr = &reviews.tracing[0];
+    assert_eq!(tr.mode, crate::model::TracingMode::Server);
+    assert_eq!(tr.random_sampling_percentage, Some(100.0));
+    assert_eq!(tr.disable_span_reporting, Some(false));
+    assert_eq!(
+        tr.custom_tags.iter().map(|(n, _)| &**n).collect::<Vec<_>>(),
+        ["pod", "team", "user"]
+    );
+    assert!(tr.custom_tags.iter().any(|(_, t)| *t
+        == crate::model::CustomTag::Header {
+            name: "x-user".into(),
+            default: None
+        }));
+    assert_eq!(
+        t.warnings(),
+        [
+            "mesh.yaml: document 1 (Telemetry mesh-default): tracing[0].providers: not supported \
+             yet; ignored",
+            "mesh.yaml: document 2 (Telemetry reviews): metrics: not supported yet; ignored",
+        ]
+    );
+}
+
+#[test]
+fn bad_telemetry_is_rejected_with_its_place() {
+    let doc = |spec: &str| {
+        format!(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{ name: t }}\nspec:\n{spec}"
+        )
+    };
+    let e = error(&doc("  tracing: [{ randomSamplingPercentage: 101 }]\n"));
+    assert!(
+        e.contains(
+            "document 1 (Telemetry t): tracing[0].randomSamplingPercentage: 101 is out of range"
+        ),
+        "{e}"
+    );
+    let e = error(&doc("  tracing: [{ match: { mode: BOTH } }]\n"));
+    assert!(
+        e.contains("tracing[0].match.mode: unknown mode \"BOTH\""),
+        "{e}"
+    );
+    let e = error(&doc(
+        "  targetRefs: [{ kind: Gateway, name: gw }]\n  tracing: [{ randomSamplingPercentage: 5 }]\n",
+    ));
+    assert!(
+        e.contains("targetRefs: targetRef(s) select gateways"),
+        "{e}"
+    );
+    let e = error(&doc(
+        "  tracing: [{ customTags: { a: { literal: { value: x }, header: { name: y } } } }]\n",
+    ));
+    assert!(
+        e.contains("tracing[0].customTags[\"a\"]: exactly one of"),
+        "{e}"
+    );
+    let e = error(
+        "apiVersion: telemetry.istio.io/v2\nkind: Telemetry\nmetadata: { name: t }\nspec: {}\n",
+    );
+    assert!(e.contains("unsupported version"), "{e}");
+}

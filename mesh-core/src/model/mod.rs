@@ -13,6 +13,7 @@ pub mod matcher;
 pub mod policy;
 mod route;
 pub mod security;
+pub mod telemetry;
 mod tls;
 
 pub use cluster::{Cluster, LbPolicy, Protocol};
@@ -35,6 +36,9 @@ pub use route::{
 pub use security::{
     AuthorizationPolicy, PeerAuthentication, PolicyScope, RequestAuthentication, SecurityPolicies,
     VerifiedJwt, Workload,
+};
+pub use telemetry::{
+    CustomTag, EffectiveTracing, TelemetryPolicy, TracingConfig, TracingMode, effective_tracing,
 };
 pub use tls::{
     IstioMutualTls, PemFile, ServerVerification, ServiceAccount, TlsOrigination, UpstreamTls,

@@ -331,6 +331,9 @@ impl Published {
             clusters: clusters.into_values().collect(),
             endpoints: endpoints.into_values().collect(),
             security,
+            // xDS carries no Telemetry resource (istiod compiles it into
+            // Envoy config): only the file source and code set it.
+            telemetry: Vec::new(),
             warnings,
         };
         if self.last.as_ref() == Some(&resources) {
