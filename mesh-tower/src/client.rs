@@ -24,7 +24,9 @@ use crate::route::{self, Route, RouteDecision};
 pub use crate::route::{InvalidTarget, Target};
 use crate::shaping::{self, Shaping};
 use crate::timeout::Timeout;
-use crate::trace::{self, Propagators, Sampling, SpanContext};
+use crate::trace::span::{self as spans, Call, Recording};
+use crate::trace::telemetry::TelemetryState;
+use crate::trace::{self, OtlpExporter, Propagators, Sampling, SpanContext};
 
 /// The stack below [`Shaping`]: fault injection, the rate limit, the route timeout
 /// over everything below it, then retries.
@@ -72,6 +74,8 @@ pub struct MeshClient {
     // The watch of an `xds:///` target's listener on the mesh's subscriber.
     #[cfg(feature = "xds")]
     xds: Option<Arc<crate::xds::XdsTarget>>,
+    exporter: Option<OtlpExporter>,
+    telemetry: Arc<TelemetryState>,
 }
 
 impl std::fmt::Debug for MeshClient {
@@ -121,6 +125,8 @@ impl MeshClient {
             .as_ref()
             .and_then(|t| t.listener())
             .and_then(|l| crate::xds::XdsTarget::watch(&mesh, l));
+        let exporter = mesh.span_exporter().cloned();
+        let telemetry = Arc::clone(mesh.telemetry());
         let inner = match target {
             Some(t) => Route::with_target(leaf, mesh, t),
             None => Route::new(leaf, mesh),
@@ -131,7 +137,18 @@ impl MeshClient {
             sampling: Sampling::never(),
             #[cfg(feature = "xds")]
             xds,
+            exporter,
+            telemetry,
         }
+    }
+
+    /// Records the spans of sampled calls (the logical call and each
+    /// attempt) into `exporter`; the mesh's
+    /// ([`MeshBuilder::with_span_exporter`](crate::MeshBuilder::with_span_exporter))
+    /// unless set. Unsampled and untraced calls record nothing.
+    pub fn with_span_exporter(mut self, exporter: OtlpExporter) -> Self {
+        self.exporter = Some(exporter);
+        self
     }
 
     /// Starts a new trace for `sampling`'s share of the calls made outside
@@ -198,7 +215,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> ResponseFuture {
-        let span = trace::outbound(req.headers_mut(), self.propagators, self.sampling);
+        // The mesh's `Telemetry` (client side): one atomic load.
+        let telemetry = self.telemetry.load();
+        let policy = &telemetry.client;
+        let sampling = policy.sampling.unwrap_or(self.sampling);
+        let span = trace::outbound(req.headers_mut(), self.propagators, sampling);
         let access = access_log::Start::capture(
             &req,
             span.map(|s| s.trace_id),
@@ -206,8 +227,21 @@ where
         );
         let request_bytes = metrics::body_bytes(req.headers(), &req.body().size_hint());
         let protocol = metrics::Protocol::of(req.headers());
+        // Only a sampled trace with an exporter records spans.
+        let (recording, call) = match (&span, &self.exporter) {
+            (Some(s), Some(exporter)) if s.sampled && policy.report => {
+                let (mut r, c) = spans::client(exporter, s, &req);
+                policy.tag(&mut r, req.headers());
+                (Some(r), Some(c))
+            }
+            _ => (None, None),
+        };
+        drop(telemetry);
+        let inner = spans::in_call(call.as_ref(), || self.inner.call(req.map(body::boxed)));
         ResponseFuture {
-            inner: self.inner.call(req.map(body::boxed)),
+            inner,
+            recording,
+            call,
             span,
             start: tokio::time::Instant::now(),
             request_bytes,
@@ -229,6 +263,8 @@ where
 pub struct ResponseFuture {
     #[pin]
     inner: route::ResponseFuture<shaping::ResponseFuture<LeafFuture, ResponseBody>>,
+    recording: Option<Box<Recording>>,
+    call: Option<Arc<Call>>,
     span: Option<SpanContext>,
     start: tokio::time::Instant,
     request_bytes: u64,
@@ -243,7 +279,10 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let result = std::task::ready!(this.inner.as_mut().poll(cx));
+        let result = std::task::ready!(spans::in_call(this.call.as_ref(), || this
+            .inner
+            .as_mut()
+            .poll(cx)));
         let grpc = *this.protocol == metrics::Protocol::Grpc;
         let table = this.inner.as_ref().get_ref().metrics();
         let destination = table.destination();
@@ -296,6 +335,18 @@ impl Future for ResponseFuture {
             }
         };
         table.record(&record);
+        if let (Some(mut recording), Some(call)) = (this.recording.take(), this.call.take()) {
+            match &result {
+                Ok(res) => recording.response(res),
+                Err(e) => recording.failed(e),
+            }
+            spans::end_call(
+                recording,
+                &call,
+                destination.map(|c| c.as_str()),
+                record.flag.as_str(),
+            );
+        }
         if let Some(a) = this.access.take() {
             a.log(&record, upstream.as_ref());
         }

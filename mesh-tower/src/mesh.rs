@@ -46,6 +46,8 @@ struct Inner {
     mirror_task: tokio::task::JoinHandle<()>,
     #[cfg(feature = "xds")]
     xds: Option<mesh_xds::XdsClient>,
+    span_exporter: Option<crate::trace::OtlpExporter>,
+    telemetry: Arc<crate::trace::telemetry::TelemetryState>,
 }
 
 impl Drop for Inner {
@@ -96,6 +98,8 @@ impl Mesh {
             access_log: AccessLogConfig::new(),
             #[cfg(feature = "xds")]
             xds: None,
+            span_exporter: None,
+            workload: None,
         }
     }
 
@@ -107,24 +111,30 @@ impl Mesh {
             access_log,
             #[cfg(feature = "xds")]
             xds,
+            span_exporter,
+            workload,
         } = builder;
         let metrics = Arc::new(IstioMetrics::new(&node.workload));
         if let Some(c) = &credentials {
             metrics.set_identity(Arc::clone(c));
         }
         let mut changes = store.subscribe();
-        let first = Runtime::build(
-            changes.borrow_and_update().clone(),
-            &Runtime::empty(node, credentials.clone()),
-        );
+        let first_snapshot = changes.borrow_and_update().clone();
+        let telemetry = Arc::new(crate::trace::telemetry::TelemetryState::new(
+            workload,
+            &first_snapshot,
+        ));
+        let first = Runtime::build(first_snapshot, &Runtime::empty(node, credentials.clone()));
         let (applied_tx, applied) = watch::channel(first.version());
         let runtime = Arc::new(ArcSwap::from_pointee(first));
         let task = tokio::spawn({
             let runtime = Arc::clone(&runtime);
+            let telemetry = Arc::clone(&telemetry);
             async move {
                 // Ends when the store is gone or the mesh aborts the task.
                 while changes.changed().await.is_ok() {
                     let snapshot = changes.borrow_and_update().clone();
+                    telemetry.update(&snapshot);
                     let next = Runtime::build(snapshot, &runtime.load());
                     let version = next.version();
                     runtime.store(Arc::new(next));
@@ -148,6 +158,8 @@ impl Mesh {
                 mirror_task,
                 #[cfg(feature = "xds")]
                 xds,
+                span_exporter,
+                telemetry,
             }),
         }
     }
@@ -196,9 +208,24 @@ impl Mesh {
     /// The server-side layer, for `axum::Router::layer` and
     /// `tonic::transport::Server::builder().layer(..)`.
     pub fn server_layer(&self) -> MeshServerLayer {
-        MeshServerLayer::with_stats(Arc::clone(&self.inner.server_stats))
+        let layer = MeshServerLayer::with_stats(Arc::clone(&self.inner.server_stats))
             .with_metrics(Arc::clone(&self.inner.metrics))
             .with_access_log(self.inner.access_log)
+            .with_telemetry(Arc::clone(&self.inner.telemetry));
+        match &self.inner.span_exporter {
+            Some(e) => layer.with_span_exporter(e.clone()),
+            None => layer,
+        }
+    }
+
+    pub(crate) fn telemetry(&self) -> &Arc<crate::trace::telemetry::TelemetryState> {
+        &self.inner.telemetry
+    }
+
+    /// Where the spans of sampled requests go
+    /// ([`MeshBuilder::with_span_exporter`]).
+    pub fn span_exporter(&self) -> Option<&crate::trace::OtlpExporter> {
+        self.inner.span_exporter.as_ref()
     }
 
     /// Request counts of every server layer made by [`server_layer`](Self::server_layer).
@@ -360,9 +387,29 @@ pub struct MeshBuilder {
     access_log: AccessLogConfig,
     #[cfg(feature = "xds")]
     xds: Option<mesh_xds::XdsClient>,
+    span_exporter: Option<crate::trace::OtlpExporter>,
+    workload: Option<mesh_core::model::Workload>,
 }
 
 impl MeshBuilder {
+    /// The namespace and labels of the workload this process runs, which
+    /// the selectors of `Telemetry` resources match (namespace- and
+    /// workload-level policies). Without it only mesh-wide `Telemetry`
+    /// (root namespace, no selector) applies.
+    pub fn with_workload_scope(mut self, workload: mesh_core::model::Workload) -> Self {
+        self.workload = Some(workload);
+        self
+    }
+
+    /// Records the spans of sampled requests (server, logical call, each
+    /// attempt) and exports them through `exporter`; see
+    /// [`trace`](crate::trace). Without it no span is recorded (trace
+    /// context is still propagated).
+    pub fn with_span_exporter(mut self, exporter: crate::trace::OtlpExporter) -> Self {
+        self.span_exporter = Some(exporter);
+        self
+    }
+
     /// Where the process runs (see [`Mesh::with_node`]).
     pub fn with_node(mut self, node: Node) -> Self {
         self.node = node;

@@ -19,6 +19,8 @@ use crate::runtime::ClusterRuntime;
 pub struct ResponseFuture {
     #[pin]
     state: State,
+    /// The attempt's span, when its call is recorded.
+    span: Option<Box<crate::trace::span::Recording>>,
 }
 
 #[pin_project::pin_project(project = Proj)]
@@ -37,7 +39,13 @@ impl ResponseFuture {
     pub(crate) fn failed(e: Error) -> Self {
         Self {
             state: State::Failed(Some(e)),
+            span: None,
         }
+    }
+
+    pub(crate) fn with_span(mut self, span: Option<Box<crate::trace::span::Recording>>) -> Self {
+        self.span = span;
+        self
     }
 
     pub(crate) fn sending(
@@ -53,6 +61,7 @@ impl ResponseFuture {
                 observe,
                 set_cookie,
             },
+            span: None,
         }
     }
 }
@@ -61,7 +70,25 @@ impl Future for ResponseFuture {
     type Output = Result<Response<ResponseBody>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
+        let this = self.project();
+        let result = std::task::ready!(poll_state(this.state, cx));
+        if let Some(mut span) = this.span.take() {
+            match &result {
+                Ok(res) => span.response(res),
+                Err(e) => span.failed(e),
+            }
+            span.end();
+        }
+        Poll::Ready(result)
+    }
+}
+
+fn poll_state(
+    state: Pin<&mut State>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResponseBody>, BoxError>> {
+    {
+        match state.project() {
             Proj::Failed(e) => Poll::Ready(Err(match e.take() {
                 Some(e) => Box::new(e),
                 None => "polled after completion".into(),

@@ -109,8 +109,21 @@ impl tower::Service<Request<BoxBody>> for Balance {
         let Some(endpoint) = picked else {
             return ResponseFuture::failed(Error::no_endpoints(cluster.config.name.as_str()));
         };
-        // Each attempt is a span of its own, a child of the logical call.
-        crate::trace::attempt(req.headers_mut());
+        // Each attempt is a span of its own, a child of the logical call;
+        // recorded when the call is (sampled, with an exporter).
+        let span = crate::trace::attempt(req.headers_mut()).and_then(|s| {
+            let route = req
+                .extensions()
+                .get::<RouteDecision>()
+                .and_then(|d| d.route().name.clone());
+            crate::trace::span::attempt(
+                &s,
+                &req,
+                route.as_deref(),
+                cluster.config.name.as_str(),
+                endpoint,
+            )
+        });
         let in_flight = InFlight::start(Arc::clone(endpoint));
         // Outcomes are recorded where the response (or the connect error
         // or reset) is seen, for outlier detection and peak EWMA.
@@ -118,7 +131,7 @@ impl tower::Service<Request<BoxBody>> for Balance {
             .observes()
             .then(|| (Arc::clone(&cluster), tokio::time::Instant::now()));
         let fut = in_flight.endpoint().send(req);
-        ResponseFuture::sending(fut, in_flight, observe, set_cookie)
+        ResponseFuture::sending(fut, in_flight, observe, set_cookie).with_span(span)
     }
 }
 

@@ -42,7 +42,11 @@ use stats::RouteCounters;
 use crate::access_log::AccessLogConfig;
 use crate::metrics::{self, IstioMetrics};
 pub use crate::trace::REQUEST_ID;
-use crate::trace::{Propagators, Sampling, TraceContext, new_request_id, valid_request_id};
+use crate::trace::span::Recording;
+use crate::trace::telemetry::TelemetryState;
+use crate::trace::{
+    OtlpExporter, Propagators, Sampling, TraceContext, new_request_id, valid_request_id,
+};
 
 /// Applies [`MeshServer`] to a service.
 #[derive(Clone, Debug, Default)]
@@ -52,6 +56,8 @@ pub struct MeshServerLayer {
     sampling: Sampling,
     metrics: Option<Arc<IstioMetrics>>,
     access_log: AccessLogConfig,
+    exporter: Option<OtlpExporter>,
+    telemetry: Option<Arc<TelemetryState>>,
 }
 
 impl MeshServerLayer {
@@ -68,7 +74,25 @@ impl MeshServerLayer {
             sampling: Sampling::never(),
             metrics: None,
             access_log: AccessLogConfig::new(),
+            exporter: None,
+            telemetry: None,
         }
+    }
+
+    /// Reads the sampling percentage, span reporting and custom tags of
+    /// the mesh's `Telemetry` resources per request (one atomic load);
+    /// a percentage set there overrides [`with_sampling`](Self::with_sampling).
+    pub(crate) fn with_telemetry(mut self, telemetry: Arc<TelemetryState>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Records a server span for every sampled request into `exporter`
+    /// ([`Mesh::server_layer`](crate::Mesh::server_layer) uses the mesh's,
+    /// if it has one). Unsampled and untraced requests record nothing.
+    pub fn with_span_exporter(mut self, exporter: OtlpExporter) -> Self {
+        self.exporter = Some(exporter);
+        self
     }
 
     /// Which requests and fields the access log events of this layer
@@ -121,6 +145,8 @@ impl<S> tower::Layer<S> for MeshServerLayer {
             sampling: self.sampling,
             metrics: self.metrics.clone(),
             access_log: self.access_log,
+            exporter: self.exporter.clone(),
+            telemetry: self.telemetry.clone(),
         }
     }
 }
@@ -135,6 +161,8 @@ pub struct MeshServer<S> {
     sampling: Sampling,
     metrics: Option<Arc<IstioMetrics>>,
     access_log: AccessLogConfig,
+    exporter: Option<OtlpExporter>,
+    telemetry: Option<Arc<TelemetryState>>,
 }
 
 impl<S> MeshServer<S> {
@@ -155,6 +183,12 @@ impl<S> MeshServer<S> {
 }
 
 fn route_key<B>(req: &Request<B>) -> &str {
+    route_template(req).unwrap_or(stats::UNMATCHED)
+}
+
+/// The route the request matched: the gRPC method path, or axum's
+/// `MatchedPath`.
+fn route_template<B>(req: &Request<B>) -> Option<&str> {
     // gRPC first: tonic services inside axum match on a wildcard template
     // (`/pkg.Service/{*rest}`), which would hide the method.
     let grpc = req
@@ -162,12 +196,11 @@ fn route_key<B>(req: &Request<B>) -> &str {
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc {
-        return req.uri().path();
+        return Some(req.uri().path());
     }
-    match req.extensions().get::<axum::extract::MatchedPath>() {
-        Some(p) => p.as_str(),
-        None => stats::UNMATCHED,
-    }
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str())
 }
 
 impl<S, B, ResB> tower::Service<Request<B>> for MeshServer<S>
@@ -202,14 +235,30 @@ where
         let counters = self.stats.counters(route_key(&req));
         counters.request();
         let deadline = crate::deadline::inbound(&req);
-        let trace =
-            crate::trace::server_context(req.headers(), self.propagators, self.sampling, &id);
+        let telemetry = self.telemetry.as_ref().map(|t| t.load());
+        let policy = telemetry.as_ref().map(|t| &t.server);
+        let sampling = policy.and_then(|p| p.sampling).unwrap_or(self.sampling);
+        let trace = crate::trace::server_context(req.headers(), self.propagators, sampling, &id);
         let access = crate::access_log::Start::capture(
             &req,
             trace.as_ref().map(|t| t.span.trace_id),
             &self.access_log,
         )
         .map(|a| a.with_route(route_key(&req)));
+        // Only a sampled trace with an exporter records a span.
+        let report = policy.is_none_or(|p| p.report);
+        let (span, otel) = match (&trace, &self.exporter) {
+            (Some(t), Some(exporter)) if t.span.sampled && report => {
+                let mut span =
+                    crate::trace::span::server(exporter, &t.span, &req, route_template(&req));
+                if let Some(p) = policy {
+                    p.tag(&mut span, req.headers());
+                }
+                (Some(span), Some(crate::trace::otel::context(&t.span)))
+            }
+            _ => (None, None),
+        };
+        drop(telemetry);
         let metrics = (self.metrics.is_some() || access.is_some()).then(|| Inbound {
             peer: self.metrics.as_ref().map_or(metrics::Peer::default(), |m| {
                 m.peer(req.extensions().get::<crate::serve::ConnectionSecurity>())
@@ -228,6 +277,8 @@ where
             counters,
             id: Some(id),
             metrics,
+            span,
+            otel,
         }
     }
 }
@@ -240,6 +291,10 @@ pub struct ResponseFuture<F> {
     counters: Arc<RouteCounters>,
     id: Option<HeaderValue>,
     metrics: Option<Inbound>,
+    span: Option<Box<Recording>>,
+    /// The server span as the current OpenTelemetry context while the
+    /// handler runs (the `tracing` integration, [`crate::trace::otel`]).
+    otel: Option<opentelemetry::Context>,
 }
 
 /// What the server records when the response is ready.
@@ -261,10 +316,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
+        let result = {
+            let _otel = this.otel.as_ref().map(|c| c.clone().attach());
+            std::task::ready!(this.inner.poll(cx))
+        };
         match &result {
             Ok(res) => this.counters.response(res.status()),
             Err(_) => this.counters.failure(),
+        }
+        if let Some(mut span) = this.span.take() {
+            match &result {
+                Ok(res) => span.response(res),
+                Err(_) => span.failed(&"connection error"),
+            }
+            span.end();
         }
         if let Some(m) = this.metrics.take() {
             let (code, grpc_status, flag, response_bytes) = match &result {

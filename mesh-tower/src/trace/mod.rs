@@ -70,6 +70,17 @@
 //! application's header as it is. The server layer keeps a valid id or
 //! generates one for every request.
 //!
+//! # Spans and export
+//!
+//! With an [`OtlpExporter`] on the mesh
+//! ([`MeshBuilder::with_span_exporter`](crate::MeshBuilder::with_span_exporter)),
+//! the server span, the logical call and each attempt of a *sampled*
+//! trace are recorded with OpenTelemetry's HTTP and RPC semantic
+//! conventions plus mesh attributes, and exported in batches over OTLP
+//! (see [`OtlpExporter`]). The application's `tracing` spans join the
+//! same trace through [`otel::layer`]. Unsampled and untraced requests
+//! record nothing.
+//!
 //! # Types
 //!
 //! The ids are this crate's own ([`TraceId`], [`SpanId`], [`SpanContext`])
@@ -81,6 +92,10 @@
 //! are exported.
 
 mod codec;
+mod export;
+pub mod otel;
+pub(crate) mod span;
+pub(crate) mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -93,6 +108,11 @@ use tokio::task::futures::TaskLocalFuture;
 pub use codec::{
     B3, B3_FLAGS, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, BAGGAGE, TRACEPARENT,
     TRACESTATE,
+};
+
+pub use export::{
+    DEFAULT_BATCH, DEFAULT_DELAY, DEFAULT_ENDPOINT, DEFAULT_QUEUE, DEFAULT_TIMEOUT, ExportStats,
+    OtlpExporter, OtlpExporterBuilder,
 };
 
 /// The request id header (Envoy and Istio's `x-request-id`).
@@ -444,11 +464,17 @@ pub fn outbound(
     propagators: Propagators,
     sampling: Sampling,
 ) -> Option<SpanContext> {
-    let parent = CURRENT
-        .try_with(|c| c.clone())
-        .ok()
-        .flatten()
-        .or_else(|| codec::extract(headers, propagators));
+    let parent = match CURRENT.try_with(|c| c.clone()).ok().flatten() {
+        // Inside an application `tracing` span of this trace, that span
+        // is the parent (`tracing-opentelemetry`'s current context).
+        Some(mut cx) => {
+            if let Some(id) = otel::current_span_in(cx.span.trace_id) {
+                cx.span.span_id = id;
+            }
+            Some(cx)
+        }
+        None => codec::extract(headers, propagators),
+    };
     if parent.is_none() && !sampling.sample() {
         // Whatever trace headers are there did not parse: never forwarded.
         if codec::any_present(headers) {
