@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::{Nack, PUSH_ORDER, Registry, StreamGuard};
+use super::{AdsStream, Nack, PUSH_ORDER, Registry};
 use crate::TypeUrl;
 use crate::encode::{EncodedResource, EncodedSnapshot};
 
@@ -51,38 +51,27 @@ impl DeltaStream {
             nonce: 0,
         }
     }
+}
 
-    pub(super) async fn run(mut self, mut requests: tonic::Streaming<DeltaDiscoveryRequest>) {
-        let mut guard: Option<StreamGuard> = None;
-        loop {
-            tokio::select! {
-                req = requests.message() => match req {
-                    Ok(Some(req)) => {
-                        if guard.is_none() {
-                            self.node = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
-                            tracing::info!(node = %self.node, "delta ads stream opened");
-                            guard = Some(self.registry.open(self.node.clone(), true));
-                        }
-                        let stream = guard.as_ref().map_or(0, |g| g.id);
-                        if !self.on_request(req, stream).await {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(node = %self.node, %status, "delta ads stream failed");
-                        break;
-                    }
-                },
-                changed = self.snapshots.changed() => {
-                    if changed.is_err() || !self.push_all().await {
-                        break;
-                    }
-                }
-                () = self.tx.closed() => break,
-            }
-        }
-        tracing::info!(node = %self.node, "delta ads stream closed");
+impl AdsStream for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    const DELTA: bool = true;
+
+    fn node_of(req: &DeltaDiscoveryRequest) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    fn set_node(&mut self, node: String) {
+        self.node = node;
+    }
+
+    fn wait_parts(
+        &mut self,
+    ) -> (
+        &mut watch::Receiver<Arc<EncodedSnapshot>>,
+        impl Future<Output = ()> + Send + '_,
+    ) {
+        (&mut self.snapshots, self.tx.closed())
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest, stream: u64) -> bool {
@@ -149,7 +138,9 @@ impl DeltaStream {
         }
         true
     }
+}
 
+impl DeltaStream {
     /// Sends what changed for `type_url` since what the client has, if
     /// anything; false when the client is gone.
     async fn respond(&mut self, type_url: TypeUrl) -> bool {

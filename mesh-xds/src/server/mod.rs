@@ -151,6 +151,87 @@ impl Registry {
     }
 }
 
+/// The part of an ADS stream that differs between State-of-the-World and
+/// delta; [`serve_stream`] runs the request loop both share.
+trait AdsStream {
+    /// The request message.
+    type Request;
+    /// Whether this is a delta stream (for the registry and logs).
+    const DELTA: bool;
+    /// The node ID a request carries (the first request of a stream must).
+    fn node_of(req: &Self::Request) -> Option<&str>;
+    /// Records the stream's node.
+    fn set_node(&mut self, node: String);
+    /// The snapshot watch and a future that ends when the client is gone,
+    /// borrowed together so that the loop can wait on both.
+    fn wait_parts(
+        &mut self,
+    ) -> (
+        &mut watch::Receiver<Arc<EncodedSnapshot>>,
+        impl Future<Output = ()> + Send + '_,
+    );
+    /// Handles one request; false when the client is gone.
+    async fn on_request(&mut self, req: Self::Request, stream: u64) -> bool;
+    /// Sends what changed in the snapshot; false when the client is gone.
+    async fn push_all(&mut self) -> bool;
+}
+
+/// What woke an ADS stream's loop.
+enum Wake<R> {
+    Request(Result<Option<R>, tonic::Status>),
+    Snapshot(bool),
+    ClientGone,
+}
+
+/// Serves one ADS stream until the client goes away: requests are
+/// answered, and every new snapshot is pushed.
+async fn serve_stream<S: AdsStream>(
+    mut s: S,
+    registry: Arc<Registry>,
+    mut requests: tonic::Streaming<S::Request>,
+) where
+    S::Request: Send + 'static,
+{
+    let kind = if S::DELTA { "delta" } else { "sotw" };
+    let mut guard: Option<StreamGuard> = None;
+    let mut node = String::new();
+    loop {
+        let wake = {
+            let (snapshots, closed) = s.wait_parts();
+            tokio::select! {
+                req = requests.message() => Wake::Request(req),
+                changed = snapshots.changed() => Wake::Snapshot(changed.is_ok()),
+                () = closed => Wake::ClientGone,
+            }
+        };
+        match wake {
+            Wake::Request(Ok(Some(req))) => {
+                if guard.is_none() {
+                    node = S::node_of(&req).unwrap_or_default().to_owned();
+                    tracing::info!(%node, kind, "ads stream opened");
+                    guard = Some(registry.open(node.clone(), S::DELTA));
+                    s.set_node(node.clone());
+                }
+                let stream = guard.as_ref().map_or(0, |g| g.id);
+                if !s.on_request(req, stream).await {
+                    break;
+                }
+            }
+            Wake::Request(Ok(None)) | Wake::ClientGone => break,
+            Wake::Request(Err(status)) => {
+                tracing::debug!(%node, kind, %status, "ads stream failed");
+                break;
+            }
+            Wake::Snapshot(open) => {
+                if !open || !s.push_all().await {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(%node, kind, "ads stream closed");
+}
+
 /// Removes a stream from the registry when its task ends.
 struct StreamGuard {
     id: u64,
@@ -286,7 +367,11 @@ impl AggregatedDiscoveryService for AdsServer {
             Arc::clone(&self.inner.registry),
             tx,
         );
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(serve_stream(
+            stream,
+            Arc::clone(&self.inner.registry),
+            request.into_inner(),
+        ));
         Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -300,7 +385,11 @@ impl AggregatedDiscoveryService for AdsServer {
             Arc::clone(&self.inner.registry),
             tx,
         );
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(serve_stream(
+            stream,
+            Arc::clone(&self.inner.registry),
+            request.into_inner(),
+        ));
         Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

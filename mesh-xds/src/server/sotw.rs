@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tokio::sync::{mpsc, watch};
 
-use super::{Nack, PUSH_ORDER, Registry, StreamGuard};
+use super::{AdsStream, Nack, PUSH_ORDER, Registry};
 use crate::TypeUrl;
 use crate::encode::EncodedSnapshot;
 
@@ -54,38 +54,27 @@ impl SotwStream {
             nonce: 0,
         }
     }
+}
 
-    pub(super) async fn run(mut self, mut requests: tonic::Streaming<DiscoveryRequest>) {
-        let mut guard: Option<StreamGuard> = None;
-        loop {
-            tokio::select! {
-                req = requests.message() => match req {
-                    Ok(Some(req)) => {
-                        if guard.is_none() {
-                            self.node = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
-                            tracing::info!(node = %self.node, "sotw ads stream opened");
-                            guard = Some(self.registry.open(self.node.clone(), false));
-                        }
-                        let stream = guard.as_ref().map_or(0, |g| g.id);
-                        if !self.on_request(req, stream).await {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(node = %self.node, %status, "sotw ads stream failed");
-                        break;
-                    }
-                },
-                changed = self.snapshots.changed() => {
-                    if changed.is_err() || !self.push_all().await {
-                        break;
-                    }
-                }
-                () = self.tx.closed() => break,
-            }
-        }
-        tracing::info!(node = %self.node, "sotw ads stream closed");
+impl AdsStream for SotwStream {
+    type Request = DiscoveryRequest;
+    const DELTA: bool = false;
+
+    fn node_of(req: &DiscoveryRequest) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    fn set_node(&mut self, node: String) {
+        self.node = node;
+    }
+
+    fn wait_parts(
+        &mut self,
+    ) -> (
+        &mut watch::Receiver<Arc<EncodedSnapshot>>,
+        impl Future<Output = ()> + Send + '_,
+    ) {
+        (&mut self.snapshots, self.tx.closed())
     }
 
     /// Handles one request; false when the client is gone.
@@ -142,7 +131,9 @@ impl SotwStream {
         }
         true
     }
+}
 
+impl SotwStream {
     /// Sends the current content of `type_url` if it differs from what the
     /// client has (or `force`); false when the client is gone.
     async fn respond(&mut self, type_url: TypeUrl, force: bool) -> bool {
