@@ -460,6 +460,31 @@ pub fn cluster(name: &str, eds: &str) -> Any {
     any(TypeUrl::Cluster, &cluster_proto(name, eds, None))
 }
 
+/// A route configuration `name` sending everything to `cluster`, hashed by
+/// the request header `header` (Envoy `RouteAction.hash_policy`).
+pub fn route_hashed(name: &str, cluster: &str, header: &str) -> Any {
+    let mut rc = route_proto(name, &[cluster]);
+    if let Some(rds::route::Action::Route(a)) = &mut rc.virtual_hosts[0].routes[0].action {
+        a.hash_policy = vec![rds::route_action::HashPolicy {
+            policy_specifier: Some(rds::route_action::hash_policy::PolicySpecifier::Header(
+                rds::route_action::hash_policy::Header {
+                    header_name: header.into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }];
+    }
+    any(TypeUrl::RouteConfiguration, &rc)
+}
+
+/// An EDS cluster balanced by `RING_HASH`.
+pub fn ring_hash_cluster(name: &str, eds: &str) -> Any {
+    let mut c = cluster_proto(name, eds, None);
+    c.lb_policy = cds::cluster::LbPolicy::RingHash as i32;
+    any(TypeUrl::Cluster, &c)
+}
+
 /// A cluster every xDS client rejects: least-request with
 /// `choice_count` 1 (grpc-go `unmarshal_cds.go`, A2.9).
 pub fn invalid_cluster(name: &str) -> Any {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_core::ConfigStore;
+use mesh_core::model::{HashKey, LbPolicy};
 use mesh_tests::xds_script::{
     self, Mode, ScriptedAds, SotwStream, cluster, delta_response, endpoints, invalid_cluster,
-    invalid_listener, listener, listener_inline, response, route,
+    invalid_listener, listener, listener_inline, response, ring_hash_cluster, route, route_hashed,
 };
 use mesh_xds::client::ClientOptions;
 use mesh_xds::config::{ClientConfig, Protocol};
@@ -1513,4 +1514,49 @@ async fn a6_5_primary_dies_mid_update_and_the_fallback_completes_it() {
     let snap = env.store.snapshot();
     assert_eq!(snap.endpoints("c2").unwrap().endpoints().len(), 1);
     assert!(snap.cluster("c1").is_none());
+}
+
+/// gRFC A42: the consistent-hash key of a ring-hash cluster is the one its
+/// routes set; the subscriber moves it onto the published cluster.
+#[tokio::test(start_paused = true)]
+async fn a42_route_hash_policy_keys_the_ring_hash_cluster() {
+    let env = start();
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    s.send(response(L, "1", "l1", vec![listener("svc:80", "rt")]))
+        .await;
+    expect(&mut s, L).await;
+    expect(&mut s, R).await;
+    s.send(response(
+        R,
+        "1",
+        "r1",
+        vec![route_hashed("rt", "c1", "x-user")],
+    ))
+    .await;
+    expect(&mut s, R).await;
+    expect(&mut s, C).await;
+    s.send(response(C, "1", "c1", vec![ring_hash_cluster("c1", "e1")]))
+        .await;
+    expect(&mut s, C).await;
+    expect(&mut s, E).await;
+    s.send(response(
+        E,
+        "1",
+        "e1",
+        vec![endpoints("e1", &["10.0.0.1:80", "10.0.0.2:80"])],
+    ))
+    .await;
+    expect(&mut s, E).await;
+    let snap = env.store.snapshot();
+    let cluster = snap.cluster("c1").expect("published");
+    match &cluster.lb_policy {
+        LbPolicy::RingHash { key, .. } => assert_eq!(
+            *key,
+            HashKey::Header(http::HeaderName::from_static("x-user")),
+            "the route's key, not the CDS placeholder"
+        ),
+        other => panic!("expected RING_HASH, got {other:?}"),
+    }
 }

@@ -325,10 +325,23 @@ impl Published {
                 }
             }
         }
+        let route_tables: Vec<RouteTable> = tables.into_values().collect();
+        let mut clusters: Vec<Cluster> = clusters.into_values().collect();
+        // gRFC A42: a ring-hash or Maglev cluster hashes by the key of the
+        // routes that send to it (the model keeps the key on the cluster).
+        for name in crate::translate::resolve_route_hash_keys(&route_tables, &mut clusters) {
+            let w = format!(
+                "xds Cluster {name:?}: its routes set different hash policies; \
+                 requests to it are hashed at random"
+            );
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
         let resources = Resources {
             listeners: listeners.into_values().collect(),
-            route_tables: tables.into_values().collect(),
-            clusters: clusters.into_values().collect(),
+            route_tables,
+            clusters,
             endpoints: endpoints.into_values().collect(),
             security,
             // xDS carries no Telemetry resource (istiod compiles it into
