@@ -38,40 +38,9 @@ fn secret(doc: &mut Doc<'_>, r: &Secret) -> Result<SecretResource, DecodeError> 
     match &r.r#type {
         Some(Type::TlsCertificate(t)) => {
             let path = "tls_certificate";
-            doc.reject_if(t.pkcs12.is_some(), &join(path, "pkcs12"), unsupported)?;
-            doc.reject_if(t.password.is_some(), &join(path, "password"), unsupported)?;
-            doc.reject_if(
-                t.private_key_provider.is_some(),
-                &join(path, "private_key_provider"),
-                unsupported,
-            )?;
-            doc.reject_if(
-                t.watched_directory.is_some(),
-                &join(path, "watched_directory"),
-                unsupported,
-            )?;
-            doc.ignore_if(t.ocsp_staple.is_some(), &join(path, "ocsp_staple"));
-            doc.ignore_if(
-                !t.signed_certificate_timestamp.is_empty(),
-                &join(path, "signed_certificate_timestamp"),
-            );
-            doc.ignore_if(t.tls_params.is_some(), &join(path, "tls_params"));
+            let (chain, key) = super::tls::inline_certificate(doc, path, t, unsupported)?;
             let chain_path = join(path, "certificate_chain");
             let key_path = join(path, "private_key");
-            let chain = inline_text(
-                doc,
-                &chain_path,
-                t.certificate_chain
-                    .as_ref()
-                    .ok_or_else(|| doc.err(&chain_path, "unset"))?,
-            )?;
-            let key = inline_text(
-                doc,
-                &key_path,
-                t.private_key
-                    .as_ref()
-                    .ok_or_else(|| doc.err(&key_path, "unset"))?,
-            )?;
             require_pem(doc, &chain_path, &chain, "CERTIFICATE")?;
             require_pem(doc, &key_path, &key, "PRIVATE KEY")?;
             Ok(SecretResource::TlsCertificate {

@@ -33,8 +33,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBu
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::certificate_validation_context::TrustChainVerification;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::config::core::v3::DataSource;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, TlsCertificate, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
@@ -356,39 +357,7 @@ fn common_tls_context(
         (None, []) => None,
         (None, [t]) => {
             let tpath = join(path, "tls_certificates[0]");
-            doc.reject_if(t.pkcs12.is_some(), &join(&tpath, "pkcs12"), unsupported)?;
-            doc.reject_if(t.password.is_some(), &join(&tpath, "password"), unsupported)?;
-            doc.reject_if(
-                t.private_key_provider.is_some(),
-                &join(&tpath, "private_key_provider"),
-                unsupported,
-            )?;
-            doc.reject_if(
-                t.watched_directory.is_some(),
-                &join(&tpath, "watched_directory"),
-                unsupported,
-            )?;
-            doc.ignore_if(t.ocsp_staple.is_some(), &join(&tpath, "ocsp_staple"));
-            doc.ignore_if(
-                !t.signed_certificate_timestamp.is_empty(),
-                &join(&tpath, "signed_certificate_timestamp"),
-            );
-            let chain_path = join(&tpath, "certificate_chain");
-            let key_path = join(&tpath, "private_key");
-            let chain = inline_text(
-                doc,
-                &chain_path,
-                t.certificate_chain
-                    .as_ref()
-                    .ok_or_else(|| doc.err(&chain_path, "unset"))?,
-            )?;
-            let key = inline_text(
-                doc,
-                &key_path,
-                t.private_key
-                    .as_ref()
-                    .ok_or_else(|| doc.err(&key_path, "unset"))?,
-            )?;
+            let (chain, key) = inline_certificate(doc, &tpath, t, unsupported)?;
             Some(Source::InlinePair {
                 chain,
                 key,
@@ -679,4 +648,43 @@ fn exact_san(
         }
         None => Err(doc.err(&path, "no match pattern")),
     }
+}
+
+/// Reads an inline `TlsCertificate` at `path` (an SDS secret's or a TLS
+/// context's `tls_certificates[0]`) as PEM chain and key text. Fields that
+/// would change how the key is used or protected are rejected with
+/// `unsupported`; stapled data the mesh does not serve is recorded as
+/// ignored.
+pub(super) fn inline_certificate(
+    doc: &mut Doc<'_>,
+    path: &str,
+    t: &TlsCertificate,
+    unsupported: &str,
+) -> Result<(String, String), DecodeError> {
+    doc.reject_if(t.pkcs12.is_some(), &join(path, "pkcs12"), unsupported)?;
+    doc.reject_if(t.password.is_some(), &join(path, "password"), unsupported)?;
+    doc.reject_if(
+        t.private_key_provider.is_some(),
+        &join(path, "private_key_provider"),
+        unsupported,
+    )?;
+    doc.reject_if(
+        t.watched_directory.is_some(),
+        &join(path, "watched_directory"),
+        unsupported,
+    )?;
+    doc.ignore_if(t.ocsp_staple.is_some(), &join(path, "ocsp_staple"));
+    doc.ignore_if(
+        !t.signed_certificate_timestamp.is_empty(),
+        &join(path, "signed_certificate_timestamp"),
+    );
+    doc.ignore_if(t.tls_params.is_some(), &join(path, "tls_params"));
+    let read = |field: &str, data: Option<&DataSource>| {
+        let at = join(path, field);
+        let data = data.ok_or_else(|| doc.err(&at, "unset"))?;
+        inline_text(doc, &at, data)
+    };
+    let chain = read("certificate_chain", t.certificate_chain.as_ref())?;
+    let key = read("private_key", t.private_key.as_ref())?;
+    Ok((chain, key))
 }
