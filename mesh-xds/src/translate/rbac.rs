@@ -412,6 +412,40 @@ fn cidr(c: &CidrRange, p: &str) -> Res<IpBlock> {
         .ok_or_else(|| format!("{p}.prefix_len: {len} is too long for {addr}"))
 }
 
+/// Puts the values of one group (an OR of leaves on one attribute) into
+/// the `values` or, when the group is negated, `not_values` of `field`.
+/// Two groups on one attribute would need an AND of two sets the model
+/// cannot express, so the second is an error naming the group.
+fn set_group<L, T>(field: &mut OneOf<T>, g: Group<L>, pick: impl FnMut(L) -> Option<T>) -> Res<()> {
+    let slot = if g.negated {
+        &mut field.not_values
+    } else {
+        &mut field.values
+    };
+    if !slot.is_empty() {
+        return Err(format!(
+            "{}: a second group on the same attribute is not supported",
+            g.path
+        ));
+    }
+    *slot = g.leaves.into_iter().filter_map(pick).collect();
+    Ok(())
+}
+
+/// A group of header leaves (an OR of patterns on one header) as a request
+/// header condition, negated as the group is.
+fn header_condition<L>(
+    name: HeaderName,
+    g: Group<L>,
+    pick: impl FnMut(L) -> Option<StrPattern>,
+) -> Condition {
+    let vals: Vec<StrPattern> = g.leaves.into_iter().filter_map(pick).collect();
+    Condition {
+        key: ConditionKey::RequestHeader(name),
+        values: ConditionValues::Strings(one_of(vals, g.negated)),
+    }
+}
+
 fn operation(groups: Vec<Group<PLeaf>>) -> Res<(Operation, Vec<Condition>)> {
     let mut op = Operation::default();
     let mut conds = Vec::new();
@@ -426,49 +460,31 @@ fn operation(groups: Vec<Group<PLeaf>>) -> Res<(Operation, Vec<Condition>)> {
                 g.path
             ));
         }
-        macro_rules! put {
-            ($field:expr, $variant:ident) => {{
-                let vals: Vec<_> = g
-                    .leaves
-                    .into_iter()
-                    .filter_map(|l| match l {
-                        PLeaf::$variant(v) => Some(v),
-                        _ => None,
-                    })
-                    .collect();
-                let slot = if g.negated {
-                    &mut $field.not_values
-                } else {
-                    &mut $field.values
-                };
-                if !slot.is_empty() {
-                    return Err(format!(
-                        "{}: a second group on the same attribute is not supported",
-                        g.path
-                    ));
-                }
-                *slot = vals.into();
-            }};
-        }
         match kind.0 {
-            0 => put!(op.hosts, Host),
-            1 => put!(op.methods, Method),
-            2 => put!(op.paths, Path),
-            3 => put!(op.ports, Port),
+            0 => set_group(&mut op.hosts, g, |l| match l {
+                PLeaf::Host(v) => Some(v),
+                _ => None,
+            })?,
+            1 => set_group(&mut op.methods, g, |l| match l {
+                PLeaf::Method(v) => Some(v),
+                _ => None,
+            })?,
+            2 => set_group(&mut op.paths, g, |l| match l {
+                PLeaf::Path(v) => Some(v),
+                _ => None,
+            })?,
+            3 => set_group(&mut op.ports, g, |l| match l {
+                PLeaf::Port(v) => Some(v),
+                _ => None,
+            })?,
             4 => {
                 let name = kind.1.cloned().unwrap_or(http::header::HOST);
-                let vals: Vec<StrPattern> = g
-                    .leaves
-                    .into_iter()
-                    .filter_map(|l| match l {
-                        PLeaf::Header(_, v) => Some(v),
-                        _ => None,
-                    })
-                    .collect();
-                conds.push(Condition {
-                    key: ConditionKey::RequestHeader(name),
-                    values: ConditionValues::Strings(one_of(vals, g.negated)),
-                });
+
+                conds.push(header_condition(name, g, |l| match l {
+                    PLeaf::Header(_, v) => Some(v),
+
+                    _ => None,
+                }));
             }
             _ => {
                 let vals: Vec<IpBlock> = g
@@ -667,49 +683,31 @@ fn source(groups: Vec<Group<SLeaf>>) -> Res<(Source, Vec<Condition>)> {
                 g.path
             ));
         }
-        macro_rules! put {
-            ($field:expr, $variant:ident) => {{
-                let vals: Vec<_> = g
-                    .leaves
-                    .into_iter()
-                    .filter_map(|l| match l {
-                        SLeaf::$variant(v) => Some(v),
-                        _ => None,
-                    })
-                    .collect();
-                let slot = if g.negated {
-                    &mut $field.not_values
-                } else {
-                    &mut $field.values
-                };
-                if !slot.is_empty() {
-                    return Err(format!(
-                        "{}: a second group on the same attribute is not supported",
-                        g.path
-                    ));
-                }
-                *slot = vals.into();
-            }};
-        }
         match kind.0 {
-            0 => put!(src.principals, Principal),
-            1 => put!(src.namespaces, Namespace),
-            2 => put!(src.ip_blocks, DirectIp),
-            3 => put!(src.remote_ip_blocks, RemoteIp),
+            0 => set_group(&mut src.principals, g, |l| match l {
+                SLeaf::Principal(v) => Some(v),
+                _ => None,
+            })?,
+            1 => set_group(&mut src.namespaces, g, |l| match l {
+                SLeaf::Namespace(v) => Some(v),
+                _ => None,
+            })?,
+            2 => set_group(&mut src.ip_blocks, g, |l| match l {
+                SLeaf::DirectIp(v) => Some(v),
+                _ => None,
+            })?,
+            3 => set_group(&mut src.remote_ip_blocks, g, |l| match l {
+                SLeaf::RemoteIp(v) => Some(v),
+                _ => None,
+            })?,
             _ => {
                 let name = kind.1.cloned().unwrap_or(http::header::HOST);
-                let vals: Vec<StrPattern> = g
-                    .leaves
-                    .into_iter()
-                    .filter_map(|l| match l {
-                        SLeaf::Header(_, v) => Some(v),
-                        _ => None,
-                    })
-                    .collect();
-                conds.push(Condition {
-                    key: ConditionKey::RequestHeader(name),
-                    values: ConditionValues::Strings(one_of(vals, g.negated)),
-                });
+
+                conds.push(header_condition(name, g, |l| match l {
+                    SLeaf::Header(_, v) => Some(v),
+
+                    _ => None,
+                }));
             }
         }
     }
