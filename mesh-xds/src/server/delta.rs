@@ -2,20 +2,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use tokio::sync::{mpsc, watch};
 
-use super::{AdsStream, Nack, PUSH_ORDER, Registry};
+use super::{AdsStream, PUSH_ORDER, StreamCore};
 use crate::TypeUrl;
 use crate::encode::{EncodedResource, EncodedSnapshot};
 
 /// What the client asked for and has, per type.
 #[derive(Debug, Default)]
-struct Subscription {
+pub(super) struct Subscription {
     /// Every resource of the type (LDS/CDS only).
     wildcard: bool,
     /// Names subscribed explicitly.
@@ -27,31 +25,8 @@ struct Subscription {
     nonces: BTreeMap<u64, String>,
 }
 
-pub(super) struct DeltaStream {
-    snapshots: watch::Receiver<Arc<EncodedSnapshot>>,
-    registry: Arc<Registry>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>,
-    types: HashMap<TypeUrl, Subscription>,
-    node: String,
-    nonce: u64,
-}
-
-impl DeltaStream {
-    pub(super) fn new(
-        snapshots: watch::Receiver<Arc<EncodedSnapshot>>,
-        registry: Arc<Registry>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>,
-    ) -> Self {
-        Self {
-            snapshots,
-            registry,
-            tx,
-            types: HashMap::new(),
-            node: String::new(),
-            nonce: 0,
-        }
-    }
-}
+/// One delta stream.
+pub(super) type DeltaStream = StreamCore<DeltaDiscoveryResponse, Subscription>;
 
 impl AdsStream for DeltaStream {
     type Request = DeltaDiscoveryRequest;
@@ -59,19 +34,6 @@ impl AdsStream for DeltaStream {
 
     fn node_of(req: &DeltaDiscoveryRequest) -> Option<&str> {
         req.node.as_ref().map(|n| n.id.as_str())
-    }
-
-    fn set_node(&mut self, node: String) {
-        self.node = node;
-    }
-
-    fn wait_parts(
-        &mut self,
-    ) -> (
-        &mut watch::Receiver<Arc<EncodedSnapshot>>,
-        impl Future<Output = ()> + Send + '_,
-    ) {
-        (&mut self.snapshots, self.tx.closed())
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest, stream: u64) -> bool {
@@ -84,18 +46,15 @@ impl AdsStream for DeltaStream {
         if let Ok(nonce) = req.response_nonce.parse::<u64>()
             && let Some(version) = sub.nonces.remove(&nonce)
         {
-            match &req.error_detail {
-                Some(err) => self.registry.nack(Nack {
-                    node: self.node.clone(),
-                    type_url: req.type_url.clone(),
-                    nonce: req.response_nonce.clone(),
-                    version,
-                    message: err.message.clone(),
-                    delta: true,
-                    at: SystemTime::now(),
-                }),
-                None => self.registry.ack(stream, &req.type_url, &version),
-            }
+            self.registry.answer(
+                stream,
+                &self.node,
+                &req.type_url,
+                &req.response_nonce,
+                version,
+                req.error_detail.as_ref().map(|e| e.message.as_str()),
+                true,
+            );
         }
         let wildcard_ok = EncodedSnapshot::wildcard_allowed(type_url);
         if first {

@@ -110,6 +110,34 @@ struct Registry {
 }
 
 impl Registry {
+    /// Records the client's answer to the response `nonce` of `type_url`,
+    /// which carried `version`: an ACK, or a NACK when `error` (the
+    /// request's `error_detail` message) is present (A1.5).
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &self,
+        stream: u64,
+        node: &str,
+        type_url: &str,
+        nonce: &str,
+        version: String,
+        error: Option<&str>,
+        delta: bool,
+    ) {
+        match error {
+            Some(message) => self.nack(Nack {
+                node: node.to_owned(),
+                type_url: type_url.to_owned(),
+                nonce: nonce.to_owned(),
+                version,
+                message: message.to_owned(),
+                delta,
+                at: SystemTime::now(),
+            }),
+            None => self.ack(stream, type_url, &version),
+        }
+    }
+
     fn nack(&self, nack: Nack) {
         tracing::warn!(
             node = %nack.node,
@@ -151,6 +179,38 @@ impl Registry {
     }
 }
 
+/// What every ADS stream holds, State-of-the-World or delta (`Sub` is the
+/// per-type subscription state of the variant, `Resp` its response).
+struct StreamCore<Resp, Sub> {
+    /// The encoded snapshots to serve; the loop waits on changes.
+    snapshots: watch::Receiver<Arc<EncodedSnapshot>>,
+    registry: Arc<Registry>,
+    /// The bounded channel to the response stream.
+    tx: mpsc::Sender<Result<Resp, tonic::Status>>,
+    types: HashMap<TypeUrl, Sub>,
+    /// The client's node ID, from the stream's first request.
+    node: String,
+    /// The latest nonce sent on this stream.
+    nonce: u64,
+}
+
+impl<Resp, Sub> StreamCore<Resp, Sub> {
+    fn new(
+        snapshots: watch::Receiver<Arc<EncodedSnapshot>>,
+        registry: Arc<Registry>,
+        tx: mpsc::Sender<Result<Resp, tonic::Status>>,
+    ) -> Self {
+        Self {
+            snapshots,
+            registry,
+            tx,
+            types: HashMap::new(),
+            node: String::new(),
+            nonce: 0,
+        }
+    }
+}
+
 /// The part of an ADS stream that differs between State-of-the-World and
 /// delta; [`serve_stream`] runs the request loop both share.
 trait AdsStream {
@@ -160,16 +220,6 @@ trait AdsStream {
     const DELTA: bool;
     /// The node ID a request carries (the first request of a stream must).
     fn node_of(req: &Self::Request) -> Option<&str>;
-    /// Records the stream's node.
-    fn set_node(&mut self, node: String);
-    /// The snapshot watch and a future that ends when the client is gone,
-    /// borrowed together so that the loop can wait on both.
-    fn wait_parts(
-        &mut self,
-    ) -> (
-        &mut watch::Receiver<Arc<EncodedSnapshot>>,
-        impl Future<Output = ()> + Send + '_,
-    );
     /// Handles one request; false when the client is gone.
     async fn on_request(&mut self, req: Self::Request, stream: u64) -> bool;
     /// Sends what changed in the snapshot; false when the client is gone.
@@ -185,32 +235,33 @@ enum Wake<R> {
 
 /// Serves one ADS stream until the client goes away: requests are
 /// answered, and every new snapshot is pushed.
-async fn serve_stream<S: AdsStream>(
-    mut s: S,
-    registry: Arc<Registry>,
-    mut requests: tonic::Streaming<S::Request>,
+async fn serve_stream<Resp, Sub>(
+    mut s: StreamCore<Resp, Sub>,
+    mut requests: tonic::Streaming<<StreamCore<Resp, Sub> as AdsStream>::Request>,
 ) where
-    S::Request: Send + 'static,
+    StreamCore<Resp, Sub>: AdsStream,
+    <StreamCore<Resp, Sub> as AdsStream>::Request: Send + 'static,
 {
-    let kind = if S::DELTA { "delta" } else { "sotw" };
+    let registry = Arc::clone(&s.registry);
+    let delta = <StreamCore<Resp, Sub> as AdsStream>::DELTA;
+    let kind = if delta { "delta" } else { "sotw" };
     let mut guard: Option<StreamGuard> = None;
     let mut node = String::new();
     loop {
-        let wake = {
-            let (snapshots, closed) = s.wait_parts();
-            tokio::select! {
-                req = requests.message() => Wake::Request(req),
-                changed = snapshots.changed() => Wake::Snapshot(changed.is_ok()),
-                () = closed => Wake::ClientGone,
-            }
+        let wake = tokio::select! {
+            req = requests.message() => Wake::Request(req),
+            changed = s.snapshots.changed() => Wake::Snapshot(changed.is_ok()),
+            () = s.tx.closed() => Wake::ClientGone,
         };
         match wake {
             Wake::Request(Ok(Some(req))) => {
                 if guard.is_none() {
-                    node = S::node_of(&req).unwrap_or_default().to_owned();
+                    node = StreamCore::<Resp, Sub>::node_of(&req)
+                        .unwrap_or_default()
+                        .to_owned();
                     tracing::info!(%node, kind, "ads stream opened");
-                    guard = Some(registry.open(node.clone(), S::DELTA));
-                    s.set_node(node.clone());
+                    guard = Some(registry.open(node.clone(), delta));
+                    s.node.clone_from(&node);
                 }
                 let stream = guard.as_ref().map_or(0, |g| g.id);
                 if !s.on_request(req, stream).await {
@@ -362,14 +413,13 @@ impl AggregatedDiscoveryService for AdsServer {
         request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = sotw::SotwStream::new(
+        let stream = StreamCore::new(
             self.inner.snapshots.clone(),
             Arc::clone(&self.inner.registry),
             tx,
         );
-        tokio::spawn(serve_stream(
+        tokio::spawn(serve_stream::<_, sotw::Subscription>(
             stream,
-            Arc::clone(&self.inner.registry),
             request.into_inner(),
         ));
         Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -380,14 +430,13 @@ impl AggregatedDiscoveryService for AdsServer {
         request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = delta::DeltaStream::new(
+        let stream = StreamCore::new(
             self.inner.snapshots.clone(),
             Arc::clone(&self.inner.registry),
             tx,
         );
-        tokio::spawn(serve_stream(
+        tokio::spawn(serve_stream::<_, delta::Subscription>(
             stream,
-            Arc::clone(&self.inner.registry),
             request.into_inner(),
         ));
         Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))

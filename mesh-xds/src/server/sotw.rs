@@ -1,19 +1,17 @@
 //! One State-of-the-World ADS stream.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::{mpsc, watch};
 
-use super::{AdsStream, Nack, PUSH_ORDER, Registry};
+use super::{AdsStream, PUSH_ORDER, StreamCore};
 use crate::TypeUrl;
 use crate::encode::EncodedSnapshot;
 
 /// What the client asked for, per type.
 #[derive(Debug, Default)]
-struct Subscription {
+pub(super) struct Subscription {
     /// Every resource of the type (LDS/CDS only).
     wildcard: bool,
     /// Names asked for explicitly.
@@ -30,31 +28,8 @@ struct Subscription {
     version: String,
 }
 
-pub(super) struct SotwStream {
-    snapshots: watch::Receiver<Arc<EncodedSnapshot>>,
-    registry: Arc<Registry>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, tonic::Status>>,
-    types: HashMap<TypeUrl, Subscription>,
-    node: String,
-    nonce: u64,
-}
-
-impl SotwStream {
-    pub(super) fn new(
-        snapshots: watch::Receiver<Arc<EncodedSnapshot>>,
-        registry: Arc<Registry>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, tonic::Status>>,
-    ) -> Self {
-        Self {
-            snapshots,
-            registry,
-            tx,
-            types: HashMap::new(),
-            node: String::new(),
-            nonce: 0,
-        }
-    }
-}
+/// One State-of-the-World stream.
+pub(super) type SotwStream = StreamCore<DiscoveryResponse, Subscription>;
 
 impl AdsStream for SotwStream {
     type Request = DiscoveryRequest;
@@ -62,19 +37,6 @@ impl AdsStream for SotwStream {
 
     fn node_of(req: &DiscoveryRequest) -> Option<&str> {
         req.node.as_ref().map(|n| n.id.as_str())
-    }
-
-    fn set_node(&mut self, node: String) {
-        self.node = node;
-    }
-
-    fn wait_parts(
-        &mut self,
-    ) -> (
-        &mut watch::Receiver<Arc<EncodedSnapshot>>,
-        impl Future<Output = ()> + Send + '_,
-    ) {
-        (&mut self.snapshots, self.tx.closed())
     }
 
     /// Handles one request; false when the client is gone.
@@ -92,18 +54,15 @@ impl AdsStream for SotwStream {
             return true;
         }
         if !req.response_nonce.is_empty() {
-            match &req.error_detail {
-                Some(err) => self.registry.nack(Nack {
-                    node: self.node.clone(),
-                    type_url: req.type_url.clone(),
-                    nonce: req.response_nonce.clone(),
-                    version: req.version_info.clone(),
-                    message: err.message.clone(),
-                    delta: false,
-                    at: SystemTime::now(),
-                }),
-                None => self.registry.ack(stream, &req.type_url, &req.version_info),
-            }
+            self.registry.answer(
+                stream,
+                &self.node,
+                &req.type_url,
+                &req.response_nonce,
+                req.version_info.clone(),
+                req.error_detail.as_ref().map(|e| e.message.as_str()),
+                false,
+            );
         }
         let wildcard_ok = EncodedSnapshot::wildcard_allowed(type_url);
         let star = req.resource_names.iter().any(|n| n == "*");
