@@ -171,6 +171,7 @@ pub struct ScriptedAds {
     conns: mpsc::Sender<tokio::io::DuplexStream>,
     mode: AtomicU8,
     connects: AtomicUsize,
+    connect_times: Mutex<Vec<tokio::time::Instant>>,
 }
 
 impl ScriptedAds {
@@ -199,6 +200,7 @@ impl ScriptedAds {
             conns: conn_tx,
             mode: AtomicU8::new(0),
             connects: AtomicUsize::new(0),
+            connect_times: Mutex::new(Vec::new()),
         })
     }
 
@@ -265,8 +267,18 @@ impl ScriptedAds {
         }
     }
 
+    /// When each connection attempt reached the server (paused-time
+    /// instants).
+    pub fn connect_times(&self) -> Vec<tokio::time::Instant> {
+        self.connect_times.lock().unwrap().clone()
+    }
+
     async fn connect(self: Arc<Self>) -> Result<tonic::transport::Channel, ConnectError> {
         self.connects.fetch_add(1, Ordering::SeqCst);
+        self.connect_times
+            .lock()
+            .unwrap()
+            .push(tokio::time::Instant::now());
         match self.mode() {
             Mode::Refuse => return Err("connection refused (scripted)".into()),
             Mode::Blackhole => std::future::pending::<()>().await,
@@ -328,7 +340,8 @@ pub fn config(n: usize, protocol: Protocol) -> ClientConfig {
 
 // === resources ===
 
-fn any<M: Message>(t: TypeUrl, m: &M) -> Any {
+/// `m` as an `Any` of type `t`.
+pub fn any<M: Message>(t: TypeUrl, m: &M) -> Any {
     Any {
         type_url: t.as_str().to_owned(),
         value: m.encode_to_vec(),
@@ -416,7 +429,9 @@ pub fn listener_inline(name: &str, cluster: &str) -> Any {
     any(TypeUrl::Listener, &l)
 }
 
-fn route_proto(name: &str, clusters: &[&str]) -> rds::RouteConfiguration {
+/// The `RouteConfiguration` behind [`route`], to modify before
+/// [`any`].
+pub fn route_proto(name: &str, clusters: &[&str]) -> rds::RouteConfiguration {
     rds::RouteConfiguration {
         name: name.into(),
         virtual_hosts: vec![rds::VirtualHost {
@@ -491,7 +506,9 @@ pub fn invalid_cluster(name: &str) -> Any {
     any(TypeUrl::Cluster, &cluster_proto(name, name, Some(1)))
 }
 
-fn cluster_proto(name: &str, eds: &str, choice_count: Option<u32>) -> cds::Cluster {
+/// The `Cluster` behind [`cluster`] (round robin), or a least-request
+/// one with `choice_count`, to modify before [`any`].
+pub fn cluster_proto(name: &str, eds: &str, choice_count: Option<u32>) -> cds::Cluster {
     cds::Cluster {
         name: name.into(),
         cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
@@ -527,7 +544,9 @@ pub fn invalid_endpoints(name: &str, addr: &str) -> Any {
     any(TypeUrl::ClusterLoadAssignment, &cla(name, &[addr], 0))
 }
 
-fn cla(name: &str, addrs: &[&str], weight: u32) -> eds::ClusterLoadAssignment {
+/// The `ClusterLoadAssignment` behind [`endpoints`], every endpoint of
+/// weight `weight`.
+pub fn cla(name: &str, addrs: &[&str], weight: u32) -> eds::ClusterLoadAssignment {
     eds::ClusterLoadAssignment {
         cluster_name: name.into(),
         endpoints: vec![eds::LocalityLbEndpoints {
@@ -606,6 +625,38 @@ pub fn delta_response(
         type_url: t.as_str().into(),
         removed_resources: removed.iter().map(|s| (*s).to_owned()).collect(),
         nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+/// The type URL of Envoy's `Resource` wrapper.
+pub const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
+
+/// `body` wrapped in an Envoy `Resource` named `name` with `ttl` (A5.3),
+/// for a SotW response; without a body it is a TTL heartbeat.
+pub fn wrapped(name: &str, body: Option<Any>, ttl: Option<Duration>) -> Any {
+    Any {
+        type_url: RESOURCE_WRAPPER.into(),
+        value: ttl_resource(name, "", body, ttl).encode_to_vec(),
+    }
+}
+
+/// An Envoy `Resource` (delta responses carry these) with a TTL; without
+/// a body it is a heartbeat.
+pub fn ttl_resource(
+    name: &str,
+    version: &str,
+    body: Option<Any>,
+    ttl: Option<Duration>,
+) -> Resource {
+    Resource {
+        name: name.into(),
+        version: version.into(),
+        resource: body,
+        ttl: ttl.map(|d| mesh_xds::pb::google::protobuf::Duration {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        }),
         ..Default::default()
     }
 }

@@ -1560,3 +1560,1054 @@ async fn a42_route_hash_policy_keys_the_ring_hash_cluster() {
         other => panic!("expected RING_HASH, got {other:?}"),
     }
 }
+
+// === rules without a test of their own until now ===
+
+/// Serves `lis` → RDS `rt` → `clusters` up to the CDS request, which it
+/// returns (names sorted).
+async fn serve_to_cds(s: &mut SotwStream, lis: &str, rt: &str, clusters: &[&str]) -> Vec<String> {
+    s.send(response(L, "1", "l-1", vec![listener(lis, rt)]))
+        .await;
+    expect(s, L).await;
+    assert_eq!(names(&expect(s, R).await), [rt]);
+    s.send(response(R, "1", "r-1", vec![route(rt, clusters)]))
+        .await;
+    expect(s, R).await;
+    expect(s, C).await.resource_names
+}
+
+/// The forwarding action of route `i` of the first virtual host of `t`.
+fn forward(t: &mesh_core::model::RouteTable, i: usize) -> &mesh_core::model::ForwardAction {
+    let vh = t.virtual_hosts().first().expect("a virtual host");
+    match &vh.routes[i].action {
+        mesh_core::model::RouteAction::Forward(f) => f.as_ref(),
+        other => panic!("route {i} does not forward: {other:?}"),
+    }
+}
+
+/// A2.1 (gRFC A27, A46): a field the client does not apply is ignored and
+/// recorded per resource (status `ignored_fields`, store warnings); an
+/// unsupported value of a supported field rejects that resource only. The
+/// per-field cases are unit tests in `mesh-xds/src/translate/cds_tests.rs`
+/// (`a2_1_fields_without_model_support_are_recorded_as_ignored`,
+/// `a2_9_an_unsupported_lb_policy_is_nacked`) and `route_tests.rs`.
+#[tokio::test(start_paused = true)]
+async fn a2_1_unknown_fields_are_ignored_and_recorded_unsupported_values_reject() {
+    use mesh_xds::pb::envoy::config::cluster::v3 as cds;
+    let env = start();
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    assert_eq!(
+        serve_to_cds(&mut s, "svc:80", "rt", &["odd", "plain"]).await,
+        ["odd", "plain"]
+    );
+    let mut plain = xds_script::cluster_proto("plain", "plain-eds", None);
+    plain.health_checks = vec![Default::default()];
+    plain.lb_subset_config = Some(Default::default());
+    let mut odd = xds_script::cluster_proto("odd", "odd-eds", None);
+    odd.lb_policy = cds::cluster::LbPolicy::ClusterProvided as i32;
+    s.send(response(
+        C,
+        "1",
+        "c-1",
+        vec![xds_script::any(C, &plain), xds_script::any(C, &odd)],
+    ))
+    .await;
+    let nack = expect(&mut s, C).await;
+    let detail = nack.error_detail.expect("NACK").message;
+    assert_eq!(
+        detail,
+        "odd: lb_policy: CLUSTER_PROVIDED is not supported (gRFC A27)"
+    );
+    let st = env.status(C, "plain");
+    assert_eq!(
+        st.state,
+        ResourceState::Acked,
+        "ignored fields do not reject"
+    );
+    assert_eq!(st.ignored_fields, ["health_checks", "lb_subset_config"]);
+    assert_eq!(env.status(C, "odd").state, ResourceState::Nacked);
+    assert_eq!(names(&expect(&mut s, E).await), ["plain-eds"]);
+    s.send(response(
+        E,
+        "1",
+        "e-1",
+        vec![endpoints("plain-eds", &["10.0.0.1:80"])],
+    ))
+    .await;
+    expect(&mut s, E).await;
+    let warnings = env.store.source_status(&"xds".into()).unwrap().warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("\"plain\"") && w.contains("health_checks")),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        env.store
+            .snapshot()
+            .endpoints("plain")
+            .unwrap()
+            .endpoints()
+            .len(),
+        1
+    );
+}
+
+/// A2.7: a security field that cannot be honoured NACKs the resource
+/// (fail closed), the others still apply. Every field of the rule has a
+/// unit test in `cds_tests.rs` (`a2_7_verify_certificate_spki_is_nacked`,
+/// `…_hash_…`, `…_crl_…`, `…_custom_validator_config_…`,
+/// `…_require_signed_certificate_timestamp_…`,
+/// `a2_7_transport_socket_matches_are_nacked`,
+/// `a2_7_an_unknown_certificate_provider_instance_is_nacked`).
+#[tokio::test(start_paused = true)]
+async fn a2_7_security_fields_that_cannot_be_honoured_are_nacked() {
+    use mesh_xds::pb::envoy::config::cluster::v3 as cds;
+    let env = start();
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    serve_to_cds(&mut s, "svc:80", "rt", &["good", "tsm"]).await;
+    let mut tsm = xds_script::cluster_proto("tsm", "tsm-eds", None);
+    tsm.transport_socket_matches = vec![cds::cluster::TransportSocketMatch {
+        name: "tlsMode-istio".into(),
+        ..Default::default()
+    }];
+    s.send(response(
+        C,
+        "1",
+        "c-1",
+        vec![cluster("good", "good-eds"), xds_script::any(C, &tsm)],
+    ))
+    .await;
+    let nack = expect(&mut s, C).await;
+    assert_eq!(
+        nack.error_detail.unwrap().message,
+        "tsm: transport_socket_matches: per-endpoint transport sockets cannot be honoured (rules A2.7)"
+    );
+    let st = env.status(C, "tsm");
+    assert_eq!((st.state, st.cached), (ResourceState::Nacked, false));
+    assert_eq!(env.status(C, "good").state, ResourceState::Acked);
+    assert_eq!(names(&expect(&mut s, E).await), ["good-eds"]);
+    s.send(response(
+        E,
+        "1",
+        "e-1",
+        vec![endpoints("good-eds", &["10.0.0.1:80"])],
+    ))
+    .await;
+    expect(&mut s, E).await;
+    // The rejected cluster carries no traffic; the good one does.
+    let snap = env.store.snapshot();
+    assert!(snap.endpoints("tsm").unwrap().endpoints().is_empty());
+    assert_eq!(snap.endpoints("good").unwrap().endpoints().len(), 1);
+}
+
+/// A2.8: an invalid ClusterLoadAssignment (here an explicit zero endpoint
+/// weight) is NACKed with its field path; the other assignments of the
+/// response apply. Each EDS rule has a unit test in `cds_tests.rs`
+/// (`a2_8_an_explicitly_zero_endpoint_weight_is_nacked`,
+/// `a2_8_endpoint_weights_above_u32_max_are_nacked`,
+/// `a2_8_a_duplicate_endpoint_address_is_nacked`,
+/// `a2_8_a_locality_without_id_is_nacked`,
+/// `a2_8_locality_weights_above_u32_max_are_nacked`,
+/// `a2_8_a_duplicate_locality_in_one_priority_is_nacked`,
+/// `a2_8_non_contiguous_priorities_are_nacked`).
+#[tokio::test(start_paused = true)]
+async fn a2_8_invalid_endpoints_are_nacked_with_the_field_path() {
+    let env = start();
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    serve_to_cds(&mut s, "svc:80", "rt", &["c1", "c2"]).await;
+    s.send(response(
+        C,
+        "1",
+        "c-1",
+        vec![cluster("c1", "e1"), cluster("c2", "e2")],
+    ))
+    .await;
+    expect(&mut s, C).await;
+    assert_eq!(names(&expect(&mut s, E).await), ["e1", "e2"]);
+    s.send(response(
+        E,
+        "1",
+        "e-1",
+        vec![
+            xds_script::invalid_endpoints("e1", "10.0.0.1:80"),
+            endpoints("e2", &["10.0.0.2:80"]),
+        ],
+    ))
+    .await;
+    let nack = expect(&mut s, E).await;
+    assert_eq!(nack.version_info, "");
+    assert_eq!(
+        nack.error_detail.unwrap().message,
+        "e1: endpoints[0].lb_endpoints[0].load_balancing_weight: 0: an explicit endpoint weight must be at least 1 (rules A2.8)"
+    );
+    assert_eq!(env.status(E, "e1").state, ResourceState::Nacked);
+    assert_eq!(env.status(E, "e2").state, ResourceState::Acked);
+    let snap = env.store.snapshot();
+    assert_eq!(snap.endpoints("c2").unwrap().endpoints().len(), 1);
+    assert!(snap.endpoints("c1").unwrap().endpoints().is_empty());
+}
+
+/// A2.9: CDS validation (unsupported ring-hash function, least-request
+/// `choice_count` below 2) rejects those clusters with field paths in one
+/// NACK; the valid cluster applies. Per rule: `cds_tests.rs`
+/// `a2_9_an_unsupported_lb_policy_is_nacked`,
+/// `a2_9_a_ring_hash_function_other_than_xx_hash_is_nacked`,
+/// `a2_9_least_request_choice_count_below_2_is_nacked`,
+/// `a2_9_an_eds_config_source_other_than_ads_or_self_is_nacked`,
+/// `a2_9_an_aggregate_cluster_with_empty_clusters_is_nacked`,
+/// `a2_9_logical_dns_without_exactly_one_endpoint_is_nacked`,
+/// `a2_9_outlier_detection_percentages_above_100_are_nacked`,
+/// `a2_9_outlier_detection_negative_durations_are_nacked`.
+#[tokio::test(start_paused = true)]
+async fn a2_9_invalid_clusters_are_nacked_with_the_field_path() {
+    use mesh_xds::pb::envoy::config::cluster::v3 as cds;
+    let env = start();
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    serve_to_cds(&mut s, "svc:80", "rt", &["lr", "ok", "rh"]).await;
+    let mut rh = xds_script::cluster_proto("rh", "rh", None);
+    rh.lb_policy = cds::cluster::LbPolicy::RingHash as i32;
+    rh.lb_config = Some(cds::cluster::LbConfig::RingHashLbConfig(
+        cds::cluster::RingHashLbConfig {
+            hash_function: cds::cluster::ring_hash_lb_config::HashFunction::MurmurHash2 as i32,
+            ..Default::default()
+        },
+    ));
+    s.send(response(
+        C,
+        "1",
+        "c-1",
+        vec![
+            invalid_cluster("lr"),
+            cluster("ok", "ok"),
+            xds_script::any(C, &rh),
+        ],
+    ))
+    .await;
+    let detail = expect(&mut s, C).await.error_detail.unwrap().message;
+    assert_eq!(
+        detail,
+        "lr: lb_config.least_request_lb_config.choice_count: 1 is below 2 (gRFC A48); \
+         rh: lb_config.ring_hash_lb_config.hash_function: MURMUR_HASH_2 is not supported: only XX_HASH (gRFC A42)"
+    );
+    assert_eq!(env.status(C, "ok").state, ResourceState::Acked);
+    assert_eq!(names(&expect(&mut s, E).await), ["ok"]);
+}
+
+/// A2.10: RDS and LDS rules. A route configuration whose weighted
+/// clusters sum to 0 and a listener with an empty `http_filters` list are
+/// NACKed with their field paths; the other listener and route apply.
+/// Per rule: `route_tests.rs` (`nack_weighted_clusters_summing_to_zero`,
+/// `nack_invalid_regex`, `nack_unknown_per_route_filter_config_unless_optional`),
+/// `listener_tests.rs` (`nack_empty_http_filters`,
+/// `nack_last_filter_not_terminal`, `nack_duplicate_filter_names`,
+/// `nack_unknown_filter_type_unless_optional`) and `rbac_tests.rs`.
+#[tokio::test(start_paused = true)]
+async fn a2_10_invalid_routes_and_listeners_are_nacked_with_the_field_path() {
+    use mesh_xds::pb::envoy::config::route::v3 as rds;
+    use mesh_xds::pb::google::protobuf::UInt32Value;
+    let env = start();
+    let _a = env.client.watch_listener("a:80");
+    let _b = env.client.watch_listener("b:81");
+    let _c = env.client.watch_listener("c:82");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    s.send(response(
+        L,
+        "1",
+        "l-1",
+        vec![
+            listener("a:80", "ra"),
+            listener("b:81", "rb"),
+            invalid_listener("c:82", "rc"),
+        ],
+    ))
+    .await;
+    let nack = expect(&mut s, L).await;
+    let detail = nack.error_detail.unwrap().message;
+    assert!(
+        detail.starts_with("c:82: ") && detail.contains("http_filters"),
+        "{detail}"
+    );
+    assert_eq!(names(&expect(&mut s, R).await), ["ra", "rb"]);
+    let mut ra = xds_script::route_proto("ra", &["x"]);
+    if let Some(rds::route::Action::Route(a)) = &mut ra.virtual_hosts[0].routes[0].action {
+        let w = |name: &str| rds::weighted_cluster::ClusterWeight {
+            name: name.into(),
+            weight: Some(UInt32Value { value: 0 }),
+            ..Default::default()
+        };
+        a.cluster_specifier = Some(rds::route_action::ClusterSpecifier::WeightedClusters(
+            rds::WeightedCluster {
+                clusters: vec![w("x"), w("y")],
+                ..Default::default()
+            },
+        ));
+    }
+    s.send(response(
+        R,
+        "1",
+        "r-1",
+        vec![xds_script::any(R, &ra), route("rb", &["cb"])],
+    ))
+    .await;
+    let nack = expect(&mut s, R).await;
+    assert_eq!(
+        nack.error_detail.unwrap().message,
+        "ra: virtual_hosts[0].routes[0].route.weighted_clusters: weights sum to 0"
+    );
+    assert_eq!(
+        names(&expect(&mut s, C).await),
+        ["cb"],
+        "only rb's clusters"
+    );
+    s.send(response(C, "1", "c-1", vec![cluster("cb", "cb")]))
+        .await;
+    expect(&mut s, C).await;
+    expect(&mut s, E).await;
+    s.send(response(
+        E,
+        "1",
+        "e-1",
+        vec![endpoints("cb", &["10.0.0.2:81"])],
+    ))
+    .await;
+    expect(&mut s, E).await;
+    let snap = env.store.snapshot();
+    assert!(snap.listener("b:81").is_some());
+    assert!(snap.listener("a:80").is_none(), "its route was rejected");
+    assert!(snap.listener("c:82").is_none());
+    assert_eq!(env.status(R, "ra").state, ResourceState::Nacked);
+}
+
+/// A2.11 (gRFC A44): `num_retries` 10 becomes 4 retries (5 attempts),
+/// backoff below 1 ms is 1 ms (max 10× base), default backoff 25 ms /
+/// 250 ms, and a policy none of whose conditions converts is no policy
+/// (the condition recorded as ignored). Unit test:
+/// `route_tests.rs` `retry_policy_follows_grfc_a44`.
+#[tokio::test(start_paused = true)]
+async fn a2_11_retry_policy_follows_grfc_a44_end_to_end() {
+    use mesh_xds::pb::envoy::config::route::v3 as rds;
+    use mesh_xds::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+    let env = start();
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    s.send(response(L, "1", "l-1", vec![listener("svc:80", "rt")]))
+        .await;
+    expect(&mut s, L).await;
+    expect(&mut s, R).await;
+    let mut rt = xds_script::route_proto("rt", &["c1", "c2", "c3"]);
+    let policies = [
+        rds::RetryPolicy {
+            retry_on: "unavailable,cancelled".into(),
+            num_retries: Some(UInt32Value { value: 10 }),
+            retry_back_off: Some(rds::retry_policy::RetryBackOff {
+                base_interval: Some(PbDuration {
+                    seconds: 0,
+                    nanos: 500_000,
+                }),
+                max_interval: None,
+            }),
+            ..Default::default()
+        },
+        rds::RetryPolicy {
+            retry_on: "envoy-ratelimited".into(),
+            ..Default::default()
+        },
+        rds::RetryPolicy {
+            retry_on: "deadline-exceeded".into(),
+            ..Default::default()
+        },
+    ];
+    for (route, p) in rt.virtual_hosts[0].routes.iter_mut().zip(policies) {
+        if let Some(rds::route::Action::Route(a)) = &mut route.action {
+            a.retry_policy = Some(p);
+        }
+    }
+    s.send(response(R, "1", "r-1", vec![xds_script::any(R, &rt)]))
+        .await;
+    assert!(expect(&mut s, R).await.error_detail.is_none());
+    expect(&mut s, C).await;
+    s.send(response(
+        C,
+        "1",
+        "c-1",
+        ["c1", "c2", "c3"].map(|c| cluster(c, c)).to_vec(),
+    ))
+    .await;
+    expect(&mut s, C).await;
+    expect(&mut s, E).await;
+    s.send(response(
+        E,
+        "1",
+        "e-1",
+        ["c1", "c2", "c3"]
+            .map(|c| endpoints(c, &["10.0.0.1:80"]))
+            .to_vec(),
+    ))
+    .await;
+    expect(&mut s, E).await;
+    let snap = env.store.snapshot();
+    let table = snap.route_table("rt").expect("published");
+    let p0 = forward(table, 0).retry.as_ref().expect("a retry policy");
+    assert_eq!(p0.num_retries, 4, "max attempts capped at 5");
+    assert_eq!(
+        (p0.backoff.base, p0.backoff.max),
+        (Duration::from_millis(1), Duration::from_millis(10))
+    );
+    assert!(forward(table, 1).retry.is_none(), "nothing converts");
+    let p2 = forward(table, 2).retry.as_ref().expect("a retry policy");
+    assert_eq!(p2.num_retries, 1);
+    assert_eq!(
+        (p2.backoff.base, p2.backoff.max),
+        (Duration::from_millis(25), Duration::from_millis(250))
+    );
+    assert!(
+        env.status(R, "rt")
+            .ignored_fields
+            .iter()
+            .any(|f| f.contains("retry_on") && f.contains("envoy-ratelimited")),
+        "{:?}",
+        env.status(R, "rt").ignored_fields
+    );
+}
+
+/// A3.8 (gRFC A88): a stream that fails before any response is a
+/// transient error, a NACK or a deletion a data error. With
+/// `fail_on_data_errors` only data errors drop cached values.
+#[tokio::test(start_paused = true)]
+async fn a3_8_transient_errors_keep_values_data_errors_drop_them() {
+    let env = start_with(1, Protocol::StateOfTheWorld, |c| {
+        c.servers[0].features.fail_on_data_errors = true;
+    });
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    serve_cascade(&mut s, "svc:80", "rt", "c1", "1").await;
+    s.close();
+    // Transient: the next stream fails before any response, the next
+    // connection is refused.
+    let mut s2 = env.server().sotw_stream().await;
+    expect(&mut s2, L).await;
+    env.server().set_mode(Mode::Refuse);
+    s2.fail(tonic::Status::unavailable("transient")).await;
+    sleep(Duration::from_secs(10)).await;
+    assert!(env.client.metrics().server_failure >= 2);
+    for (t, n) in [(L, "svc:80"), (R, "rt"), (C, "c1"), (E, "c1-eds")] {
+        let st = env.status(t, n);
+        assert_eq!((st.state, st.cached), (ResourceState::Acked, true), "{n}");
+    }
+    assert!(env.store.snapshot().listener("svc:80").is_some());
+    // Data errors: a NACK of the cluster and the deletion of the listener.
+    env.server().set_mode(Mode::Accept);
+    let mut s3 = env.server().sotw_stream().await;
+    for t in [L, R, C, E] {
+        expect(&mut s3, t).await;
+    }
+    s3.send(response(C, "2", "c-2", vec![invalid_cluster("c1")]))
+        .await;
+    expect(&mut s3, C).await;
+    let st = env.status(C, "c1");
+    assert_eq!((st.state, st.cached), (ResourceState::Nacked, false));
+    assert!(
+        expect(&mut s3, E).await.resource_names.is_empty(),
+        "its EDS is no longer needed"
+    );
+    s3.send(response(L, "2", "l-2", vec![])).await;
+    expect(&mut s3, L).await;
+    let st = env.status(L, "svc:80");
+    assert_eq!((st.state, st.cached), (ResourceState::DoesNotExist, false));
+    assert!(env.store.snapshot().listener("svc:80").is_none());
+}
+
+/// A3.9 (gRFC A88): an ambient error (a NACK with a cached value, by
+/// default) keeps the old value in use and records the error; the next
+/// valid update replaces the value and clears the error. A resource error
+/// (`fail_on_data_errors`) stops the use of the old value.
+#[tokio::test(start_paused = true)]
+async fn a3_9_ambient_errors_keep_the_value_resource_errors_drop_it() {
+    let env = start();
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    serve_cascade(&mut s, "svc:80", "rt", "c1", "1").await;
+    s.send(response(
+        L,
+        "2",
+        "l-2",
+        vec![invalid_listener("svc:80", "rt")],
+    ))
+    .await;
+    expect(&mut s, L).await;
+    let st = env.status(L, "svc:80");
+    assert_eq!((st.state, st.cached), (ResourceState::Nacked, true));
+    assert!(st.error.is_some());
+    // The next valid update (a new route name) is used and clears it.
+    s.send(response(L, "3", "l-3", vec![listener("svc:80", "rt2")]))
+        .await;
+    expect(&mut s, L).await;
+    assert_eq!(names(&expect(&mut s, R).await), ["rt2"]);
+    let st = env.status(L, "svc:80");
+    assert_eq!((st.state, st.error), (ResourceState::Acked, None));
+    assert_eq!(st.version.as_deref(), Some("3"));
+
+    // Resource errors: the value is dropped at once.
+    let env = start_with(1, Protocol::StateOfTheWorld, |c| {
+        c.servers[0].features.fail_on_data_errors = true;
+    });
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    serve_cascade(&mut s, "svc:80", "rt", "c1", "1").await;
+    s.send(response(
+        L,
+        "2",
+        "l-2",
+        vec![invalid_listener("svc:80", "rt")],
+    ))
+    .await;
+    expect(&mut s, L).await;
+    assert!(!env.status(L, "svc:80").cached);
+    assert!(env.store.snapshot().listener("svc:80").is_none());
+    for t in [R, C, E] {
+        assert!(expect(&mut s, t).await.resource_names.is_empty());
+    }
+    s.send(response(L, "3", "l-3", vec![listener("svc:80", "rt")]))
+        .await;
+    expect(&mut s, L).await;
+    assert_eq!(env.status(L, "svc:80").state, ResourceState::Acked);
+    assert_eq!(names(&expect(&mut s, R).await), ["rt"]);
+}
+
+/// A3.12 (gRFC A88): a watcher added after an ambient error gets the cached
+/// resource, then the error. Watchers here read the store (the cached value
+/// is already published, so a new watch is served from it without a
+/// request) and the status (which carries the ambient error) — the value
+/// is there before the error can be read.
+#[tokio::test(start_paused = true)]
+async fn a3_12_a_new_watcher_after_an_ambient_error_gets_the_value_and_the_error() {
+    let env = start();
+    let w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    serve_cascade(&mut s, "svc:80", "rt", "c1", "1").await;
+    s.send(response(
+        L,
+        "2",
+        "l-2",
+        vec![invalid_listener("svc:80", "rt")],
+    ))
+    .await;
+    expect(&mut s, L).await;
+    let w2 = env.client.watch_listener("svc:80");
+    drop(w);
+    s.expect_silence(Duration::from_secs(5)).await;
+    assert!(env.store.snapshot().listener("svc:80").is_some());
+    let st = env.status(L, "svc:80");
+    assert_eq!((st.state, st.cached), (ResourceState::Nacked, true));
+    assert_eq!(st.version.as_deref(), Some("1"));
+    assert!(st.error.unwrap().contains("http_filters"));
+    assert_eq!(w2.name(), "svc:80");
+}
+
+/// A3.14 (gRFC A54, A88): calls that fail because of xDS state fail
+/// UNAVAILABLE / 503 with the resource, its state and the node in the
+/// message — never NOT_FOUND or INVALID_ARGUMENT.
+#[tokio::test(start_paused = true)]
+async fn a3_14_xds_errors_reach_calls_as_unavailable_naming_resource_and_node() {
+    use tower::ServiceExt;
+    let env = start();
+    let mesh = mesh_tower::Mesh::builder(env.store.clone())
+        .with_xds(env.client.clone())
+        .build();
+    let svc = mesh.client_for("xds:///svc:80").unwrap();
+    let call = |c: mesh_tower::MeshClient| async move {
+        let req = http::Request::get("/hello")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        c.oneshot(req).await.unwrap_err()
+    };
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    // A route to a cluster the client rejects (no value cached).
+    serve_to_cds(&mut s, "svc:80", "rt", &["bad"]).await;
+    s.send(response(C, "1", "c-1", vec![invalid_cluster("bad")]))
+        .await;
+    expect(&mut s, C).await;
+    let e = call(svc.clone()).await;
+    assert!(e.is_xds_unavailable(), "{e}");
+    assert_eq!(e.http_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e.grpc_code(), tonic::Code::Unavailable);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("\"bad\"") && msg.contains("NACKED") && msg.contains("node \"node-1\""),
+        "{msg}"
+    );
+    // A listener that does not exist: UNAVAILABLE too, not NOT_FOUND.
+    let other = mesh.client_for("xds:///gone:80").unwrap();
+    sleep(Duration::from_secs(16)).await;
+    let e = call(other).await;
+    assert_eq!(e.grpc_code(), tonic::Code::Unavailable);
+    assert!(e.to_string().contains("DOES_NOT_EXIST"), "{e}");
+}
+
+/// A4.3: the reconnection backoff is gRPC's (grpc-go
+/// `backoff.DefaultConfig`: 1 s, ×1.6, ±20 % jitter, at most 120 s), not
+/// Envoy's 500 ms – 30 s; the delays grow until the cap and stay there.
+#[tokio::test(start_paused = true)]
+async fn a4_3_backoff_is_grpcs_1s_x1_6_jitter_0_2_capped_at_120s() {
+    let d = mesh_xds::config::BackoffConfig::default();
+    assert_eq!(
+        (d.base, d.multiplier, d.jitter, d.max),
+        (Duration::from_secs(1), 1.6, 0.2, Duration::from_secs(120))
+    );
+    let expected = |i: i32| (1000.0 * 1.6f64.powi(i)).min(120_000.0);
+    // Without jitter: exactly the schedule.
+    let env = start_with(1, Protocol::StateOfTheWorld, |c| c.backoff.jitter = 0.0);
+    env.server().set_mode(Mode::Refuse);
+    let _w = env.client.watch_listener("svc:80");
+    sleep(Duration::from_secs(800)).await;
+    let times = env.server().connect_times();
+    assert!(times.len() >= 14, "{} attempts", times.len());
+    for (i, w) in times.windows(2).enumerate() {
+        let gap = (w[1] - w[0]).as_secs_f64() * 1000.0;
+        assert!(
+            (gap - expected(i as i32)).abs() < 2.0,
+            "gap {i}: {gap} ms, expected {} ms",
+            expected(i as i32)
+        );
+    }
+    // With the default jitter: within ±20 % of the schedule.
+    let env = start();
+    env.server().set_mode(Mode::Refuse);
+    let _w = env.client.watch_listener("svc:80");
+    sleep(Duration::from_secs(800)).await;
+    let times = env.server().connect_times();
+    assert!(times.len() >= 10);
+    for (i, w) in times.windows(2).enumerate() {
+        let gap = (w[1] - w[0]).as_secs_f64() * 1000.0;
+        let e = expected(i as i32);
+        assert!(
+            gap >= e * 0.8 - 2.0 && gap <= e * 1.2 + 2.0,
+            "gap {i}: {gap} ms, expected {e} ms ± 20 %"
+        );
+    }
+}
+
+/// A4.7 (gRFC A57): a server that accepts the stream but never answers
+/// cannot be told apart from one whose resources do not exist in SotW: the
+/// per-resource timers conclude DOES_NOT_EXIST while the stream stays up
+/// (no reconnect, no server failure).
+#[tokio::test(start_paused = true)]
+async fn a4_7_a_silent_server_is_detected_only_by_the_resource_timers() {
+    let env = start();
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    s.expect_silence(Duration::from_secs(14)).await;
+    assert_eq!(env.status(L, "svc:80").state, ResourceState::Requested);
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.status(L, "svc:80").state, ResourceState::DoesNotExist);
+    let m = env.client.metrics();
+    assert!(m.connected);
+    assert_eq!(m.server_failure, 0);
+    assert_eq!(env.server().connects(), 1, "the stream stays");
+    assert!(
+        env.server()
+            .try_sotw_stream(Duration::from_secs(60))
+            .await
+            .is_none()
+    );
+}
+
+/// A4.8: one ADS stream per process, deliberately: every handle of the
+/// client (clones, client and server listener watches) shares one
+/// connection and one stream.
+#[tokio::test(start_paused = true)]
+async fn a4_8_one_stream_per_process_shared_by_every_handle() {
+    let env = start_with(1, Protocol::StateOfTheWorld, |c| {
+        c.server_listener_resource_name_template = Some("inbound/%s".into());
+    });
+    let other = env.client.clone();
+    let _a = env.client.watch_listener("a:80");
+    let _b = other.watch_listener("b:81");
+    let _srv = other.watch_server_listener("10.0.0.1:8080".parse().unwrap());
+    let mut s = env.server().sotw_stream().await;
+    let mut listeners = names(&expect(&mut s, L).await)
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    while listeners.len() < 3 {
+        let more = expect(&mut s, L).await;
+        listeners = more.resource_names.clone();
+    }
+    assert_eq!(listeners, ["a:80", "b:81", "inbound/10.0.0.1:8080"]);
+    let _c = other.watch_listener("c:82");
+    assert_eq!(names(&expect(&mut s, L).await).len(), 4);
+    assert_eq!(env.server().connects(), 1);
+    assert!(
+        env.server()
+            .try_sotw_stream(Duration::from_secs(30))
+            .await
+            .is_none()
+    );
+}
+
+/// The next reload outcome of a file watch.
+async fn next_reload(
+    events: &mut tokio::sync::watch::Receiver<mesh_core::file::ReloadEvent>,
+) -> mesh_core::file::ReloadEvent {
+    tokio::time::timeout(Duration::from_secs(20), events.changed())
+        .await
+        .expect("a reload within 20 s")
+        .unwrap();
+    events.borrow_and_update().clone()
+}
+
+/// A5.4 (xds_protocol.rst "Filesystem subscriptions"): the file source has
+/// no ACK/NACK; an invalid edit is rejected and the last valid config stays
+/// in use; an atomic rename and a Kubernetes-style `..data` symlink swap
+/// are both picked up. (Real files and notify: real time, short debounce.
+/// The under-load variant is `hot_reload.rs`
+/// `rewriting_the_file_20_times_under_load_fails_no_request`.)
+#[tokio::test]
+async fn a5_4_file_source_keeps_the_last_valid_config_and_follows_renames_and_symlinks() {
+    use mesh_core::file::FileSource;
+    let yaml = |w1: u32, w2: u32| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: reviews }}
+spec:
+  hosts: [reviews]
+  ports: [{{ number: 9080, name: http, protocol: HTTP }}]
+  resolution: STATIC
+  endpoints:
+  - {{ address: 127.0.0.1, ports: {{ http: 7001 }}, labels: {{ version: v1 }} }}
+  - {{ address: 127.0.0.2, ports: {{ http: 7002 }}, labels: {{ version: v2 }} }}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: reviews }}
+spec:
+  host: reviews
+  subsets:
+  - {{ name: v1, labels: {{ version: v1 }} }}
+  - {{ name: v2, labels: {{ version: v2 }} }}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: reviews }}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {{ destination: {{ host: reviews, subset: v1 }}, weight: {w1} }}
+    - {{ destination: {{ host: reviews, subset: v2 }}, weight: {w2} }}
+"
+        )
+    };
+    // The weight of subset v1 in the published route table.
+    let v1_weight = |store: &ConfigStore| -> u32 {
+        let snap = store.snapshot();
+        let t = snap.route_tables().next().expect("a route table");
+        let vh = t.virtual_hosts().first().unwrap();
+        match &vh.routes[0].action {
+            mesh_core::model::RouteAction::Forward(f) => f
+                .clusters
+                .targets()
+                .iter()
+                .find(|t| t.cluster.as_str().contains("|v1|"))
+                .map(|t| t.weight)
+                .unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Kubernetes' ConfigMap layout: mesh.yaml -> ..data/mesh.yaml,
+    // ..data -> ..2026_v1.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let swap_data = |version: &str, text: &str| {
+        let d = root.join(version);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("mesh.yaml"), text).unwrap();
+        let tmp = root.join("..data_tmp");
+        std::os::unix::fs::symlink(version, &tmp).unwrap();
+        std::fs::rename(&tmp, root.join("..data")).unwrap();
+    };
+    swap_data("..2026_v1", &yaml(90, 10));
+    std::os::unix::fs::symlink("..data/mesh.yaml", root.join("mesh.yaml")).unwrap();
+    let store = ConfigStore::new();
+    let watcher = FileSource::new(root.join("mesh.yaml"))
+        .with_debounce(Duration::from_millis(20))
+        .watch(store.clone())
+        .unwrap();
+    let mut events = watcher.subscribe();
+    assert_eq!(v1_weight(&store), 90);
+    let good = store.version();
+
+    // An invalid edit (weights summing to 60) through a symlink swap:
+    // rejected, the last valid config stays.
+    events.borrow_and_update();
+    swap_data("..2026_v2", &yaml(50, 10));
+    let e = next_reload(&mut events).await;
+    let err = e.result.expect_err("rejected");
+    assert!(err.contains("weight"), "{err}");
+    assert_eq!(store.version(), good, "the last valid config stays");
+    assert_eq!(v1_weight(&store), 90);
+
+    // A valid edit through a symlink swap.
+    swap_data("..2026_v3", &yaml(20, 80));
+    let e = next_reload(&mut events).await;
+    assert_eq!(e.result, Ok(store.version()));
+    assert_eq!(v1_weight(&store), 20);
+
+    // An atomic rename of a new file over the config path.
+    let tmp = root.join("mesh.yaml.tmp");
+    std::fs::write(&tmp, yaml(70, 30)).unwrap();
+    std::fs::rename(&tmp, root.join("mesh.yaml")).unwrap();
+    let e = next_reload(&mut events).await;
+    assert_eq!(e.result, Ok(store.version()));
+    assert_eq!(v1_weight(&store), 70);
+}
+
+/// A7.1: a SotW RDS/EDS response is per resource (a route configuration it
+/// leaves out is unchanged), while a delta response carries only changes: a
+/// listener it does not mention is neither deleted nor changed.
+#[tokio::test(start_paused = true)]
+async fn a7_1_per_resource_responses_and_delta_changes_delete_nothing_else() {
+    // SotW RDS: only ra updated; rb stays as it was.
+    let env = start();
+    let _a = env.client.watch_listener("a:80");
+    let _b = env.client.watch_listener("b:81");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    s.send(response(
+        L,
+        "1",
+        "l-1",
+        vec![listener("a:80", "ra"), listener("b:81", "rb")],
+    ))
+    .await;
+    expect(&mut s, L).await;
+    expect(&mut s, R).await;
+    s.send(response(
+        R,
+        "1",
+        "r-1",
+        vec![route("ra", &["c"]), route("rb", &["c"])],
+    ))
+    .await;
+    expect(&mut s, R).await;
+    expect(&mut s, C).await;
+    s.send(response(R, "2", "r-2", vec![route("ra", &["c", "d"])]))
+        .await;
+    expect(&mut s, R).await;
+    let rb = env.status(R, "rb");
+    assert_eq!(
+        (rb.state, rb.version.as_deref()),
+        (ResourceState::Acked, Some("1"))
+    );
+    assert_eq!(env.status(R, "ra").version.as_deref(), Some("2"));
+
+    // Delta LDS: an update of a:80 alone leaves b:81 alone.
+    let env = start_with(1, Protocol::Delta, |_| {});
+    let _a = env.client.watch_listener("a:80");
+    let _b = env.client.watch_listener("b:81");
+    let mut s = env.server().delta_stream().await;
+    s.recv().await;
+    s.send(delta_response(
+        L,
+        "d1",
+        vec![
+            ("a:80", "a1", listener("a:80", "ra")),
+            ("b:81", "b1", listener("b:81", "rb")),
+        ],
+        &[],
+    ))
+    .await;
+    assert_eq!(s.recv().await.response_nonce, "d1");
+    s.send(delta_response(
+        L,
+        "d2",
+        vec![("a:80", "a2", listener("a:80", "ra2"))],
+        &[],
+    ))
+    .await;
+    loop {
+        let r = s.recv().await;
+        if r.response_nonce == "d2" {
+            assert!(r.error_detail.is_none());
+            break;
+        }
+    }
+    let b = env.status(L, "b:81");
+    assert_eq!(
+        (b.state, b.version.as_deref()),
+        (ResourceState::Acked, Some("b1"))
+    );
+    assert_eq!(env.status(L, "a:80").version.as_deref(), Some("a2"));
+}
+
+/// A7.3: the client never subscribes by wildcard, so it never relies on the
+/// legacy empty-list rule either: every request of every type, SotW and
+/// delta, names its resources explicitly, none is `"*"`, and an empty
+/// SotW list is only ever an unsubscription after names were sent.
+#[tokio::test(start_paused = true)]
+async fn a7_3_no_wildcard_every_request_names_its_resources() {
+    let env = start();
+    let w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    let first = expect(&mut s, L).await;
+    let mut seen: Vec<DiscoveryRequest> = vec![first];
+    s.send(response(L, "1", "l-1", vec![listener("svc:80", "rt")]))
+        .await;
+    seen.push(expect(&mut s, L).await);
+    seen.push(expect(&mut s, R).await);
+    s.send(response(R, "1", "r-1", vec![route("rt", &["c1"])]))
+        .await;
+    seen.push(expect(&mut s, R).await);
+    seen.push(expect(&mut s, C).await);
+    s.send(response(C, "1", "c-1", vec![cluster("c1", "e1")]))
+        .await;
+    seen.push(expect(&mut s, C).await);
+    seen.push(expect(&mut s, E).await);
+    s.close();
+    let mut s2 = env.server().sotw_stream().await;
+    for t in [L, R, C, E] {
+        seen.push(expect(&mut s2, t).await);
+    }
+    drop(w);
+    while let Some(r) = s2.try_recv(Duration::from_secs(2)).await {
+        seen.push(r);
+    }
+    let mut named = std::collections::BTreeSet::new();
+    for r in &seen {
+        assert!(
+            !r.resource_names.iter().any(|n| n == "*"),
+            "wildcard in {r:?}"
+        );
+        if r.resource_names.is_empty() {
+            assert!(named.contains(&r.type_url), "legacy wildcard: {r:?}");
+        } else {
+            named.insert(r.type_url.clone());
+        }
+    }
+    assert_eq!(named.len(), 4);
+
+    let env = start_with(1, Protocol::Delta, |_| {});
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().delta_stream().await;
+    let first = s.recv().await;
+    assert_eq!(first.resource_names_subscribe, ["svc:80"]);
+    s.send(delta_response(
+        L,
+        "d1",
+        vec![("svc:80", "1", listener("svc:80", "rt"))],
+        &[],
+    ))
+    .await;
+    s.recv().await;
+    let rds = s.recv().await;
+    assert_eq!(rds.resource_names_subscribe, ["rt"]);
+    for r in [&first, &rds] {
+        assert!(!r.resource_names_subscribe.iter().any(|n| n == "*"));
+    }
+}
+
+/// A7.4: a SotW unsubscription resends the full remaining set of names
+/// (not a difference); delta sends `resource_names_unsubscribe` with only
+/// the dropped name.
+#[tokio::test(start_paused = true)]
+async fn a7_4_unsubscribe_resends_the_remaining_set_or_sends_a_delta_unsubscribe() {
+    let env = start();
+    let _a = env.client.watch_listener("a:80");
+    let b = env.client.watch_listener("b:81");
+    let _c = env.client.watch_listener("c:82");
+    let mut s = env.server().sotw_stream().await;
+    assert_eq!(names(&expect(&mut s, L).await), ["a:80", "b:81", "c:82"]);
+    drop(b);
+    assert_eq!(names(&expect(&mut s, L).await), ["a:80", "c:82"]);
+
+    let env = start_with(1, Protocol::Delta, |_| {});
+    let _a = env.client.watch_listener("a:80");
+    let b = env.client.watch_listener("b:81");
+    let _c = env.client.watch_listener("c:82");
+    let mut s = env.server().delta_stream().await;
+    assert_eq!(
+        s.recv().await.resource_names_subscribe,
+        ["a:80", "b:81", "c:82"]
+    );
+    drop(b);
+    let unsub = s.recv().await;
+    assert_eq!(unsub.resource_names_unsubscribe, ["b:81"]);
+    assert!(unsub.resource_names_subscribe.is_empty());
+}
+
+/// A7.7: delta reports a missing resource through `removed_resources`
+/// (DOES_NOT_EXIST at once, no timer needed), and the client still runs
+/// the does-not-exist timer for a resource the server never mentions.
+#[tokio::test(start_paused = true)]
+async fn a7_7_delta_removed_resources_and_the_timer_still_runs() {
+    let env = start_with(1, Protocol::Delta, |_| {});
+    let _a = env.client.watch_listener("a:80");
+    let _b = env.client.watch_listener("b:81");
+    let mut s = env.server().delta_stream().await;
+    s.recv().await;
+    s.send(delta_response(L, "d1", vec![], &["b:81"])).await;
+    assert_eq!(s.recv().await.response_nonce, "d1");
+    let b = env.status(L, "b:81");
+    assert_eq!(b.state, ResourceState::DoesNotExist);
+    assert!(b.error.unwrap().contains("removed_resources"));
+    assert_eq!(env.status(L, "a:80").state, ResourceState::Requested);
+    sleep(Duration::from_secs(16)).await;
+    assert_eq!(env.status(L, "a:80").state, ResourceState::DoesNotExist);
+}
+
+/// A7.8: a SotW subscription change carries the nonce of the latest
+/// response of its type (never an older one), so a server that has moved
+/// to a newer version does not ignore it as stale.
+#[tokio::test(start_paused = true)]
+async fn a7_8_subscription_changes_carry_the_latest_nonce() {
+    let env = start();
+    let _a = env.client.watch_listener("a:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    s.send(response(L, "1", "n1", vec![listener("a:80", "ra")]))
+        .await;
+    assert_eq!(expect(&mut s, L).await.response_nonce, "n1");
+    expect(&mut s, R).await;
+    s.send(response(L, "2", "n2", vec![listener("a:80", "ra")]))
+        .await;
+    assert_eq!(expect(&mut s, L).await.response_nonce, "n2");
+    let _b = env.client.watch_listener("b:81");
+    let change = expect(&mut s, L).await;
+    assert_eq!(names(&change), ["a:80", "b:81"]);
+    assert_eq!(
+        (change.response_nonce.as_str(), change.version_info.as_str()),
+        ("n2", "2")
+    );
+    // The server answers the change with a newer version: ACKed.
+    s.send(response(
+        L,
+        "3",
+        "n3",
+        vec![listener("a:80", "ra"), listener("b:81", "ra")],
+    ))
+    .await;
+    let ack = expect(&mut s, L).await;
+    assert_eq!(
+        (ack.response_nonce.as_str(), ack.version_info.as_str()),
+        ("n3", "3")
+    );
+    assert_eq!(env.status(L, "b:81").state, ResourceState::Acked);
+}
