@@ -186,6 +186,53 @@ pub enum CertificatePlugin {
     },
 }
 
+/// The SDS secrets that carry the process's workload identity, as the
+/// ADS client subscribes them into a
+/// [`CredentialStore`](mesh_identity::CredentialStore)
+/// ([`XdsClient::watch_identity`](crate::XdsClient::watch_identity)).
+///
+/// Istio's names are those istio-agent serves Envoy over SDS
+/// (`pkg/security`: `WorkloadKeyCertResourceName` = `default`,
+/// `RootCertReqResourceName` = `ROOTCA`): [`SdsIdentity::istio`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SdsIdentity {
+    /// The `tls_certificate` secret: the workload's X.509-SVID chain and
+    /// key.
+    pub certificate: String,
+    /// The `validation_context` secret: the roots of the trust domain.
+    pub validation: String,
+    /// The trust domain the roots are for; the certificate's SPIFFE ID must
+    /// be in it.
+    pub trust_domain: String,
+}
+
+impl SdsIdentity {
+    /// The name of the workload certificate secret Istio serves: `default`.
+    pub const ISTIO_CERTIFICATE: &'static str = "default";
+    /// The name of the root secret Istio serves: `ROOTCA`.
+    pub const ISTIO_ROOTS: &'static str = "ROOTCA";
+
+    /// The secrets `certificate` and `validation`, the roots being those of
+    /// `trust_domain`.
+    pub fn new(
+        certificate: impl Into<String>,
+        validation: impl Into<String>,
+        trust_domain: impl Into<String>,
+    ) -> Self {
+        Self {
+            certificate: certificate.into(),
+            validation: validation.into(),
+            trust_domain: trust_domain.into(),
+        }
+    }
+
+    /// Istio's secrets (`default` and `ROOTCA`) for `trust_domain`
+    /// (`cluster.local` unless the mesh sets another).
+    pub fn istio(trust_domain: impl Into<String>) -> Self {
+        Self::new(Self::ISTIO_CERTIFICATE, Self::ISTIO_ROOTS, trust_domain)
+    }
+}
+
 impl ClientConfig {
     /// A config for one plaintext SotW server at `uri`, identifying as
     /// `node_id`, with the default timers.

@@ -35,8 +35,8 @@ pub mod translate;
 mod type_url;
 
 pub use bootstrap::{Bootstrap, InvalidBootstrap};
-pub use client::{Watch, XdsClient, XdsClientMetrics};
-pub use config::ClientConfig;
+pub use client::{SdsWatch, Watch, XdsClient, XdsClientMetrics};
+pub use config::{ClientConfig, SdsIdentity};
 pub use resource::{DecodeContext, DecodeError, Decoded, XdsResource};
 pub use status::{ResourceState, ResourceStatus};
 pub use type_url::TypeUrl;

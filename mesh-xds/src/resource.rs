@@ -212,4 +212,10 @@ pub struct DecodeContext {
     /// (`certificate_providers`). A TLS context naming any other instance
     /// is rejected (it cannot be honoured: gRFC A29).
     pub certificate_providers: BTreeSet<String>,
+    /// The SDS secret pairs the process subscribes into its identity store
+    /// ([`XdsClient::watch_identity`](crate::XdsClient::watch_identity)).
+    /// A TLS context may reference these secrets by name (they then mean
+    /// the process identity and its roots); a reference to any other
+    /// secret is rejected (rules A2.7: it cannot be resolved).
+    pub sds_identities: BTreeSet<crate::config::SdsIdentity>,
 }

@@ -22,6 +22,7 @@
 mod cache;
 mod cascade;
 mod metrics;
+mod sds;
 mod state;
 mod transport;
 
@@ -46,10 +47,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 pub use metrics::XdsClientMetrics;
+pub use sds::{REDACTED, SdsIdentityStats, SdsWatch};
 pub use transport::{ConnectError, Connector};
 
 use crate::TypeUrl;
-use crate::config::{ClientConfig, Protocol};
+use crate::config::{ClientConfig, Protocol, SdsIdentity};
 use crate::resource::{DecodeContext, DecodeError, Decoded};
 use crate::status::ResourceStatus;
 use metrics::Metrics;
@@ -136,6 +138,9 @@ struct Inner {
     closed: bool,
     statuses: Arc<Vec<ResourceStatus>>,
     raw: Arc<Vec<RawEntry>>,
+    /// SDS identities watched ([`XdsClient::watch_identity`]), by watch.
+    identities: Vec<(u64, Arc<sds::Sink>)>,
+    next_identity: u64,
 }
 
 impl Shared {
@@ -163,6 +168,28 @@ impl Shared {
                     inner.interest.remove(name);
                 }
             }
+            inner.generation += 1;
+        }
+        self.wake.notify_one();
+    }
+
+    fn add_identity(&self, sink: Arc<sds::Sink>) -> u64 {
+        let id = {
+            let mut inner = self.lock();
+            let id = inner.next_identity;
+            inner.next_identity += 1;
+            inner.identities.push((id, sink));
+            inner.generation += 1;
+            id
+        };
+        self.wake.notify_one();
+        id
+    }
+
+    fn remove_identity(&self, id: u64) {
+        {
+            let mut inner = self.lock();
+            inner.identities.retain(|(i, _)| *i != id);
             inner.generation += 1;
         }
         self.wake.notify_one();
@@ -250,6 +277,7 @@ impl XdsClient {
             shared: Arc::clone(&shared),
             state: State::new(config, decoder),
             published: cascade::Published::default(),
+            identities: Vec::new(),
             store,
             connector,
             generation: u64::MAX,
@@ -273,6 +301,25 @@ impl XdsClient {
             owner: Arc::clone(&self.owner),
             name: name.to_owned(),
         }
+    }
+
+    /// Subscribes the SDS secrets of `identity` over the shared ADS stream
+    /// and keeps the returned watch's
+    /// [`CredentialStore`](mesh_identity::CredentialStore) current with
+    /// them (module `sds`: the certificate must be a valid X.509-SVID of
+    /// the identity's trust domain with a matching key, the roots usable;
+    /// anything else is NACKed and the last good identity stays; nothing is
+    /// published before both secrets are valid).
+    ///
+    /// While the watch lives, TLS contexts may reference these secrets by
+    /// name over ADS (`tls_certificate_sds_secret_configs`,
+    /// `validation_context_sds_secret_config`): they mean the process
+    /// identity and its roots, as `ISTIO_MUTUAL`. Call it right after
+    /// [`start`](Self::start): a resource that references the secrets and
+    /// arrives before the watch is NACKed (fail closed) until the server
+    /// sends it again.
+    pub fn watch_identity(&self, identity: SdsIdentity) -> SdsWatch {
+        SdsWatch::new(Arc::clone(&self.owner), identity)
     }
 
     /// Watches the server-side listener of `addr`, named by the bootstrap's
@@ -405,6 +452,8 @@ struct Task {
     shared: Arc<Shared>,
     state: State,
     published: cascade::Published,
+    /// The SDS identities fed from the cache.
+    identities: Vec<sds::Publisher>,
     store: ConfigStore,
     connector: Connector,
     generation: u64,
@@ -517,6 +566,9 @@ impl Task {
         }
         self.generation = inner.generation;
         self.state.interest = inner.interest.clone();
+        let identities = sds::sync(&mut self.identities, &inner.identities);
+        drop(inner);
+        self.state.set_sds_identities(identities);
         true
     }
 
@@ -528,6 +580,7 @@ impl Task {
         {
             tracing::warn!(error = %e, "xDS config rejected by the store; the last good config stays");
         }
+        sds::publish(&self.state, &mut self.identities);
         self.refresh_view();
     }
 
@@ -755,6 +808,8 @@ impl Task {
         if applied.changed || interest {
             self.settle();
         } else {
+            // A rejected secret changes no value, but counts.
+            sds::publish(&self.state, &mut self.identities);
             self.refresh_view();
         }
         tx.send(applied.ack).await?;

@@ -20,7 +20,7 @@ use super::Decoder;
 use super::cache::Entry;
 use super::metrics::Metrics;
 use crate::TypeUrl;
-use crate::config::{ClientConfig, Protocol};
+use crate::config::{ClientConfig, Protocol, SdsIdentity};
 use crate::resource::{DecodeContext, XdsResource};
 use crate::status::{ResourceState, ResourceStatus};
 
@@ -119,6 +119,7 @@ impl State {
                 .iter()
                 .map(|p| p.name.clone())
                 .collect(),
+            sds_identities: BTreeSet::new(),
         };
         Self {
             config,
@@ -285,6 +286,18 @@ impl State {
     }
 
     // === subscriptions ===
+
+    /// Sets the SDS identities the process watches: what the translators
+    /// accept as secret references and check secrets against, and the
+    /// secret names subscribed. Returns whether the names changed.
+    pub(crate) fn set_sds_identities(&mut self, identities: BTreeSet<SdsIdentity>) -> bool {
+        let names = identities
+            .iter()
+            .flat_map(|i| [i.certificate.clone(), i.validation.clone()])
+            .collect();
+        self.ctx.sds_identities = identities;
+        self.set_wanted(TypeUrl::Secret, names)
+    }
 
     /// Sets the wanted names of `t`, adding entries for new names and
     /// dropping the entries of names no longer wanted (A5.5). Returns
@@ -621,7 +634,8 @@ impl State {
         let mut by_name: BTreeMap<String, Result<(crate::Decoded, Any), String>> = BTreeMap::new();
         let mut duplicates = BTreeSet::new();
         for (expected, any) in items {
-            let result = (self.decoder)(t, &any, &self.ctx);
+            let result =
+                (self.decoder)(t, &any, &self.ctx).and_then(|d| super::sds::check(&self.ctx, t, d));
             let (name, result) = match result {
                 Ok(d) => {
                     if let Some(n) = &expected
@@ -721,9 +735,14 @@ impl State {
             .iter()
             .zip(&self.types)
             .flat_map(|(t, ts)| {
-                ts.entries
-                    .iter()
-                    .map(|(n, e)| (*t, n.clone(), e.value.as_ref().map(|c| Arc::clone(&c.raw))))
+                ts.entries.iter().map(|(n, e)| {
+                    let raw = e.value.as_ref().map(|c| match t {
+                        // Never dump key material.
+                        TypeUrl::Secret => super::sds::redacted(&c.raw),
+                        _ => Arc::clone(&c.raw),
+                    });
+                    (*t, n.clone(), raw)
+                })
             })
             .collect()
     }

@@ -76,6 +76,7 @@ fn any<M: Message + Name>(m: &M) -> Any {
 fn ctx() -> DecodeContext {
     DecodeContext {
         certificate_providers: BTreeSet::from(["default".to_owned()]),
+        ..Default::default()
     }
 }
 
@@ -1331,6 +1332,7 @@ fn a2_7_a_certificate_from_another_instance_than_the_roots_is_nacked() {
     let c = with_tls(eds_cluster(REVIEWS), common);
     let ctx = DecodeContext {
         certificate_providers: BTreeSet::from(["default".to_owned(), "other".to_owned()]),
+        ..Default::default()
     };
     let err = super::decode(TypeUrl::Cluster, &any(&c), &ctx)
         .unwrap_err()

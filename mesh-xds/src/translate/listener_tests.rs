@@ -94,6 +94,7 @@ fn socket(ip: &str, port: u32) -> core::Address {
 pub(crate) fn ctx() -> DecodeContext {
     DecodeContext {
         certificate_providers: BTreeSet::from(["default".to_owned()]),
+        ..Default::default()
     }
 }
 
