@@ -826,3 +826,65 @@ async fn a_real_handshake_presents_the_sds_certificate_and_the_rotated_one_next(
     handshake(addr, w.store()).await;
     assert_eq!(presented.recv().await.unwrap(), leaf2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cluster_naming_the_watched_identity_is_acked_and_another_is_nacked() {
+    use mesh_tests::xds_script::{endpoints, listener, route};
+    let ca = TestCa::new(TD).unwrap();
+    let leaf = ca.leaf(APP).issue().unwrap();
+    let env = start(Protocol::StateOfTheWorld);
+    let (w, mut s) = serve_identity(&env, &ca, &leaf).await;
+    let _l = env.client.watch_listener("svc:80");
+    let server = "spiffe://cluster.local/ns/default/sa/server";
+    expect(&mut s, TypeUrl::Listener).await;
+    s.send(response(
+        TypeUrl::Listener,
+        "1",
+        "l1",
+        vec![listener("svc:80", "rt")],
+    ))
+    .await;
+    expect(&mut s, TypeUrl::Listener).await;
+    expect(&mut s, TypeUrl::RouteConfiguration).await;
+    s.send(response(
+        TypeUrl::RouteConfiguration,
+        "1",
+        "r1",
+        vec![route("rt", &["good", "bad"])],
+    ))
+    .await;
+    expect(&mut s, TypeUrl::RouteConfiguration).await;
+    let sub = expect(&mut s, C).await;
+    assert_eq!(names(&sub), ["bad", "good"]);
+    s.send(response(
+        C,
+        "1",
+        "c1",
+        vec![
+            sds_cluster("good", "default", "ROOTCA", server),
+            sds_cluster("bad", "vault", "ROOTCA", server),
+        ],
+    ))
+    .await;
+    let nack = expect(&mut s, C).await;
+    let msg = &nack.error_detail.as_ref().expect("NACK").message;
+    assert!(
+        msg.starts_with(
+            "bad: transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name: SDS secret \"vault\" is not the certificate of an identity"
+        ),
+        "{msg}"
+    );
+    assert_eq!(env.state(C, "good").state, ResourceState::Acked);
+    assert_eq!(env.state(C, "bad").state, ResourceState::Nacked);
+    let eds = expect(&mut s, TypeUrl::ClusterLoadAssignment).await;
+    assert_eq!(names(&eds), ["good"]);
+    s.send(response(
+        TypeUrl::ClusterLoadAssignment,
+        "1",
+        "e1",
+        vec![endpoints("good", &["10.0.0.1:80"])],
+    ))
+    .await;
+    expect(&mut s, TypeUrl::ClusterLoadAssignment).await;
+    drop(w);
+}

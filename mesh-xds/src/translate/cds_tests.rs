@@ -1376,7 +1376,30 @@ fn a2_7_sds_secret_references_are_nacked() {
     assert_eq!(
         nack(&c),
         format!(
-            "{REVIEWS}: transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs: SDS secret references are not supported: use tls_certificate_provider_instance (gRFC A29)"
+            "{REVIEWS}: transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name: empty"
+        )
+    );
+    // A named secret over ADS cannot be combined with the provider's
+    // certificate (SDS references in full: tests/tests/xds_sds.rs).
+    let mut common = istio_common_tls(&[]);
+    common.tls_certificate_sds_secret_configs = vec![
+        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig {
+            name: "default".into(),
+            sds_config: Some(envoy_types::pb::envoy::config::core::v3::ConfigSource {
+                config_source_specifier: Some(
+                    envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(
+                        Default::default(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+        },
+    ];
+    let c = with_tls(eds_cluster(REVIEWS), common);
+    assert_eq!(
+        nack(&c),
+        format!(
+            "{REVIEWS}: transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0]: set together with transport_socket.typed_config.common_tls_context.tls_certificate_provider_instance: the process has one workload identity"
         )
     );
 }

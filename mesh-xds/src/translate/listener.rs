@@ -692,11 +692,6 @@ fn downstream_tls(
             "{cp}.tls_certificates: not supported (use a certificate provider instance)"
         ));
     }
-    if !c.tls_certificate_sds_secret_configs.is_empty() {
-        return Err(format!(
-            "{cp}.tls_certificate_sds_secret_configs: not supported"
-        ));
-    }
     if c.custom_tls_certificate_selector.is_some() {
         return Err(format!(
             "{cp}.custom_tls_certificate_selector: not supported"
@@ -715,6 +710,10 @@ fn downstream_tls(
     note(ignored, &cp, c.tls_params.is_some(), "tls_params");
     note(ignored, &cp, !c.alpn_protocols.is_empty(), "alpn_protocols");
     note(ignored, &cp, c.key_log.is_some(), "key_log");
+    if !c.tls_certificate_sds_secret_configs.is_empty() {
+        // The process identity by SDS secret names (translate::tls).
+        return super::tls::downstream_sds(c, &cp, ctx).map(|()| true);
+    }
     let Some(identity) = &c.tls_certificate_provider_instance else {
         return Err(format!("{cp}.tls_certificate_provider_instance: required"));
     };

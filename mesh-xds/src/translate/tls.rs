@@ -15,12 +15,24 @@
 //! - **Inline PEM** (an Envoy-style control plane): `trusted_ca` (and
 //!   `crl`) in the validation context, optionally one `tls_certificates`
 //!   entry → [`UpstreamTls::Simple`] or [`UpstreamTls::Mutual`].
+//! - **SDS secret references** (what istiod sends Envoy for
+//!   `ISTIO_MUTUAL`: `tls_certificate_sds_secret_configs` `default`,
+//!   `validation_context_sds_secret_config` `ROOTCA`), fetched over ADS:
+//!   accepted when the names are the certificate and roots of one identity
+//!   the process subscribes into its identity store
+//!   ([`DecodeContext::sds_identities`],
+//!   [`XdsClient::watch_identity`](crate::XdsClient::watch_identity)).
+//!   They then mean the process identity and its roots, exactly as the
+//!   certificate-provider shape: [`UpstreamTls::IstioMutual`]. Any other
+//!   name, a secret from another config source than ADS, or a static
+//!   secret is a reference the process cannot resolve: rejected (rules
+//!   A2.7, fail closed).
 //!
 //! Everything that would verify the server less strictly than the control
 //! plane asked is rejected, never ignored (rules A2.7, gRFC A29; grpc-go
 //! `unmarshal_cds.go`): SPKI/hash pinning, CRLs with provider roots, custom
 //! validators, signed certificate timestamps, expired or untrusted chains,
-//! verify depth, SDS secret references, TLS parameters, key logging, and
+//! verify depth, unresolvable SDS secret references, TLS parameters, key logging, and
 //! SAN matchers other than exact ones (the model compares SANs by
 //! equality). An empty SAN matcher list means no SAN check beyond the
 //! model's trust-domain check for `ISTIO_MUTUAL` (B3.1).
@@ -34,8 +46,10 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::certificate_
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
 use envoy_types::pb::envoy::config::core::v3::DataSource;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, TlsCertificate, UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, TlsCertificate,
+    UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
@@ -45,6 +59,7 @@ use mesh_core::model::{
 use prost::{Message, Name};
 
 use super::values::{Doc, inline_text, join, require_pem};
+use crate::config::SdsIdentity;
 use crate::resource::{DecodeContext, DecodeError};
 
 /// Where the roots or the certificate come from.
@@ -60,6 +75,18 @@ enum Source {
         key: String,
         path: String,
     },
+    /// An SDS secret, by name (with the path of its `SdsSecretConfig`).
+    Sds(String, String),
+}
+
+impl Source {
+    /// The path of the field that set it.
+    fn path(&self) -> &str {
+        match self {
+            Self::Provider(_, p) | Self::Inline(_, p) | Self::Sds(_, p) => p,
+            Self::InlinePair { path, .. } => path,
+        }
+    }
 }
 
 /// One accepted SAN: exact value, and the SAN type when typed.
@@ -163,41 +190,25 @@ fn upstream_tls_context(
                     ),
                 ));
             }
-            if let Some((crl_field, _)) = crl {
-                return Err(doc.err(
-                    &crl_field,
-                    "not supported with certificate-provider roots (rules A2.7)",
-                ));
-            }
-            doc.reject_if(
-                utc.auto_sni_san_validation,
-                &join(path, "auto_sni_san_validation"),
-                "not supported for mesh (certificate-provider) TLS",
-            )?;
-            let mut ids = Vec::with_capacity(sans.len());
-            for san in sans {
-                match san.kind {
-                    Some(SanType::Uri) | None if san.value.starts_with("spiffe://") => {
-                        ids.push(Arc::from(san.value))
-                    }
-                    _ => {
-                        return Err(doc.err(
-                            &san.path,
-                            format!(
-                                "{:?}: mesh TLS verifies the server's SPIFFE ID (a URI SAN spiffe://…); other SANs cannot be checked",
-                                san.value
-                            ),
-                        ));
-                    }
-                }
-            }
-            Ok(UpstreamTls::IstioMutual(IstioMutualTls {
-                sni,
-                subject_alt_names: ids.into(),
-                service_subject_alt_names: Arc::from([]),
-                service_accounts: Arc::from([]),
-            }))
+            mesh_tls(doc, utc, path, sni, crl, sans, "certificate-provider")
         }
+        (Some(Source::Sds(ca, ca_field)), Some(Source::Sds(cert, cert_field))) => {
+            sds_identity(ctx, (&cert, &cert_field), (&ca, &ca_field))
+                .map_err(|(p, reason)| doc.err(&p, reason))?;
+            mesh_tls(doc, utc, path, sni, crl, sans, "SDS")
+        }
+        (Some(Source::Sds(_, ca_field)), None) => Err(doc.err(
+            &ca_field,
+            "SDS roots without an SDS client certificate are not supported: SDS-backed TLS is the mesh's mutual TLS",
+        )),
+        (Some(Source::Sds(_, ca_field)), Some(_)) => Err(doc.err(
+            &ca_field,
+            "SDS roots with a client certificate from another source: the process has one workload identity",
+        )),
+        (Some(_), Some(Source::Sds(_, cert_field))) => Err(doc.err(
+            &cert_field,
+            "an SDS client certificate with roots from another source: the process has one workload identity",
+        )),
         (Some(Source::Provider(_, ca_field)), None) => Err(doc.err(
             &ca_field,
             "certificate-provider roots without a certificate-provider client certificate are not supported: provider-backed TLS is the mesh's mutual TLS",
@@ -280,12 +291,200 @@ fn upstream_tls_context(
                         ),
                     })
                 }
-                Some(Source::Provider(..) | Source::Inline(..)) => {
+                Some(Source::Provider(..) | Source::Inline(..) | Source::Sds(..)) => {
                     Err(doc.err(&cpath, "unsupported certificate source"))
                 }
             }
         }
     }
+}
+
+/// The mesh's mutual TLS (`ISTIO_MUTUAL`) with the process identity and
+/// roots, whether named by certificate-provider instances or by SDS
+/// secrets (`kind`, for the messages): exact SPIFFE SAN matchers only, no
+/// CRL.
+fn mesh_tls(
+    doc: &mut Doc<'_>,
+    utc: &UpstreamTlsContext,
+    path: &str,
+    sni: Option<Arc<str>>,
+    crl: Option<(String, String)>,
+    sans: Vec<San>,
+    kind: &str,
+) -> Result<UpstreamTls, DecodeError> {
+    if let Some((crl_field, _)) = crl {
+        return Err(doc.err(
+            &crl_field,
+            format!("not supported with {kind} roots (rules A2.7)"),
+        ));
+    }
+    doc.reject_if(
+        utc.auto_sni_san_validation,
+        &join(path, "auto_sni_san_validation"),
+        &format!("not supported for mesh ({kind}) TLS"),
+    )?;
+    let mut ids = Vec::with_capacity(sans.len());
+    for san in sans {
+        match san.kind {
+            Some(SanType::Uri) | None if san.value.starts_with("spiffe://") => {
+                ids.push(Arc::from(san.value))
+            }
+            _ => {
+                return Err(doc.err(
+                    &san.path,
+                    format!(
+                        "{:?}: mesh TLS verifies the server's SPIFFE ID (a URI SAN spiffe://…); other SANs cannot be checked",
+                        san.value
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(UpstreamTls::IstioMutual(IstioMutualTls {
+        sni,
+        subject_alt_names: ids.into(),
+        service_subject_alt_names: Arc::from([]),
+        service_accounts: Arc::from([]),
+    }))
+}
+
+// === SDS secret references ===
+
+/// The name of an `SdsSecretConfig` the process can resolve: a named
+/// secret fetched over ADS (`ads`, or `self` on the ADS stream), or the
+/// path of the offending field and why not.
+pub(super) fn sds_secret_name<'a>(
+    c: &'a SdsSecretConfig,
+    path: &str,
+) -> Result<&'a str, (String, String)> {
+    if c.name.is_empty() {
+        return Err((join(path, "name"), "empty".to_owned()));
+    }
+    match c.sds_config.as_ref().and_then(|s| s.config_source_specifier.as_ref()) {
+        Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_)) => Ok(&c.name),
+        None => Err((
+            join(path, "sds_config"),
+            "unset: static secrets (Envoy's bootstrap static_resources) are not supported; the identity's secrets come over ADS".to_owned(),
+        )),
+        Some(_) => Err((
+            join(path, "sds_config"),
+            "only ads or self is supported: the process fetches its secrets over its one ADS stream".to_owned(),
+        )),
+    }
+}
+
+/// The watched identity whose certificate is `cert` and whose roots are
+/// `roots` (each with the path of its `SdsSecretConfig`), or the path and
+/// why the pair cannot be resolved.
+pub(super) fn sds_identity<'a>(
+    ctx: &'a DecodeContext,
+    cert: (&str, &str),
+    roots: (&str, &str),
+) -> Result<&'a SdsIdentity, (String, String)> {
+    let watched = if ctx.sds_identities.is_empty() {
+        "none is watched (XdsClient::watch_identity)".to_owned()
+    } else {
+        format!(
+            "watched: {}",
+            ctx.sds_identities
+                .iter()
+                .map(|i| format!("{:?} with roots {:?}", i.certificate, i.validation))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut of_cert = ctx
+        .sds_identities
+        .iter()
+        .filter(|i| i.certificate == cert.0)
+        .peekable();
+    if of_cert.peek().is_none() {
+        return Err((
+            join(cert.1, "name"),
+            format!(
+                "SDS secret {:?} is not the certificate of an identity this process subscribes into its identity store ({watched}); a reference the process cannot resolve fails closed (rules A2.7)",
+                cert.0
+            ),
+        ));
+    }
+    of_cert.find(|i| i.validation == roots.0).ok_or_else(|| {
+        (
+            join(roots.1, "name"),
+            format!(
+                "SDS secret {:?} is not the roots of the identity whose certificate is {:?} ({watched}); a reference the process cannot resolve fails closed (rules A2.7)",
+                roots.0, cert.0
+            ),
+        )
+    })
+}
+
+/// A server's (`DownstreamTlsContext`) certificate and client roots named
+/// by SDS secrets: one certificate secret and one root secret of the same
+/// watched identity (see [`sds_identity`]), nothing else naming where the
+/// identity comes from, and no extra client checks in a default validation
+/// context (clients are verified against the identity's roots; who may call
+/// is authorization's business). Errors are `path: reason`.
+pub(super) fn downstream_sds(
+    c: &CommonTlsContext,
+    cp: &str,
+    ctx: &DecodeContext,
+) -> Result<(), String> {
+    let err = |(p, r): (String, String)| format!("{p}: {r}");
+    if c.tls_certificate_provider_instance.is_some() {
+        return Err(format!(
+            "{cp}.tls_certificate_provider_instance: set together with tls_certificate_sds_secret_configs: the process has one workload identity"
+        ));
+    }
+    let [one] = c.tls_certificate_sds_secret_configs.as_slice() else {
+        return Err(format!(
+            "{cp}.tls_certificate_sds_secret_configs: {} secrets: one is supported (the process has one workload identity)",
+            c.tls_certificate_sds_secret_configs.len()
+        ));
+    };
+    let cert_path = join(cp, "tls_certificate_sds_secret_configs[0]");
+    let cert = sds_secret_name(one, &cert_path).map_err(err)?;
+    let (roots_config, roots_path) = match &c.validation_context_type {
+        Some(ValidationContextType::CombinedValidationContext(cv)) => {
+            let cvp = join(cp, "combined_validation_context");
+            if cv
+                .validation_context_certificate_provider_instance
+                .is_some()
+                || cv.validation_context_certificate_provider.is_some()
+            {
+                return Err(format!(
+                    "{cvp}.validation_context_certificate_provider_instance: set with an SDS certificate: the process has one workload identity"
+                ));
+            }
+            if cv
+                .default_validation_context
+                .as_ref()
+                .is_some_and(|v| *v != CertificateValidationContext::default())
+            {
+                return Err(format!(
+                    "{cvp}.default_validation_context: not supported with SDS roots on a server (clients are verified against the identity's roots; authorization decides who may call)"
+                ));
+            }
+            match &cv.validation_context_sds_secret_config {
+                Some(s) => (s, join(&cvp, "validation_context_sds_secret_config")),
+                None => {
+                    return Err(format!(
+                        "{cvp}.validation_context_sds_secret_config: required with an SDS certificate (the identity's roots)"
+                    ));
+                }
+            }
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+            (s, join(cp, "validation_context_sds_secret_config"))
+        }
+        _ => {
+            return Err(format!(
+                "{cp}: an SDS certificate requires validation_context_sds_secret_config (the identity's roots) to verify client certificates"
+            ));
+        }
+    };
+    let roots = sds_secret_name(roots_config, &roots_path).map_err(err)?;
+    sds_identity(ctx, (cert, &cert_path), (roots, &roots_path)).map_err(err)?;
+    Ok(())
 }
 
 /// What a `CommonTlsContext` provides: the client certificate, the roots,
@@ -308,11 +507,23 @@ fn common_tls_context(
         &join(path, "tls_params"),
         "not supported: versions, ciphers and curves are rustls' defaults (TLS 1.2 and 1.3), so a restriction cannot be honoured",
     )?;
-    doc.reject_if(
-        !c.tls_certificate_sds_secret_configs.is_empty(),
-        &join(path, "tls_certificate_sds_secret_configs"),
-        "SDS secret references are not supported: use tls_certificate_provider_instance (gRFC A29)",
-    )?;
+    let sds_cert = match c.tls_certificate_sds_secret_configs.as_slice() {
+        [] => None,
+        [one] => {
+            let p = join(path, "tls_certificate_sds_secret_configs[0]");
+            let name = sds_secret_name(one, &p).map_err(|(p, r)| doc.err(&p, r))?;
+            Some(Source::Sds(name.to_owned(), p))
+        }
+        more => {
+            return Err(doc.err(
+                &join(path, "tls_certificate_sds_secret_configs"),
+                format!(
+                    "{} secrets: one is supported (the process has one workload identity)",
+                    more.len()
+                ),
+            ));
+        }
+    };
     doc.reject_if(
         c.tls_certificate_certificate_provider.is_some(),
         &join(path, "tls_certificate_certificate_provider"),
@@ -380,9 +591,23 @@ fn common_tls_context(
             ));
         }
     };
+    let cert = match (sds_cert, cert) {
+        (Some(sds), None) => Some(sds),
+        (Some(sds), Some(other)) => {
+            return Err(doc.err(
+                sds.path(),
+                format!(
+                    "set together with {}: the process has one workload identity",
+                    other.path()
+                ),
+            ));
+        }
+        (None, other) => other,
+    };
 
     // The roots and the SAN matchers.
     let vpath;
+    let mut sds_ca = None;
     let (validation, deprecated_ca) = match &c.validation_context_type {
         None => {
             vpath = String::new();
@@ -394,11 +619,11 @@ fn common_tls_context(
         }
         Some(ValidationContextType::CombinedValidationContext(cv)) => {
             let cvpath = join(path, "combined_validation_context");
-            doc.reject_if(
-                cv.validation_context_sds_secret_config.is_some(),
-                &join(&cvpath, "validation_context_sds_secret_config"),
-                "SDS secret references are not supported: use ca_certificate_provider_instance (gRFC A29)",
-            )?;
+            if let Some(sds) = &cv.validation_context_sds_secret_config {
+                let p = join(&cvpath, "validation_context_sds_secret_config");
+                let name = sds_secret_name(sds, &p).map_err(|(p, r)| doc.err(&p, r))?;
+                sds_ca = Some(Source::Sds(name.to_owned(), p));
+            }
             doc.reject_if(
                 cv.validation_context_certificate_provider.is_some(),
                 &join(&cvpath, "validation_context_certificate_provider"),
@@ -427,11 +652,12 @@ fn common_tls_context(
                 )),
             )
         }
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(_)) => {
-            return Err(doc.err(
-                &join(path, "validation_context_sds_secret_config"),
-                "SDS secret references are not supported: use ca_certificate_provider_instance (gRFC A29)",
-            ));
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
+            vpath = String::new();
+            let p = join(path, "validation_context_sds_secret_config");
+            let name = sds_secret_name(sds, &p).map_err(|(p, r)| doc.err(&p, r))?;
+            sds_ca = Some(Source::Sds(name.to_owned(), p));
+            (None, None)
         }
         Some(ValidationContextType::ValidationContextCertificateProvider(_)) => {
             return Err(doc.err(
@@ -469,6 +695,15 @@ fn common_tls_context(
             }
             _ => ca = Some(Source::Provider(dep.to_owned(), dep_path)),
         }
+    }
+    if let Some(sds) = sds_ca {
+        if let Some(other) = &ca {
+            return Err(doc.err(
+                other.path(),
+                format!("set together with {} for the roots", sds.path()),
+            ));
+        }
+        ca = Some(sds);
     }
     Ok((cert, ca, crl, sans))
 }
@@ -688,3 +923,7 @@ pub(super) fn inline_certificate(
     let key = read("private_key", t.private_key.as_ref())?;
     Ok((chain, key))
 }
+
+#[cfg(test)]
+#[path = "tls_sds_tests.rs"]
+mod sds_tests;
