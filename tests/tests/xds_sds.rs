@@ -499,6 +499,27 @@ async fn nothing_is_published_until_both_halves_are_valid() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn secrets_never_sent_time_out_and_the_store_stays_empty() {
+    let env = start(Protocol::StateOfTheWorld);
+    let w = env.client.watch_identity(SdsIdentity::istio(TD));
+    let mut s = env.server.sotw_stream().await;
+    expect(&mut s, S).await;
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert_eq!(env.state(S, "default").state, ResourceState::Requested);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for name in ["default", "ROOTCA"] {
+        let st = env.state(S, name);
+        assert_eq!(
+            (st.state, st.cached),
+            (ResourceState::DoesNotExist, false),
+            "{name}"
+        );
+    }
+    assert_eq!(w.store().id(), None, "no identity: handshakes fail closed");
+    assert_eq!(w.stats().updates(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn delta_streams_carry_the_secrets_too() {
     let ca = TestCa::new(TD).unwrap();
     let first = ca.leaf(APP).issue().unwrap();
@@ -887,4 +908,194 @@ async fn a_cluster_naming_the_watched_identity_is_acked_and_another_is_nacked() 
     .await;
     expect(&mut s, TypeUrl::ClusterLoadAssignment).await;
     drop(w);
+}
+
+// === end to end through the mesh: xDS cascade + SDS identity + STRICT server ===
+
+/// A STRICT mesh server presenting the server identity, answering with the
+/// SPIFFE ID of the client that called.
+async fn strict_backend(ca: &TestCa) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use axum::Extension;
+    use mesh_tower::serve::{ConnectionSecurity, ServeConfig, TransportMode, serve};
+    let creds = ca
+        .leaf("spiffe://cluster.local/ns/default/sa/server")
+        .credentials()
+        .unwrap();
+    let store = Arc::new(CredentialStore::new(creds, ca.bundle().unwrap()));
+    let config = mesh_identity::tls::server_config(store, PeerMatcher::AnyTrusted).unwrap();
+    let app = axum::Router::new().route(
+        "/hello",
+        axum::routing::get(
+            |Extension(security): Extension<ConnectionSecurity>| async move {
+                security.peer().map_or("none".to_owned(), |p| p.to_string())
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(serve(
+        listener,
+        ServeConfig::new(TransportMode::Strict(Arc::new(config))),
+        app,
+    ));
+    (addr, task)
+}
+
+async fn call(client: &mesh_tower::MeshClient) -> (u16, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = http::Request::get("/hello")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    match client.clone().oneshot(req).await {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+        Err(e) => (e.http_status().as_u16(), e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn a_mesh_client_calls_with_its_sds_identity_and_a_new_connection_uses_the_rotated_one() {
+    use mesh_tests::xds_script::{endpoints, listener, route};
+    let ca = TestCa::new(TD).unwrap();
+    let (first_addr, _a) = strict_backend(&ca).await;
+    let (second_addr, _b) = strict_backend(&ca).await;
+    let server = ScriptedAds::start();
+    let store = ConfigStore::new();
+    let client = XdsClient::start_with(
+        xds_script::config(1, Protocol::StateOfTheWorld),
+        store.clone(),
+        ClientOptions {
+            connector: Some(xds_script::connector(vec![Arc::clone(&server)])),
+            decoder: None,
+        },
+    );
+    let identity = client.watch_identity(SdsIdentity::istio(TD));
+    let mesh = mesh_tower::Mesh::builder(store)
+        .with_xds(client.clone())
+        .with_credentials(Arc::clone(identity.store()))
+        .build();
+    let svc = mesh.client_for("xds:///svc:80").unwrap();
+
+    // The cascade; the cluster's TLS names the SDS identity (ISTIO_MUTUAL).
+    let mut s = server.sotw_stream().await;
+    // Each response only once its type is subscribed (A1.8).
+    let mut seen: Vec<String> = Vec::new();
+    async fn subscribed(s: &mut SotwStream, seen: &mut Vec<String>, t: TypeUrl) {
+        while !seen.iter().any(|u| u == t.as_str()) {
+            seen.push(s.recv().await.type_url);
+        }
+    }
+    subscribed(&mut s, &mut seen, TypeUrl::Listener).await;
+    s.send(response(
+        TypeUrl::Listener,
+        "1",
+        "l1",
+        vec![listener("svc:80", "rt")],
+    ))
+    .await;
+    subscribed(&mut s, &mut seen, TypeUrl::RouteConfiguration).await;
+    s.send(response(
+        TypeUrl::RouteConfiguration,
+        "1",
+        "r1",
+        vec![route("rt", &["backend"])],
+    ))
+    .await;
+    subscribed(&mut s, &mut seen, C).await;
+    s.send(response(
+        C,
+        "1",
+        "c1",
+        vec![sds_cluster(
+            "backend",
+            "default",
+            "ROOTCA",
+            "spiffe://cluster.local/ns/default/sa/server",
+        )],
+    ))
+    .await;
+    let first_ep = first_addr.to_string();
+    subscribed(&mut s, &mut seen, TypeUrl::ClusterLoadAssignment).await;
+    s.send(response(
+        TypeUrl::ClusterLoadAssignment,
+        "1",
+        "e1",
+        vec![endpoints("backend", &[first_ep.as_str()])],
+    ))
+    .await;
+    // Wait until the config is published (the client ACKs after publishing).
+    let published = || {
+        mesh.store().load().listener("svc:80").is_some()
+            && mesh
+                .store()
+                .load()
+                .endpoints("backend")
+                .is_some_and(|e| !e.endpoints().is_empty())
+    };
+    for _ in 0..500 {
+        if published() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(published(), "the cascade was not published");
+
+    subscribed(&mut s, &mut seen, S).await;
+    // No identity yet: mTLS fails closed, never plaintext.
+    let (status, body) = call(&svc).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("ISTIO_MUTUAL tls handshake with backend"),
+        "a TLS failure (no roots, no certificate yet), not an xDS one: {body}"
+    );
+
+    let first = ca.leaf(APP).issue().unwrap();
+    s.send(response(
+        S,
+        "1",
+        "s1",
+        vec![cert("default", &first), roots("ROOTCA", &ca)],
+    ))
+    .await;
+    identity.wait_for_updates(1).await;
+    assert_eq!(call(&svc).await, (200, APP.to_owned()));
+
+    // Rotate the identity; established connections keep theirs (B.4.4), a
+    // new connection (a new endpoint) presents the rotated certificate.
+    let rotated_id = "spiffe://cluster.local/ns/default/sa/rotated";
+    let rotated = ca.leaf(rotated_id).issue().unwrap();
+    s.send(response(
+        S,
+        "2",
+        "s2",
+        vec![cert("default", &rotated), roots("ROOTCA", &ca)],
+    ))
+    .await;
+    identity.wait_for_updates(2).await;
+    let second_ep = second_addr.to_string();
+    s.send(response(
+        TypeUrl::ClusterLoadAssignment,
+        "2",
+        "e2",
+        vec![endpoints("backend", &[second_ep.as_str()])],
+    ))
+    .await;
+    let mut peer = String::new();
+    for _ in 0..200 {
+        let (status, body) = call(&svc).await;
+        assert_eq!(status, 200, "{body}");
+        peer = body;
+        if peer == rotated_id {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        peer, rotated_id,
+        "the new connection presents the rotated SDS certificate"
+    );
 }

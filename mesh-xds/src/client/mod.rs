@@ -318,6 +318,22 @@ impl XdsClient {
     /// [`start`](Self::start): a resource that references the secrets and
     /// arrives before the watch is NACKed (fail closed) until the server
     /// sends it again.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use mesh_core::ConfigStore;
+    /// use mesh_identity::tls::{PeerMatcher, client_config};
+    /// use mesh_xds::{Bootstrap, SdsIdentity, XdsClient};
+    ///
+    /// let store = ConfigStore::new();
+    /// let xds = XdsClient::start(Bootstrap::from_env()?.config, store.clone());
+    /// // Istio's `default` and `ROOTCA`, roots of `cluster.local`.
+    /// let identity = xds.watch_identity(SdsIdentity::istio("cluster.local"));
+    /// identity.wait_for_updates(1).await; // both secrets arrived valid
+    /// // `MeshBuilder::with_credentials(identity.store().clone())`, or:
+    /// let tls = client_config(identity.store().clone(), PeerMatcher::AnyTrusted)?;
+    /// # Ok(()) }
+    /// ```
     pub fn watch_identity(&self, identity: SdsIdentity) -> SdsWatch {
         SdsWatch::new(Arc::clone(&self.owner), identity)
     }
