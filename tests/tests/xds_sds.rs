@@ -1099,3 +1099,84 @@ async fn a_mesh_client_calls_with_its_sds_identity_and_a_new_connection_uses_the
         "the new connection presents the rotated SDS certificate"
     );
 }
+
+// === over a real ADS stream: the crate's own server serves the secrets ===
+
+async fn identity_from_a_real_ads_server(protocol: Protocol) {
+    use mesh_xds::server::AdsServer;
+    let ca = TestCa::new(TD).unwrap();
+    let server = AdsServer::new(&ConfigStore::new());
+    let first = ca.leaf(APP).issue().unwrap();
+    let secret = |any: Any| tls::Secret::decode(any.value.as_slice()).unwrap();
+    server.set_secrets([
+        secret(cert("default", &first)),
+        secret(roots("ROOTCA", &ca)),
+    ]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.clone().serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let mut config = ClientConfig::new(addr.to_string(), "sds-e2e");
+    config.servers[0].protocol = protocol;
+    let client = XdsClient::start(config, ConfigStore::new());
+    let w = client.watch_identity(SdsIdentity::istio(TD));
+    let limit = Duration::from_secs(10);
+    tokio::time::timeout(limit, w.wait_for_updates(1))
+        .await
+        .unwrap();
+    assert_eq!(w.store().id().unwrap().to_string(), APP);
+
+    // A rotation on the server reaches the store over the open stream.
+    let rotated = "spiffe://cluster.local/ns/default/sa/rotated";
+    let second = ca.leaf(rotated).issue().unwrap();
+    server.set_secrets([
+        secret(cert("default", &second)),
+        secret(roots("ROOTCA", &ca)),
+    ]);
+    tokio::time::timeout(limit, w.wait_for_updates(2))
+        .await
+        .unwrap();
+    assert_eq!(w.store().id().unwrap().to_string(), rotated);
+    assert_eq!(server.nack_count(), 0);
+
+    // An invalid secret is NACKed to the server; the identity stays.
+    let not_svid = ca.leaf(rotated).as_ca().issue().unwrap();
+    server.set_secrets([
+        secret(cert("default", &not_svid)),
+        secret(roots("ROOTCA", &ca)),
+    ]);
+    tokio::time::timeout(limit, async {
+        while server.nack_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let nack = server.nacks().pop().unwrap();
+    assert_eq!(nack.type_url, S.as_str());
+    assert!(
+        nack.message.starts_with(
+            "default: tls_certificate.certificate_chain: the leaf is not a valid X.509-SVID"
+        ),
+        "{}",
+        nack.message
+    );
+    assert_eq!(w.store().id().unwrap().to_string(), rotated);
+    assert_eq!(w.stats().updates(), 2);
+
+    client.shutdown().await;
+    let _ = stop.send(());
+    let _ = serving.await;
+}
+
+#[tokio::test]
+async fn the_ads_server_serves_secrets_over_sotw() {
+    identity_from_a_real_ads_server(Protocol::StateOfTheWorld).await;
+}
+
+#[tokio::test]
+async fn the_ads_server_serves_secrets_over_delta() {
+    identity_from_a_real_ads_server(Protocol::Delta).await;
+}

@@ -60,7 +60,7 @@ pub struct EncodedResource {
 }
 
 impl EncodedResource {
-    fn new<M: Message + Name>(message: &M) -> Self {
+    pub(crate) fn new<M: Message + Name>(message: &M) -> Self {
         let any = any(message);
         let mut h = Fnv64::default();
         any.value.hash(&mut h);
@@ -87,6 +87,9 @@ pub struct EncodedSnapshot {
     pub clusters: BTreeMap<String, EncodedResource>,
     /// `ClusterLoadAssignment`s by cluster name (EDS clusters only).
     pub endpoints: BTreeMap<String, EncodedResource>,
+    /// SDS `Secret`s by name: not from the store (the model has none) but
+    /// set on the server ([`AdsServer::set_secrets`](crate::server::AdsServer::set_secrets)).
+    pub secrets: BTreeMap<String, EncodedResource>,
 }
 
 impl EncodedSnapshot {
@@ -159,7 +162,7 @@ impl EncodedSnapshot {
             TypeUrl::RouteConfiguration => Some(&self.routes),
             TypeUrl::Cluster => Some(&self.clusters),
             TypeUrl::ClusterLoadAssignment => Some(&self.endpoints),
-            TypeUrl::Secret => None,
+            TypeUrl::Secret => Some(&self.secrets),
         }
     }
 

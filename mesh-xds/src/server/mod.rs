@@ -20,7 +20,8 @@
 //!   `initial_resource_versions` of a reconnecting client honoured (A7.6),
 //!   subscription changes honoured whatever their nonce (A7.5), deleted and
 //!   non-existent resources reported in `removed_resources` (A7.7).
-//! - Pushes go out in make-before-break order: CDS, EDS, LDS, RDS (A8.6).
+//! - Pushes go out in make-before-break order: SDS (secrets set with
+//!   [`AdsServer::set_secrets`]), CDS, EDS, LDS, RDS (A8.6).
 //!
 //! Each stream is served by one task that ends when the client closes its
 //! request stream or drops the response stream; responses wait in a channel
@@ -44,7 +45,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::TypeUrl;
-use crate::encode::EncodedSnapshot;
+use crate::encode::{EncodedResource, EncodedSnapshot};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 mod delta;
 mod sotw;
@@ -62,7 +64,11 @@ const NACKS_KEPT: usize = 64;
 
 /// The order pushes go out in: make-before-break (xDS protocol, "Eventual
 /// consistency considerations").
-pub(crate) const PUSH_ORDER: [TypeUrl; 4] = [
+pub(crate) const PUSH_ORDER: [TypeUrl; 5] = [
+    // Secrets first: a cluster or listener naming one is only accepted by
+    // a client that watches it (translate::tls), and the identity should
+    // be in place before the TLS that uses it.
+    TypeUrl::Secret,
     TypeUrl::Cluster,
     TypeUrl::ClusterLoadAssignment,
     TypeUrl::Listener,
@@ -311,8 +317,19 @@ pub struct AdsServer {
 #[derive(Debug)]
 struct Inner {
     snapshots: watch::Receiver<Arc<EncodedSnapshot>>,
+    feed: Arc<Feed>,
     registry: Arc<Registry>,
     encoder: tokio::task::JoinHandle<()>,
+}
+
+/// Where the served snapshot comes from: the store's, encoded, with the
+/// secrets set on the server. Both writers (the encoder task and
+/// [`AdsServer::set_secrets`]) send under the `secrets` lock, so neither
+/// overwrites the other's update.
+#[derive(Debug)]
+struct Feed {
+    tx: watch::Sender<Arc<EncodedSnapshot>>,
+    secrets: Mutex<BTreeMap<String, EncodedResource>>,
 }
 
 impl Drop for Inner {
@@ -328,12 +345,19 @@ impl AdsServer {
         let mut updates = store.subscribe();
         let first = Arc::new(EncodedSnapshot::encode(&updates.borrow_and_update()));
         let (tx, snapshots) = watch::channel(first);
+        let feed = Arc::new(Feed {
+            tx,
+            secrets: Mutex::new(BTreeMap::new()),
+        });
+        let encoder_feed = Arc::clone(&feed);
         let encoder = tokio::spawn(async move {
             while updates.changed().await.is_ok() {
                 let snapshot: Arc<Snapshot> = Arc::clone(&updates.borrow_and_update());
-                let encoded = EncodedSnapshot::encode(&snapshot);
+                let mut encoded = EncodedSnapshot::encode(&snapshot);
                 tracing::debug!(version = encoded.version, "serving a new snapshot");
-                if tx.send(Arc::new(encoded)).is_err() {
+                let secrets = lock(&encoder_feed.secrets);
+                encoded.secrets = secrets.clone();
+                if encoder_feed.tx.send(Arc::new(encoded)).is_err() {
                     break;
                 }
             }
@@ -341,10 +365,34 @@ impl AdsServer {
         Self {
             inner: Arc::new(Inner {
                 snapshots,
+                feed,
                 registry: Arc::default(),
                 encoder,
             }),
         }
+    }
+
+    /// Serves `secrets` (SDS `Secret`s, by name) beside the store's
+    /// resources, replacing those served before, and pushes them to every
+    /// stream that subscribed them (secrets first, then the store's types:
+    /// [`PUSH_ORDER`]). The model carries no secrets, so a control plane
+    /// that hands out workload identities (istio-agent's role for Envoy's
+    /// `default` and `ROOTCA`) sets them here; a client takes them with
+    /// [`XdsClient::watch_identity`](crate::XdsClient::watch_identity).
+    /// The SotW `version_info` stays the store version: a secret-only
+    /// change is pushed as new content under the same version.
+    pub fn set_secrets(&self, secrets: impl IntoIterator<Item = Secret>) {
+        let encoded: BTreeMap<String, EncodedResource> = secrets
+            .into_iter()
+            .map(|s| (s.name.clone(), EncodedResource::new(&s)))
+            .collect();
+        let mut held = lock(&self.inner.feed.secrets);
+        *held = encoded.clone();
+        self.inner.feed.tx.send_modify(|current| {
+            let mut next = EncodedSnapshot::clone(current);
+            next.secrets = encoded;
+            *current = Arc::new(next);
+        });
     }
 
     /// The tonic service, to add to a `tonic::transport::Server`.
