@@ -374,8 +374,8 @@ impl AdsServer {
 
     /// Serves `secrets` (SDS `Secret`s, by name) beside the store's
     /// resources, replacing those served before, and pushes them to every
-    /// stream that subscribed them (secrets first, then the store's types:
-    /// [`PUSH_ORDER`]). The model carries no secrets, so a control plane
+    /// stream that subscribed them (secrets first, then the store's types in
+    /// make-before-break order). The model carries no secrets, so a control plane
     /// that hands out workload identities (istio-agent's role for Envoy's
     /// `default` and `ROOTCA`) sets them here; a client takes them with
     /// [`XdsClient::watch_identity`](crate::XdsClient::watch_identity).
