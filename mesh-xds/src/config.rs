@@ -49,6 +49,51 @@ pub struct ClientConfig {
     /// targets. They share the top-level servers: one ADS connection per
     /// process.
     pub authorities: Vec<Authority>,
+    /// The bound on the rate of requests sent to the management server
+    /// (rule A1.14; Envoy's `ApiConfigSource.rate_limit_settings`). On by
+    /// default ([`RateLimitSettings::default`]); `None` sends without a
+    /// bound.
+    pub request_rate_limit: Option<RateLimitSettings>,
+}
+
+/// A token bucket on the requests the ADS client sends (Envoy's
+/// `envoy.config.core.v3.RateLimitSettings`): the bucket holds at most
+/// `max_tokens`, refills at `fill_rate` tokens per second, and each request
+/// takes one. Requests that find it empty wait, one per type (a newer
+/// request of a type replaces the waiting one: it carries the latest
+/// version, nonce and names), and go as tokens return.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimitSettings {
+    /// The burst size (Envoy's default: 100).
+    pub max_tokens: u32,
+    /// Tokens per second (Envoy's default: 10).
+    pub fill_rate: f64,
+}
+
+impl RateLimitSettings {
+    /// Envoy's values for an empty `rate_limit_settings`: 100 tokens, 10
+    /// per second.
+    pub fn envoy() -> Self {
+        Self {
+            max_tokens: 100,
+            fill_rate: 10.0,
+        }
+    }
+}
+
+impl Default for RateLimitSettings {
+    /// 100 tokens, 100 per second. Envoy's burst; a higher rate than
+    /// Envoy's 10/s because the bound is here to stop runaway exchanges (a
+    /// server answering every request with a new response), not to pace a
+    /// healthy one: istiod pushes at most every 100 ms by default
+    /// (`PILOT_DEBOUNCE_AFTER`), and one push of a whole cascade costs up to
+    /// 4 ACKs and 4 subscription changes, 80 requests a second.
+    fn default() -> Self {
+        Self {
+            max_tokens: 100,
+            fill_rate: 100.0,
+        }
+    }
 }
 
 /// An authority of the bootstrap (gRFC A47): where the listener of an
@@ -257,6 +302,7 @@ impl ClientConfig {
             certificate_providers: Vec::new(),
             client_default_listener_resource_name_template: None,
             authorities: Vec::new(),
+            request_rate_limit: Some(RateLimitSettings::default()),
         }
     }
 

@@ -86,6 +86,16 @@ impl<Req: std::fmt::Debug, Resp> ScriptStream<Req, Resp> {
         }
     }
 
+    /// Asserts that the client closes the stream within `d`, sending
+    /// nothing more.
+    pub async fn expect_closed(&mut self, d: Duration) {
+        match tokio::time::timeout(d, self.requests.recv()).await {
+            Ok(None) => {}
+            Ok(Some(r)) => panic!("unexpected request: {r:?}"),
+            Err(_) => panic!("the stream is still open after {d:?}"),
+        }
+    }
+
     /// Sends a response.
     pub async fn send(&self, resp: Resp) {
         self.responses

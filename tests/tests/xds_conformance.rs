@@ -337,37 +337,48 @@ async fn a1_10_unrequested_resources_are_ignored() {
     assert_eq!(names(&rds), ["rt"], "only the requested listener's route");
 }
 
+/// A1.11 (grpc-java#11232): after every name of a type (here RDS) was
+/// unsubscribed and the server answered, a re-subscription carries the
+/// latest nonce of that type, and the next ACK is right. (Another watched
+/// listener keeps the stream: with nothing watched it closes, A1.12.)
 #[tokio::test(start_paused = true)]
 async fn a1_11_resubscribe_after_unsubscribe_all_has_no_stale_nonce() {
     let env = start();
-    let w = env.client.watch_listener("svc:80");
+    let _a = env.client.watch_listener("a:80");
+    let b = env.client.watch_listener("b:81");
     let mut s = env.server().sotw_stream().await;
     expect(&mut s, L).await;
-    s.send(response(L, "1", "n1", vec![listener("svc:80", "rt")]))
-        .await;
+    let both = || vec![listener_inline("a:80", "c1"), listener("b:81", "rb")];
+    s.send(response(L, "1", "l1", both())).await;
     expect(&mut s, L).await;
+    assert_eq!(names(&expect(&mut s, R).await), ["rb"]);
+    assert_eq!(names(&expect(&mut s, C).await), ["c1"]);
+    s.send(response(R, "1", "r1", vec![route("rb", &["c1"])]))
+        .await;
     expect(&mut s, R).await;
-    drop(w);
-    let unsub = expect(&mut s, L).await;
+    drop(b);
+    assert_eq!(names(&expect(&mut s, L).await), ["a:80"]);
+    let unsub = expect(&mut s, R).await;
     assert!(unsub.resource_names.is_empty());
-    assert!(expect(&mut s, R).await.resource_names.is_empty());
     // The server answers the unsubscription.
-    s.send(response(L, "2", "n2", vec![])).await;
-    let ack = expect(&mut s, L).await;
-    assert_eq!(ack.response_nonce, "n2");
-    let _w = env.client.watch_listener("svc:80");
-    let resub = expect(&mut s, L).await;
-    assert_eq!(names(&resub), ["svc:80"]);
+    s.send(response(R, "2", "r2", vec![])).await;
+    assert_eq!(expect(&mut s, R).await.response_nonce, "r2");
+    let _b = env.client.watch_listener("b:81");
+    assert_eq!(names(&expect(&mut s, L).await), ["a:80", "b:81"]);
+    s.send(response(L, "2", "l2", both())).await;
+    expect(&mut s, L).await;
+    let resub = expect(&mut s, R).await;
+    assert_eq!(names(&resub), ["rb"]);
     assert_eq!(
-        resub.response_nonce, "n2",
+        resub.response_nonce, "r2",
         "the latest nonce, not a stale one"
     );
-    s.send(response(L, "3", "n3", vec![listener("svc:80", "rt")]))
+    s.send(response(R, "3", "r3", vec![route("rb", &["c1"])]))
         .await;
-    let ack = expect(&mut s, L).await;
+    let ack = expect(&mut s, R).await;
     assert_eq!(
         (ack.version_info.as_str(), ack.response_nonce.as_str()),
-        ("3", "n3")
+        ("3", "r3")
     );
     assert!(ack.error_detail.is_none());
 }
@@ -1039,22 +1050,30 @@ async fn a5_2_control_plane_loss_never_clears_the_cache() {
 #[tokio::test(start_paused = true)]
 async fn a7_2_no_legacy_wildcard_and_empty_list_only_after_names() {
     let env = start();
-    let w = env.client.watch_listener("svc:80");
+    let _a = env.client.watch_listener("a:80");
+    let b = env.client.watch_listener("b:81");
     let mut s = env.server().sotw_stream().await;
     // No request with an empty list for a type never subscribed (it
-    // would mean wildcard); the first LDS request names the listener.
+    // would mean wildcard); the first LDS request names the listeners.
     let r = expect(&mut s, L).await;
-    assert_eq!(names(&r), ["svc:80"]);
-    s.send(response(L, "1", "n1", vec![listener("svc:80", "rt")]))
-        .await;
+    assert_eq!(names(&r), ["a:80", "b:81"]);
+    s.send(response(
+        L,
+        "1",
+        "n1",
+        vec![listener_inline("a:80", "c1"), listener("b:81", "rb")],
+    ))
+    .await;
     expect(&mut s, L).await;
-    expect(&mut s, R).await;
-    drop(w);
-    // After names were sent, an empty list unsubscribes everything.
-    let l = expect(&mut s, L).await;
-    assert!(l.resource_names.is_empty());
+    assert_eq!(names(&expect(&mut s, R).await), ["rb"]);
+    assert_eq!(names(&expect(&mut s, C).await), ["c1"]);
+    drop(b);
+    assert_eq!(names(&expect(&mut s, L).await), ["a:80"]);
+    // After names were sent, an empty list unsubscribes every name of
+    // that type.
     let r = expect(&mut s, R).await;
     assert!(r.resource_names.is_empty());
+    s.expect_silence(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -2610,4 +2629,320 @@ async fn a7_8_subscription_changes_carry_the_latest_nonce() {
         ("n3", "3")
     );
     assert_eq!(env.status(L, "b:81").state, ResourceState::Acked);
+}
+
+// === behaviour added for A1.12, A1.14, A5.3, A5.5 ===
+
+/// A1.12 (grpc-go `TestADS_ACK_NACK_ResourceIsNotRequestedAnymore`): when
+/// nothing is watched any more the stream (and its channel) is closed and
+/// nothing is cached; no stream opens while nothing is watched, and a later
+/// watch opens a new one with empty versions.
+#[tokio::test(start_paused = true)]
+async fn a1_12_the_stream_closes_when_nothing_is_watched_and_reopens_with_empty_versions() {
+    let env = start();
+    let w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    serve_cascade(&mut s, "svc:80", "rt", "c1", "7").await;
+    drop(w);
+    s.expect_closed(Duration::from_secs(5)).await;
+    assert!(!env.client.metrics().connected);
+    assert!(env.client.status().is_empty(), "nothing cached");
+    assert!(env.store.snapshot().listener("svc:80").is_none());
+    assert!(
+        env.server()
+            .try_sotw_stream(Duration::from_secs(60))
+            .await
+            .is_none(),
+        "no stream while nothing is watched"
+    );
+    assert_eq!(env.server().connects(), 1);
+    let _w = env.client.watch_listener("svc:80");
+    let mut s2 = env.server().sotw_stream().await;
+    let first = expect(&mut s2, L).await;
+    assert_eq!(names(&first), ["svc:80"]);
+    assert_eq!(first.version_info, "", "a new stream with an empty version");
+    assert_eq!(first.response_nonce, "");
+    assert_eq!(first.node.unwrap().id, "node-1");
+    assert_eq!(env.server().connects(), 2, "a new channel");
+
+    // A client that watches nothing never connects.
+    let idle = start();
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(idle.server().connects(), 0);
+}
+
+/// A1.14 (Envoy `rate_limit_settings`, `GrpcMuxImplTest.TooManyRequests…`):
+/// requests to the server are bounded by a token bucket, on by default
+/// (100 tokens, 100 per second; Envoy's are 100 and 10). Requests that find
+/// it empty wait and collapse to one per type (the latest ACK); after a
+/// stream reset, what waited is dropped and the new stream opens with one
+/// fresh request per type.
+#[tokio::test(start_paused = true)]
+async fn a1_14_request_rate_is_bounded_and_waiting_requests_collapse() {
+    use mesh_xds::config::RateLimitSettings;
+    let d = RateLimitSettings::default();
+    assert_eq!((d.max_tokens, d.fill_rate), (100, 100.0));
+    let e = RateLimitSettings::envoy();
+    assert_eq!((e.max_tokens, e.fill_rate), (100, 10.0));
+    assert_eq!(
+        xds_script::config(1, Protocol::StateOfTheWorld).request_rate_limit,
+        Some(d),
+        "on by default"
+    );
+    let env = start_with(1, Protocol::StateOfTheWorld, |c| {
+        c.request_rate_limit = Some(RateLimitSettings {
+            max_tokens: 3,
+            fill_rate: 1.0,
+        });
+    });
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    let t0 = Instant::now();
+    for i in 1..=5 {
+        s.send(response(
+            L,
+            &i.to_string(),
+            &format!("n{i}"),
+            vec![listener("svc:80", "rt")],
+        ))
+        .await;
+    }
+    assert_eq!(expect(&mut s, L).await.response_nonce, "n1");
+    assert_eq!(names(&expect(&mut s, R).await), ["rt"]);
+    // Out of tokens: the ACKs of n2..n5 wait and go as one, the latest.
+    let next = expect(&mut s, L).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        (next.response_nonce.as_str(), next.version_info.as_str()),
+        ("n5", "5")
+    );
+    s.expect_silence(Duration::from_secs(5)).await;
+
+    // The bucket is full again (3): three ACKs go, two wait; the stream
+    // resets before a token returns.
+    for i in 6..=10 {
+        s.send(response(
+            L,
+            &i.to_string(),
+            &format!("n{i}"),
+            vec![listener("svc:80", "rt")],
+        ))
+        .await;
+    }
+    s.close();
+    let mut old = Vec::new();
+    while let Some(r) = s.try_recv(Duration::from_secs(5)).await {
+        old.push(r.response_nonce);
+    }
+    assert!(
+        old.iter().all(|n| ["n6", "n7", "n8"].contains(&n.as_str())),
+        "the ACKs that had tokens, never the waiting one: {old:?}"
+    );
+    let mut s2 = env.server().sotw_stream().await;
+    let mut fresh = Vec::new();
+    while let Some(r) = s2.try_recv(Duration::from_secs(5)).await {
+        fresh.push((r.type_url, r.response_nonce, r.version_info));
+    }
+    assert_eq!(
+        fresh,
+        [
+            (L.as_str().to_owned(), String::new(), "10".to_owned()),
+            (R.as_str().to_owned(), String::new(), String::new()),
+        ],
+        "one fresh request per type, no stale ACK"
+    );
+}
+
+/// A5.3 (xds_protocol.rst "TTL", Envoy `GrpcMuxImplTest.ResourceTTL`): a
+/// resource wrapped in `Resource` with a `ttl` expires unless refreshed; a
+/// heartbeat (a `Resource` without a body, same version) refreshes the TTL
+/// without being an update. Expiry removes the value as Envoy does (A5.2:
+/// "unless a TTL is set"): status DOES_NOT_EXIST naming the TTL, the
+/// cluster's calls fail. The TTL runs while the control plane is away.
+#[tokio::test(start_paused = true)]
+async fn a5_3_resource_ttl_expires_unless_a_heartbeat_refreshes_it() {
+    use xds_script::wrapped;
+    let ttl = Some(Duration::from_secs(30));
+    let env = start();
+    let _w = env.client.watch_listener("svc:80");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    s.send(response(
+        L,
+        "1",
+        "l-1",
+        vec![listener_inline("svc:80", "c1")],
+    ))
+    .await;
+    expect(&mut s, L).await;
+    expect(&mut s, C).await;
+    s.send(response(
+        C,
+        "1",
+        "c-1",
+        vec![wrapped("c1", Some(cluster("c1", "e1")), ttl)],
+    ))
+    .await;
+    assert!(expect(&mut s, C).await.error_detail.is_none());
+    expect(&mut s, E).await;
+    s.send(response(
+        E,
+        "1",
+        "e-1",
+        vec![endpoints("e1", &["10.0.0.1:80"])],
+    ))
+    .await;
+    expect(&mut s, E).await;
+    assert_eq!(
+        env.store
+            .snapshot()
+            .endpoints("c1")
+            .unwrap()
+            .endpoints()
+            .len(),
+        1
+    );
+    let published = env.store.version();
+    let updated = env.status(C, "c1").last_updated;
+
+    // A heartbeat at 20 s: ACKed, not an update, the TTL restarts.
+    sleep(Duration::from_secs(20)).await;
+    s.send(response(C, "1", "c-2", vec![wrapped("c1", None, ttl)]))
+        .await;
+    let ack = expect(&mut s, C).await;
+    assert_eq!(
+        (ack.version_info.as_str(), ack.response_nonce.as_str()),
+        ("1", "c-2")
+    );
+    assert!(ack.error_detail.is_none());
+    assert_eq!(env.store.version(), published, "no republish");
+    let st = env.status(C, "c1");
+    assert_eq!((st.state, st.last_updated), (ResourceState::Acked, updated));
+    sleep(Duration::from_secs(25)).await;
+    assert_eq!(env.status(C, "c1").state, ResourceState::Acked, "refreshed");
+
+    // The control plane goes away: 30 s after the heartbeat it expires.
+    env.server().set_mode(Mode::Refuse);
+    s.fail(tonic::Status::unavailable("gone")).await;
+    sleep(Duration::from_secs(4)).await;
+    assert_eq!(env.status(C, "c1").state, ResourceState::Acked);
+    sleep(Duration::from_secs(2)).await;
+    let st = env.status(C, "c1");
+    assert_eq!((st.state, st.cached), (ResourceState::DoesNotExist, false));
+    assert!(st.error.as_deref().unwrap().contains("TTL"), "{st:?}");
+    let snap = env.store.snapshot();
+    assert!(snap.endpoints("c1").unwrap().endpoints().is_empty());
+    assert!(
+        snap.listener("svc:80").is_some(),
+        "only the cluster expired"
+    );
+}
+
+/// A5.3 over delta: a `Resource` with a `ttl`, heartbeats of the cached
+/// version refresh it, a heartbeat of another version is NACKed, and
+/// without a refresh it expires on a live stream too.
+#[tokio::test(start_paused = true)]
+async fn a5_3_delta_ttl_heartbeats_and_expiry() {
+    use mesh_xds::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+    use xds_script::ttl_resource;
+    let ttl = Some(Duration::from_secs(10));
+    let env = start_with(1, Protocol::Delta, |_| {});
+    let _w = env.client.watch_listener("a:80");
+    let mut s = env.server().delta_stream().await;
+    s.recv().await;
+    let delta = |nonce: &str, r| DeltaDiscoveryResponse {
+        resources: vec![r],
+        type_url: L.as_str().into(),
+        nonce: nonce.into(),
+        ..Default::default()
+    };
+    s.send(delta(
+        "d1",
+        ttl_resource("a:80", "v1", Some(listener("a:80", "ra")), ttl),
+    ))
+    .await;
+    assert!(s.recv().await.error_detail.is_none());
+    s.recv().await; // RDS subscription
+    let updated = env.status(L, "a:80").last_updated;
+    sleep(Duration::from_secs(8)).await;
+    s.send(delta("d2", ttl_resource("a:80", "v1", None, ttl)))
+        .await;
+    let ack = s.recv().await;
+    assert_eq!(ack.response_nonce, "d2");
+    assert!(ack.error_detail.is_none());
+    assert_eq!(env.status(L, "a:80").last_updated, updated);
+    s.send(delta("d3", ttl_resource("a:80", "v9", None, ttl)))
+        .await;
+    let nack = s.recv().await;
+    assert_eq!(nack.response_nonce, "d3");
+    assert!(
+        nack.error_detail.unwrap().message.contains("heartbeat"),
+        "a heartbeat of a version not held"
+    );
+    sleep(Duration::from_secs(9)).await;
+    assert!(env.status(L, "a:80").cached, "refreshed at 8 s");
+    sleep(Duration::from_secs(2)).await;
+    let st = env.status(L, "a:80");
+    assert_eq!((st.state, st.cached), (ResourceState::DoesNotExist, false));
+    assert!(st.error.unwrap().contains("TTL"));
+}
+
+/// A5.5 (junction-client e329bf4): when the last watch of a resource goes,
+/// its cache entry (and those only it needed) is dropped, and dropping it
+/// subscribes nothing: no request names it again, and the server sending
+/// it anyway is ignored.
+#[tokio::test(start_paused = true)]
+async fn a5_5_the_last_watch_gone_drops_the_entry_without_resubscribing() {
+    let env = start();
+    let _a = env.client.watch_listener("a:80");
+    let b = env.client.watch_listener("b:81");
+    let mut s = env.server().sotw_stream().await;
+    expect(&mut s, L).await;
+    let both = || vec![listener_inline("a:80", "ca"), listener_inline("b:81", "cb")];
+    s.send(response(L, "1", "l-1", both())).await;
+    expect(&mut s, L).await;
+    assert_eq!(names(&expect(&mut s, C).await), ["ca", "cb"]);
+    s.send(response(
+        C,
+        "1",
+        "c-1",
+        vec![cluster("ca", "ca"), cluster("cb", "cb")],
+    ))
+    .await;
+    expect(&mut s, C).await;
+    assert_eq!(names(&expect(&mut s, E).await), ["ca", "cb"]);
+    s.send(response(
+        E,
+        "1",
+        "e-1",
+        vec![
+            endpoints("ca", &["10.0.0.1:80"]),
+            endpoints("cb", &["10.0.0.2:80"]),
+        ],
+    ))
+    .await;
+    expect(&mut s, E).await;
+    assert!(env.store.snapshot().listener("b:81").is_some());
+    drop(b);
+    assert_eq!(names(&expect(&mut s, L).await), ["a:80"]);
+    assert_eq!(names(&expect(&mut s, C).await), ["ca"]);
+    assert_eq!(names(&expect(&mut s, E).await), ["ca"]);
+    s.expect_silence(Duration::from_secs(30)).await;
+    for (t, n) in [(L, "b:81"), (C, "cb"), (E, "cb")] {
+        assert!(!env.has_status(t, n), "{n} evicted");
+    }
+    let snap = env.store.snapshot();
+    assert!(snap.listener("b:81").is_none());
+    assert!(snap.cluster("cb").is_none());
+    assert!(snap.listener("a:80").is_some());
+    s.send(response(L, "2", "l-2", both())).await;
+    assert!(expect(&mut s, L).await.error_detail.is_none());
+    assert!(!env.has_status(L, "b:81"), "not requested: ignored");
+    s.expect_silence(Duration::from_secs(5)).await;
 }

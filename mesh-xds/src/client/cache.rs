@@ -42,6 +42,10 @@ pub(crate) struct Entry {
     pub(crate) error_version: Option<String>,
     /// The running does-not-exist timer (A3.1), if any.
     pub(crate) timer: Option<Instant>,
+    /// When the value in use expires unless the server refreshes it (A5.3:
+    /// the TTL of the `Resource` it came in). Runs whether or not a stream
+    /// is up: it is meant for when contact is lost.
+    pub(crate) ttl: Option<Instant>,
     /// A53: a deletion of this resource was ignored and is still pending
     /// (logged once at WARNING, then once at INFO when it clears).
     pub(crate) deletion_ignored: bool,
@@ -59,6 +63,7 @@ impl Entry {
             error_at: None,
             error_version: None,
             timer: None,
+            ttl: None,
             deletion_ignored: false,
         }
     }
@@ -149,6 +154,29 @@ impl Entry {
             self.value = None;
             self.version = None;
         }
+    }
+
+    /// The TTL of the value in use ran out without a refresh (A5.3): the
+    /// value is removed, as Envoy removes it, whatever gRFC A88 says about
+    /// keeping cached values — the server asked for the value to live only
+    /// while refreshed (A5.2: "unless a TTL is set"). The state becomes
+    /// DOES_NOT_EXIST with the reason. Returns whether anything changed.
+    pub(crate) fn expire(&mut self, type_url: TypeUrl, name: &str, now: SystemTime) -> bool {
+        self.ttl = None;
+        if self.value.is_none() {
+            return false;
+        }
+        tracing::warn!(resource = %name, type_url = type_url.as_str(), version = ?self.version, "xDS resource TTL expired without a refresh; removed");
+        self.error = Some(format!(
+            "the TTL of version {:?} expired without a refresh from the server; removed (Envoy resource TTL)",
+            self.version.as_deref().unwrap_or("")
+        ));
+        self.error_version = self.version.take();
+        self.value = None;
+        self.state = ResourceState::DoesNotExist;
+        self.error_at = Some(now);
+        self.timer = None;
+        true
     }
 
     /// The status line of this entry.

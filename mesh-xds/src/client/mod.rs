@@ -22,6 +22,7 @@
 mod cache;
 mod cascade;
 mod metrics;
+mod ratelimit;
 mod sds;
 mod state;
 mod transport;
@@ -55,6 +56,7 @@ use crate::config::{ClientConfig, Protocol, SdsIdentity};
 use crate::resource::{DecodeContext, DecodeError, Decoded};
 use crate::status::ResourceStatus;
 use metrics::Metrics;
+use ratelimit::RequestLimiter;
 use state::{Request, Response, State};
 
 /// Decodes one resource (the default is [`crate::translate::decode`]);
@@ -273,6 +275,7 @@ impl XdsClient {
             .connector
             .unwrap_or_else(transport::default_connector);
         let template = config.server_listener_resource_name_template.clone();
+        let limiter = RequestLimiter::new(config.request_rate_limit);
         let task = Task {
             shared: Arc::clone(&shared),
             state: State::new(config, decoder),
@@ -281,6 +284,7 @@ impl XdsClient {
             store,
             connector,
             generation: u64::MAX,
+            limiter,
         };
         let handle = tokio::spawn(task.run());
         XdsClient {
@@ -462,6 +466,8 @@ enum Outcome {
     Failed(String),
     /// A higher-priority server answered while on a fallback (A6.3).
     Promoted(Box<Opened>),
+    /// Nothing is watched any more: the stream was closed (A1.12).
+    Idle,
 }
 
 struct Task {
@@ -473,6 +479,7 @@ struct Task {
     store: ConfigStore,
     connector: Connector,
     generation: u64,
+    limiter: RequestLimiter,
 }
 
 /// Opens a stream to `server`: the channel, then the RPC with `opening`
@@ -621,11 +628,51 @@ impl Task {
             if self.sync_interest() {
                 self.settle();
             }
+            // A5.3: TTLs run while no stream is up.
+            let ttl = self.state.next_deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return self.closed(),
                 _ = self.shared.wake.notified() => {}
+                () = sleep_until_opt(ttl) => {
+                    if self.state.fire_timers(Instant::now()) {
+                        self.settle();
+                    }
+                }
             }
         }
+    }
+
+    /// A1.12: waits until something is watched (no stream meanwhile).
+    /// Returns whether the client closed.
+    async fn wait_for_interest(&mut self) -> bool {
+        loop {
+            if self.closed() {
+                return true;
+            }
+            if self.sync_interest() {
+                self.settle();
+            }
+            if !self.state.idle() {
+                return false;
+            }
+            self.shared.wake.notified().await;
+        }
+    }
+
+    /// Sends `req` through the rate limiter (A1.14): now if a token is
+    /// there, otherwise when one returns (collapsed with later requests of
+    /// its type).
+    async fn send(&mut self, tx: &Tx, req: Request) -> Result<(), ()> {
+        self.limiter.push(req);
+        self.flush(tx).await
+    }
+
+    /// Sends the requests the rate limiter lets go now.
+    async fn flush(&mut self, tx: &Tx) -> Result<(), ()> {
+        for r in self.limiter.ready(Instant::now()) {
+            tx.send(r).await?;
+        }
+        Ok(())
     }
 
     async fn run(mut self) {
@@ -644,12 +691,37 @@ impl Task {
             if self.closed() {
                 return;
             }
+            if self.sync_interest() {
+                self.settle();
+            }
+            if self.state.idle() {
+                // A1.12: no stream while nothing is watched.
+                opened = None;
+                if self.wait_for_interest().await {
+                    return;
+                }
+                server = 0;
+                attempt = 0;
+            }
             let started = Instant::now();
             let outcome = self.stream(server, opened.take()).await;
             self.state.stream_ended();
+            // A1.14: what waited for tokens belongs to the old stream; the
+            // next one opens with one fresh request per type.
+            self.limiter.reset();
             self.shared.metrics.set_connected(server, false);
             match outcome {
                 Outcome::Shutdown => return,
+                Outcome::Idle => {
+                    // A1.12 (grpc-go `TestADS_ACK_NACK_ResourceIsNotRequestedAnymore`):
+                    // the stream is closed; nothing is cached, so a later
+                    // watch starts a new stream with empty versions.
+                    tracing::info!("nothing is watched any more; xDS stream closed");
+                    self.state.forget_versions();
+                    self.settle();
+                    attempt = 0;
+                    server = 0;
+                }
                 Outcome::Promoted(o) => {
                     tracing::info!(
                         server = o.server,
@@ -708,16 +780,36 @@ impl Task {
                 cascade::recompute_all(&mut self.state);
                 // A4.6: whatever was subscribed before the stream existed
                 // goes in its opening requests.
-                let opening = self.state.subscription_requests();
+                // A1.14: the opening requests take tokens too; those
+                // without one follow on the stream as tokens return.
+                for r in self.state.subscription_requests() {
+                    self.limiter.push(r);
+                }
+                let opening = self.limiter.ready(Instant::now());
                 let timeout = self.state.config.connect_timeout;
                 let servers = self.state.config.servers.clone();
-                let fut = open(self.connector.clone(), servers, server, opening, timeout);
-                tokio::select! {
-                    r = fut => match r {
-                        Ok((tx, rx)) => (tx, rx, None),
-                        Err(e) => return Outcome::Failed(e),
-                    },
-                    () = self.wait_closed() => return Outcome::Shutdown,
+                let mut fut = std::pin::pin!(open(
+                    self.connector.clone(),
+                    servers,
+                    server,
+                    opening,
+                    timeout
+                ));
+                loop {
+                    let ttl = self.state.next_deadline();
+                    tokio::select! {
+                        r = &mut fut => match r {
+                            Ok((tx, rx)) => break (tx, rx, None),
+                            Err(e) => return Outcome::Failed(e),
+                        },
+                        () = self.wait_closed() => return Outcome::Shutdown,
+                        // A5.3: TTLs run while connecting.
+                        () = sleep_until_opt(ttl) => {
+                            if self.state.fire_timers(Instant::now()) {
+                                self.settle();
+                            }
+                        }
+                    }
                 }
             }
         };
@@ -726,6 +818,9 @@ impl Task {
             cascade::recompute_all(&mut self.state);
             if self.send_subscriptions(&tx).await.is_err() {
                 return Outcome::Failed("the stream closed".to_owned());
+            }
+            if self.state.idle() {
+                return Outcome::Idle;
             }
         }
         // A3.1: the timers start once the requests are on a live stream.
@@ -736,6 +831,9 @@ impl Task {
             responded = true;
             if self.on_response(first, &tx).await.is_err() {
                 return Outcome::Ended;
+            }
+            if self.state.idle() {
+                return Outcome::Idle;
             }
         }
         // A6.3: on a fallback, keep trying the primary.
@@ -766,6 +864,9 @@ impl Task {
                             return self.broken(responded, "the stream closed");
                         }
                         self.settle();
+                        if self.state.idle() {
+                            return Outcome::Idle;
+                        }
                     }
                 }
                 () = sleep_until_opt(deadline) => {
@@ -773,11 +874,19 @@ impl Task {
                         self.settle();
                     }
                 }
+                () = sleep_until_opt(self.limiter.retry_at()) => {
+                    if self.flush(&tx).await.is_err() {
+                        return self.broken(responded, "the stream closed");
+                    }
+                }
                 r = rx.next() => match r {
                     Ok(Some(resp)) => {
                         responded = true;
                         if self.on_response(resp, &tx).await.is_err() {
                             return Outcome::Ended;
+                        }
+                        if self.state.idle() {
+                            return Outcome::Idle;
                         }
                     }
                     Ok(None) => return self.broken(responded, "the server closed the stream"),
@@ -828,13 +937,17 @@ impl Task {
             sds::publish(&self.state, &mut self.identities);
             self.refresh_view();
         }
-        tx.send(applied.ack).await?;
+        self.send(tx, applied.ack).await?;
         self.send_subscriptions(tx).await
     }
 
     async fn send_subscriptions(&mut self, tx: &Tx) -> Result<(), ()> {
+        if self.state.idle() {
+            // A1.12: the stream closes instead; no unsubscription needed.
+            return Ok(());
+        }
         for r in self.state.subscription_requests() {
-            tx.send(r).await?;
+            self.send(tx, r).await?;
         }
         self.state.start_timers(Instant::now());
         Ok(())

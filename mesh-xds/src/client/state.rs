@@ -11,9 +11,11 @@ use std::time::{Duration, SystemTime};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as ResourceWrapper,
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
 use tokio::time::Instant;
 
 use super::Decoder;
@@ -31,6 +33,54 @@ pub(crate) const MAX_ERROR_DETAIL: usize = 4096;
 /// The does-not-exist timer with `resource_timer_is_transient_error`
 /// (gRFC A88).
 pub(crate) const TRANSIENT_RESOURCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The type URL of Envoy's `Resource` wrapper, which SotW responses use to
+/// give a resource a TTL (A5.3, xds_protocol.rst "TTL").
+pub(crate) const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
+
+/// One resource of a response before decoding: its name when the response
+/// says it (delta, or a SotW `Resource` wrapper), its body (none: a TTL
+/// heartbeat, A5.3) and its TTL.
+pub(crate) struct Item {
+    name: Option<String>,
+    body: Option<Any>,
+    ttl: Option<Duration>,
+}
+
+impl Item {
+    fn plain(any: Any) -> Self {
+        Self {
+            name: None,
+            body: Some(any),
+            ttl: None,
+        }
+    }
+
+    /// An Envoy `Resource`; a negative TTL is an error of that resource.
+    fn wrapped(r: ResourceWrapper) -> Result<Self, (String, String)> {
+        let ttl = match r.ttl {
+            None => None,
+            Some(d) if d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos) => {
+                Some(Duration::new(d.seconds as u64, d.nanos as u32))
+            }
+            Some(d) => {
+                return Err((
+                    r.name,
+                    format!("ttl: {}s {}ns is not a valid TTL", d.seconds, d.nanos),
+                ));
+            }
+        };
+        Ok(Self {
+            name: Some(r.name),
+            body: r.resource,
+            ttl,
+        })
+    }
+}
+
+/// A resource of a response that passed validation: its value (`None`
+/// for a TTL heartbeat) and its TTL.
+type Received = (Option<(crate::Decoded, Any)>, Option<Duration>);
 
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of a NACK's
 /// `error_detail` (what grpc-go and Envoy send).
@@ -238,21 +288,27 @@ impl State {
         }
     }
 
-    /// The earliest running timer.
+    /// The earliest running timer: does-not-exist timers (running only on
+    /// a connected stream) and TTLs (running always, A5.3).
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.types
             .iter()
-            .flat_map(|ts| ts.entries.values().filter_map(|e| e.timer))
+            .flat_map(|ts| ts.entries.values().flat_map(|e| [e.timer, e.ttl]))
+            .flatten()
             .min()
     }
 
-    /// Fires every timer due at `now` (A3.2). Returns whether any fired.
+    /// Fires every timer due at `now`: does-not-exist timers (A3.2) and
+    /// TTLs (A5.3). Returns whether any fired.
     pub(crate) fn fire_timers(&mut self, now: Instant) -> bool {
         let (timeout, state) = self.resource_timeout();
         let sys = SystemTime::now();
         let mut fired = false;
         for (i, ts) in self.types.iter_mut().enumerate() {
             for (name, e) in &mut ts.entries {
+                if e.ttl.is_some_and(|t| t <= now) {
+                    fired |= e.expire(TypeUrl::ALL[i], name, sys);
+                }
                 if e.timer.is_some_and(|t| t <= now) {
                     e.timer = None;
                     e.state = state;
@@ -285,6 +341,19 @@ impl State {
         })
     }
 
+    /// Whether nothing of any type is wanted (A1.12: then no stream is
+    /// kept open).
+    pub(crate) fn idle(&self) -> bool {
+        self.types.iter().all(|ts| ts.wanted.is_empty())
+    }
+
+    /// Forgets the accepted versions: nothing is cached any more, so the
+    /// next stream starts with empty versions (A1.12; a server must not
+    /// take an old version as "the client has it").
+    pub(crate) fn forget_versions(&mut self) {
+        self.versions.clear();
+    }
+
     // === subscriptions ===
 
     /// Sets the SDS identities the process watches: what the translators
@@ -307,7 +376,15 @@ impl State {
         if ts.wanted == wanted {
             return false;
         }
-        ts.entries.retain(|name, _| wanted.contains(name));
+        // A5.5: an entry nobody wants is dropped (no request is made for
+        // that), noting an ignored deletion still pending (gRFC A53).
+        ts.entries.retain(|name, e| {
+            let keep = wanted.contains(name);
+            if !keep && e.deletion_ignored {
+                tracing::info!(resource = %name, type_url = t.as_str(), "xDS resource no longer watched; its ignored deletion is dropped with it");
+            }
+            keep
+        });
         for name in &wanted {
             ts.entries
                 .entry(name.clone())
@@ -513,10 +590,25 @@ impl State {
                 changed: false,
             };
         }
-        let items: Vec<(Option<String>, Any)> =
-            resp.resources.into_iter().map(|a| (None, a)).collect();
-        let (errors, changed) =
+        let mut items = Vec::with_capacity(resp.resources.len());
+        let mut wrapper_errors = Vec::new();
+        for a in resp.resources {
+            if a.type_url != RESOURCE_WRAPPER {
+                items.push(Ok(Item::plain(a)));
+                continue;
+            }
+            // A5.3: a resource wrapped in `Resource` (for its TTL).
+            match ResourceWrapper::decode(a.value.as_slice()) {
+                Ok(r) => items.push(Item::wrapped(r)),
+                Err(e) => {
+                    metrics.invalid(t);
+                    wrapper_errors.push(format!("undecodable Resource wrapper: {e}"));
+                }
+            }
+        }
+        let (mut errors, changed) =
             self.apply_resources(t, items, &resp.version_info, true, sys, metrics);
+        errors.extend(wrapper_errors);
         if errors.is_empty() {
             self.versions.insert((self.server, t), resp.version_info);
         }
@@ -566,11 +658,6 @@ impl State {
         // Delta carries a version per resource: apply them one by one.
         let mut seen = BTreeSet::new();
         for r in resp.resources {
-            let Some(any) = r.resource else {
-                // A `Resource` without a body is a TTL heartbeat (A5.3):
-                // nothing to apply.
-                continue;
-            };
             if !seen.insert(r.name.clone()) {
                 errors.push(format!(
                     "{}: duplicate resource name in the response",
@@ -578,14 +665,9 @@ impl State {
                 ));
                 continue;
             }
-            let (errs, ch) = self.apply_resources(
-                t,
-                vec![(Some(r.name), any)],
-                &r.version,
-                false,
-                sys,
-                metrics,
-            );
+            let version = r.version.clone();
+            let (errs, ch) =
+                self.apply_resources(t, vec![Item::wrapped(r)], &version, false, sys, metrics);
             errors.extend(errs);
             changed |= ch;
         }
@@ -620,7 +702,7 @@ impl State {
     fn apply_resources(
         &mut self,
         t: TypeUrl,
-        items: Vec<(Option<String>, Any)>,
+        items: Vec<Result<Item, (String, String)>>,
         version: &str,
         sotw: bool,
         sys: SystemTime,
@@ -629,11 +711,37 @@ impl State {
         let fail = self.fail_on_data_errors();
         let ignore_deletion =
             self.ignore_resource_deletion() && matches!(t, TypeUrl::Listener | TypeUrl::Cluster);
+        let now = Instant::now();
         let mut errors = Vec::new();
-        // name → the decoded value or the rejection reason.
-        let mut by_name: BTreeMap<String, Result<(crate::Decoded, Any), String>> = BTreeMap::new();
+        // name → the decoded value (or a heartbeat) with its TTL, or the
+        // rejection reason.
+        let mut by_name: BTreeMap<String, Result<Received, String>> = BTreeMap::new();
         let mut duplicates = BTreeSet::new();
-        for (expected, any) in items {
+        for item in items {
+            let Item {
+                name: expected,
+                body,
+                ttl,
+            } = match item {
+                Ok(item) => item,
+                Err((name, reason)) => {
+                    if by_name.contains_key(&name) {
+                        duplicates.insert(name.clone());
+                    }
+                    by_name.insert(name, Err(reason));
+                    continue;
+                }
+            };
+            let Some(any) = body else {
+                // A5.3: a `Resource` without a body is a TTL heartbeat; it
+                // has a name (a wrapper always has one).
+                let name = expected.unwrap_or_default();
+                if by_name.contains_key(&name) {
+                    duplicates.insert(name.clone());
+                }
+                by_name.insert(name, Ok((None, ttl)));
+                continue;
+            };
             let result =
                 (self.decoder)(t, &any, &self.ctx).and_then(|d| super::sds::check(&self.ctx, t, d));
             let (name, result) = match result {
@@ -647,7 +755,7 @@ impl State {
                             Err(format!("the resource is named {:?}", d.name)),
                         )
                     } else {
-                        (d.name.clone(), Ok((d, any)))
+                        (d.name.clone(), Ok((Some((d, any)), ttl)))
                     }
                 }
                 Err(e) => match e.name.clone().or(expected) {
@@ -678,13 +786,35 @@ impl State {
         for (name, result) in &mut by_name {
             let requested = ts.wanted.contains(name);
             match std::mem::replace(result, Err(String::new())) {
-                Ok((decoded, raw)) => {
+                Ok((Some((decoded, raw)), ttl)) => {
                     metrics.valid(t);
                     // A1.10: resources that were not requested are ignored.
                     if let Some(e) = ts.entries.get_mut(name)
                         && requested
                     {
                         changed |= e.accept(decoded, raw, version, sys);
+                        // A5.3: the TTL is the one of this update, or none.
+                        e.ttl = ttl.map(|d| now + d);
+                    }
+                }
+                Ok((None, ttl)) => {
+                    if let Some(e) = ts.entries.get_mut(name)
+                        && requested
+                    {
+                        if e.value.is_some() && e.version.as_deref() == Some(version) {
+                            // A5.3: a heartbeat refreshes the TTL of the
+                            // cached version; it is not an update.
+                            e.ttl = ttl.map(|d| now + d);
+                        } else {
+                            let reason = format!(
+                                "a Resource without a body is a TTL heartbeat, but version {version:?} is not the cached one"
+                            );
+                            metrics.invalid(t);
+                            errors.push(format!("{name}: {reason}"));
+                            let had = e.value.is_some();
+                            e.data_error(ResourceState::Nacked, reason, Some(version), fail, sys);
+                            changed |= had != e.value.is_some() || !had;
+                        }
                     }
                 }
                 Err(reason) => {
