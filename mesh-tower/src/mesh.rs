@@ -50,6 +50,20 @@ struct Inner {
     telemetry: Arc<crate::trace::telemetry::TelemetryState>,
 }
 
+/// A handle that does not keep the mesh alive (for callbacks the mesh's
+/// own state may outlive, such as OpenTelemetry's).
+#[derive(Clone)]
+pub(crate) struct WeakMesh(std::sync::Weak<Inner>);
+
+impl WeakMesh {
+    /// The mesh, if a handle to it still exists.
+    pub(crate) fn upgrade(&self) -> Option<Mesh> {
+        Some(Mesh {
+            inner: self.0.upgrade()?,
+        })
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         self.task.abort();
@@ -162,6 +176,10 @@ impl Mesh {
                 telemetry,
             }),
         }
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakMesh {
+        WeakMesh(Arc::downgrade(&self.inner))
     }
 
     #[cfg(feature = "xds")]

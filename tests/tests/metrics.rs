@@ -533,3 +533,146 @@ async fn mtls_requests_and_connections_carry_principals_and_security_policy() {
     assert_eq!(closed, 3);
     server.abort();
 }
+
+/// `GET /metrics` from the admin router, in memory (paused time).
+async fn metrics_text(mesh: &Mesh) -> String {
+    let res = admin::router(mesh.clone())
+        .oneshot(
+            http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_xds_update_counts_as_invalid_for_its_type_on_metrics() {
+    use mesh_tests::xds_script::{self, ScriptedAds, invalid_listener, listener, response};
+    use mesh_xds::TypeUrl;
+    use mesh_xds::client::ClientOptions;
+    use mesh_xds::config::Protocol;
+
+    init_tracing();
+    let server = ScriptedAds::start();
+    let mut config = xds_script::config(1, Protocol::StateOfTheWorld);
+    config.listeners = vec!["svc:80".into()];
+    let store = mesh_core::ConfigStore::new();
+    let xds = mesh_xds::XdsClient::start_with(
+        config,
+        store.clone(),
+        ClientOptions {
+            connector: Some(xds_script::connector(vec![server.clone()])),
+            decoder: None,
+        },
+    );
+    let mesh = Mesh::builder(store).with_xds(xds).build();
+    let mut s = server.sotw_stream().await;
+    let first = s.recv().await;
+    assert_eq!(first.type_url, TypeUrl::Listener.as_str());
+
+    const LDS: &str = "grpc_xds_resource_type=\"envoy.config.listener.v3.Listener\"";
+    const SERVER: &str = "grpc_xds_server=\"xds-0.test:15010\"";
+    const TARGET: &str = "grpc_target=\"#mesh\"";
+    let text = metrics_text(&mesh).await;
+    assert_eq!(
+        sample(&text, "grpc_xds_client_connected", &[TARGET, SERVER]),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "grpc_xds_client_resource_updates_invalid_total",
+            &[TARGET, SERVER, LDS]
+        ),
+        0
+    );
+
+    // A listener whose HCM has no HTTP filters: every xDS client rejects it.
+    s.send(response(
+        TypeUrl::Listener,
+        "1",
+        "n1",
+        vec![invalid_listener("svc:80", "rt")],
+    ))
+    .await;
+    let nack = s.recv().await;
+    assert!(nack.error_detail.is_some(), "the update is NACKed");
+    let text = metrics_text(&mesh).await;
+    assert_eq!(
+        sample(
+            &text,
+            "grpc_xds_client_resource_updates_invalid_total",
+            &[TARGET, SERVER, LDS]
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "grpc_xds_client_resource_updates_valid_total",
+            &[SERVER, LDS]
+        ),
+        0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "grpc_xds_client_resources",
+            &[
+                LDS,
+                "grpc_xds_cache_state=\"nacked\"",
+                "grpc_xds_authority=\"#old\""
+            ]
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "grpc_xds_client_server_failure_total", &[SERVER]),
+        0
+    );
+
+    // A valid version is counted as valid; the invalid count stays.
+    s.send(response(
+        TypeUrl::Listener,
+        "2",
+        "n2",
+        vec![listener("svc:80", "rt")],
+    ))
+    .await;
+    let ack = s.recv().await;
+    assert!(ack.error_detail.is_none());
+    let text = metrics_text(&mesh).await;
+    assert_eq!(
+        sample(
+            &text,
+            "grpc_xds_client_resource_updates_valid_total",
+            &[SERVER, LDS]
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "grpc_xds_client_resource_updates_invalid_total",
+            &[SERVER, LDS]
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "grpc_xds_client_resources",
+            &[LDS, "grpc_xds_cache_state=\"acked\""]
+        ),
+        1,
+        "{text}"
+    );
+}

@@ -44,6 +44,10 @@
 //! `mesh_metrics_principals_overflow_total`, so a peer cannot grow the
 //! label set without bound.
 //!
+//! The same atomics are exported over OTLP through the OpenTelemetry
+//! metrics API ([`otlp`]), and with the `xds` feature the page carries
+//! gRFC A78's xDS client metrics ([`xds`]).
+//!
 //! # Why own atomics, and how recording stays cheap
 //!
 //! Recording must be lock-free and allocation-free. `prometheus-client`'s
@@ -74,7 +78,10 @@
 //! body size hint, otherwise 0: the bodies are not wrapped, so streamed
 //! bytes are not counted.
 
+pub mod otlp;
 mod render;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 pub(crate) use render::render_mesh;
 #[cfg(test)]
@@ -537,6 +544,8 @@ pub struct IstioMetrics {
     principals_overflow: AtomicU64,
     /// Accepted connections by `Peer` (principal slot * 2 + mutual TLS).
     inbound_tcp: [TcpCounters; 2 * (PRINCIPALS + 1)],
+    /// When counting began (the start time of cumulative OTLP points).
+    started: std::time::SystemTime,
 }
 
 /// A connection accepted by the server, counted in an [`IstioMetrics`]'s
@@ -568,7 +577,14 @@ impl IstioMetrics {
             principals: std::array::from_fn(|_| OnceLock::new()),
             principals_overflow: AtomicU64::new(0),
             inbound_tcp: std::array::from_fn(|_| TcpCounters::default()),
+            started: std::time::SystemTime::now(),
         }
+    }
+
+    /// When these metrics began counting (the start time of their
+    /// cumulative OTLP data points).
+    pub fn started(&self) -> std::time::SystemTime {
+        self.started
     }
 
     /// Reads the process's own principal (the `source_principal` of its

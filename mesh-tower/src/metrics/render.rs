@@ -29,10 +29,31 @@ pub(crate) fn label(out: &mut String, value: &str) {
 
 /// Istio's `destination_service` of a cluster: the host of an
 /// `outbound|port|subset|host` name, else the name.
-fn destination_service(cluster: Option<&str>) -> &str {
+pub(super) fn destination_service(cluster: Option<&str>) -> &str {
     match cluster {
         None => "unknown",
         Some(c) => c.rsplit('|').next().unwrap_or(c),
+    }
+}
+
+/// The values of `source_workload`, `destination_workload`,
+/// `source_principal`, `destination_principal` and
+/// `connection_security_policy` of a series.
+pub(super) fn peer_values<'a>(c: &Ctx<'a>, reporter: Reporter, peer: Peer) -> [&'a str; 5] {
+    let m = c.m;
+    match reporter {
+        Reporter::Source => [&*m.workload, "unknown", c.own, "unknown", "unknown"],
+        Reporter::Destination => [
+            "unknown",
+            &*m.workload,
+            m.peer_principal(peer).unwrap_or("unknown"),
+            c.own,
+            if peer.mutual_tls {
+                "mutual_tls"
+            } else {
+                "none"
+            },
+        ],
     }
 }
 
@@ -45,21 +66,7 @@ fn peer_labels(
     peer: Peer,
     cluster: Option<&str>,
 ) {
-    let m = c.m;
-    let (source, dest, source_principal, dest_principal, policy) = match reporter {
-        Reporter::Source => (&*m.workload, "unknown", c.own, "unknown", "unknown"),
-        Reporter::Destination => (
-            "unknown",
-            &*m.workload,
-            m.peer_principal(peer).unwrap_or("unknown"),
-            c.own,
-            if peer.mutual_tls {
-                "mutual_tls"
-            } else {
-                "none"
-            },
-        ),
-    };
+    let [source, dest, source_principal, dest_principal, policy] = peer_values(c, reporter, peer);
     out.push_str("reporter=\"");
     out.push_str(reporter.as_str());
     out.push_str("\",source_workload=\"");
@@ -339,5 +346,9 @@ pub(crate) fn render_mesh(mesh: &crate::Mesh, out: &mut String) {
     ] {
         let _ = writeln!(out, "# TYPE mesh_mirror_{name}_total counter");
         let _ = writeln!(out, "mesh_mirror_{name}_total {v}");
+    }
+    #[cfg(feature = "xds")]
+    if let Some(xds) = mesh.xds() {
+        super::xds::render(&xds.metrics(), out);
     }
 }

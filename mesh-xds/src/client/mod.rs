@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-pub use metrics::XdsClientMetrics;
+pub use metrics::{CacheState, XdsClientMetrics, XdsServerMetrics, resource_type_label};
 pub use sds::{REDACTED, SdsIdentityStats, SdsWatch};
 pub use transport::{ConnectError, Connector};
 
@@ -259,7 +259,7 @@ impl XdsClient {
             node: config.node.clone(),
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
-            metrics: Metrics::default(),
+            metrics: Metrics::new(&config.servers),
         });
         {
             let mut inner = shared.lock();
