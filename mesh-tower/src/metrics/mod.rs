@@ -46,7 +46,7 @@
 //!
 //! The same atomics are exported over OTLP through the OpenTelemetry
 //! metrics API ([`otlp`]), and with the `xds` feature the page carries
-//! gRFC A78's xDS client metrics ([`xds`]).
+//! gRFC A78's xDS client metrics (module `xds`).
 //!
 //! # Why own atomics, and how recording stays cheap
 //!

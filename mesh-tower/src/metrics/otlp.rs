@@ -54,7 +54,7 @@
 //! `result` attributes. With the `xds` feature, gRFC A78's xDS client
 //! metrics are exported under A78's own names (`grpc.xds_client.*` with
 //! `grpc.target`, `grpc.xds.server`, `grpc.xds.resource_type`, …; see
-//! [`xds`](super::xds) for the Prometheus mapping).
+//! the `xds` module for the Prometheus mapping).
 //!
 //! # Threads and shutdown
 //!
