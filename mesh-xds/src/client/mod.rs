@@ -453,6 +453,10 @@ struct Opened {
     tx: Tx,
     rx: Rx,
     first: Option<Response>,
+    /// The opening requests it was made with: the wanted names may have
+    /// changed while the probe waited, so the adopted stream's
+    /// subscriptions are these, not the current wanted sets.
+    sent: Vec<Request>,
 }
 
 /// How a stream ended.
@@ -552,6 +556,7 @@ fn probe(
 ) -> BoxFuture<'static, Result<Opened, String>> {
     Box::pin(async move {
         tokio::time::sleep(delay).await;
+        let sent = opening.clone();
         let (tx, mut rx) = open(connector, servers, 0, opening, timeout).await?;
         match rx.next().await {
             Ok(Some(first)) => Ok(Opened {
@@ -559,6 +564,7 @@ fn probe(
                 tx,
                 rx,
                 first: Some(first),
+                sent,
             }),
             Ok(None) => Err("the primary closed the stream before any response".to_owned()),
             Err(s) => Err(format!("primary: {s}")),
@@ -772,7 +778,7 @@ impl Task {
         self.sync_interest();
         let (tx, mut rx, first) = match opened {
             Some(o) => {
-                self.state.adopt_stream(o.server);
+                self.state.adopt_stream(o.server, &o.sent);
                 (o.tx, o.rx, o.first)
             }
             None => {

@@ -462,14 +462,22 @@ impl State {
         out
     }
 
-    /// Adopts a stream opened with [`opening_requests`](Self::opening_requests)
-    /// as the current one.
-    pub(crate) fn adopt_stream(&mut self, server: usize) {
+    /// Adopts a stream opened with `opening` (made by
+    /// [`opening_requests`](Self::opening_requests), possibly before the
+    /// wanted names last changed) as the current one: what it subscribed
+    /// is what `opening` carried, so the next
+    /// [`subscription_requests`](Self::subscription_requests) sends the
+    /// difference.
+    pub(crate) fn adopt_stream(&mut self, server: usize, opening: &[Request]) {
         self.stream_started(server);
         self.node_sent = true;
-        for ts in &mut self.types {
-            if !ts.wanted.is_empty() {
-                ts.sent = Some(ts.wanted.clone());
+        for r in opening {
+            let (type_url, names): (&str, &[String]) = match r {
+                Request::Sotw(r) => (&r.type_url, &r.resource_names),
+                Request::Delta(r) => (&r.type_url, &r.resource_names_subscribe),
+            };
+            if let Some(t) = TypeUrl::parse(type_url) {
+                self.ts_mut(t).sent = Some(names.iter().cloned().collect());
             }
         }
     }
