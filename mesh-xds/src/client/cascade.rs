@@ -127,8 +127,22 @@ fn ignored_warnings(state: &State, t: TypeUrl, name: &str, what: &str, out: &mut
     }
 }
 
-fn assemble(state: &State, name: &str) -> Assembled {
-    let node = &state.config.node.id;
+/// The cluster `c` with its endpoints as `prev` published it, if it did
+/// (A8.7: a cluster whose update still waits for a dependency keeps
+/// serving as it was).
+fn warm_copy(prev: Option<&Bundle>, c: &str) -> Option<(Cluster, EndpointSet)> {
+    let prev = prev?;
+    let cluster = prev.clusters.iter().find(|x| x.name.as_str() == c)?;
+    let eps = prev.endpoints.iter().find(|e| e.cluster().as_str() == c)?;
+    Some((cluster.clone(), eps.clone()))
+}
+
+/// Assembles the listener `name`. `prev` is its last published bundle: a
+/// cluster whose new version still waits for its cluster or EDS resource
+/// is taken from it (per-cluster warming, A8.7), so one warming cluster
+/// does not hold back the rest of the listener; a cluster it lacks makes
+/// the whole listener wait (A8.1: no route to a cluster not received).
+fn assemble(state: &State, name: &str, prev: Option<&Bundle>) -> Assembled {
     let Some(entry) = state.entry(TypeUrl::Listener, name) else {
         return Assembled::Pending;
     };
@@ -189,25 +203,80 @@ fn assemble(state: &State, name: &str) -> Assembled {
                 // listener; still awaited means not complete yet.
                 return match state.entry(TypeUrl::RouteConfiguration, rds) {
                     Some(e) if !e.pending() => Assembled::Failed,
-                    _ => Assembled::Pending,
+                    // Warming (A8.7): the listener's previous version
+                    // keeps serving, with its clusters' current versions.
+                    _ => match prev.and_then(|p| refresh(state, p)) {
+                        Some(b) => Assembled::Complete(Box::new(b)),
+                        None => Assembled::Pending,
+                    },
                 };
             }
         },
         (None, None) => None,
     };
+    let bundle = Bundle {
+        listener: lr.listener.clone(),
+        route_table,
+        clusters: Vec::new(),
+        endpoints: Vec::new(),
+        security: lr.security.clone(),
+        warnings,
+    };
+    match with_clusters(state, bundle, prev) {
+        Some(b) => Assembled::Complete(Box::new(b)),
+        // A route names a cluster not received yet: the previous version
+        // of the listener (its route table) keeps serving, with the
+        // current versions of its clusters (make-before-break, A8.1).
+        None => match prev.and_then(|p| refresh(state, p)) {
+            Some(b) => Assembled::Complete(Box::new(b)),
+            None => Assembled::Pending,
+        },
+    }
+}
+
+/// `prev` with the current versions of its clusters (every one of them
+/// is in `prev`, so this only fails if `prev` is itself incomplete).
+fn refresh(state: &State, prev: &Bundle) -> Option<Bundle> {
+    let mut b = prev.clone();
+    b.clusters.clear();
+    b.endpoints.clear();
+    b.warnings
+        .retain(|w| !w.starts_with("xds Cluster") && !w.starts_with("xds ClusterLoadAssignment"));
+    with_clusters(state, b, Some(prev))
+}
+
+/// Fills in the clusters and endpoints `bundle`'s route table names;
+/// `None` when one is still awaited and `prev` has no version of it.
+fn with_clusters(state: &State, mut bundle: Bundle, prev: Option<&Bundle>) -> Option<Bundle> {
+    let node = &state.config.node.id;
     let mut cluster_names = BTreeSet::new();
-    if let Some(t) = &route_table {
+    if let Some(t) = &bundle.route_table {
         route_clusters(t, &mut cluster_names);
     }
+    let warnings = &mut bundle.warnings;
     let mut clusters = Vec::new();
     let mut endpoints = Vec::new();
     for c in &cluster_names {
         let Some(entry) = state.entry(TypeUrl::Cluster, c) else {
-            return Assembled::Pending;
+            match warm_copy(prev, c) {
+                Some((cluster, eps)) => {
+                    clusters.push(cluster);
+                    endpoints.push(eps);
+                    continue;
+                }
+                None => return None,
+            }
         };
         let Some(XdsResource::Cluster(cr)) = state.value(TypeUrl::Cluster, c) else {
             if entry.pending() {
-                return Assembled::Pending;
+                match warm_copy(prev, c) {
+                    Some((cluster, eps)) => {
+                        clusters.push(cluster);
+                        endpoints.push(eps);
+                        continue;
+                    }
+                    None => return None,
+                }
             }
             // A8.3: a failed cluster fails only the calls routed to it: it
             // is published without endpoints, and the warning names it.
@@ -219,7 +288,7 @@ fn assemble(state: &State, name: &str) -> Assembled {
             endpoints.push(EndpointSet::empty(c.as_str()));
             continue;
         };
-        ignored_warnings(state, TypeUrl::Cluster, c, "Cluster", &mut warnings);
+        ignored_warnings(state, TypeUrl::Cluster, c, "Cluster", warnings);
         let mut cluster = cr.cluster.clone();
         if cluster.name.as_str() != c {
             cluster.name = c.as_str().into();
@@ -233,7 +302,7 @@ fn assemble(state: &State, name: &str) -> Assembled {
                         TypeUrl::ClusterLoadAssignment,
                         eds,
                         "ClusterLoadAssignment",
-                        &mut warnings,
+                        warnings,
                     );
                     er.endpoints.clone()
                 }
@@ -245,8 +314,16 @@ fn assemble(state: &State, name: &str) -> Assembled {
                         ));
                         Vec::new()
                     }
-                    // A8.7: a cluster is used only once its EDS arrived.
-                    _ => return Assembled::Pending,
+                    // A8.7: a cluster is used only once its EDS arrived;
+                    // until then its previous version keeps serving.
+                    _ => match warm_copy(prev, c) {
+                        Some((cluster, eps)) => {
+                            clusters.push(cluster);
+                            endpoints.push(eps);
+                            continue;
+                        }
+                        None => return None,
+                    },
                 },
             },
         };
@@ -259,14 +336,9 @@ fn assemble(state: &State, name: &str) -> Assembled {
         }
         clusters.push(cluster);
     }
-    Assembled::Complete(Box::new(Bundle {
-        listener: lr.listener.clone(),
-        route_table,
-        clusters,
-        endpoints,
-        security: lr.security.clone(),
-        warnings,
-    }))
+    bundle.clusters = clusters;
+    bundle.endpoints = endpoints;
+    Some(bundle)
 }
 
 /// The complete configs, per listener; kept between updates.
@@ -283,7 +355,7 @@ impl Published {
         self.bundles
             .retain(|name, _| state.interest.contains_key(name));
         for name in state.interest.keys() {
-            match assemble(state, name) {
+            match assemble(state, name, self.bundles.get(name)) {
                 Assembled::Complete(b) => {
                     self.bundles.insert(name.clone(), *b);
                 }
