@@ -25,7 +25,7 @@
 //! Seeds are fixed, so the test never flakes; a failure names the seed
 //! and the step.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
