@@ -306,8 +306,12 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let server = xds_script::ScriptedAds::start();
     let store = ConfigStore::new();
+    let mut config = xds_script::config(1, Protocol::Delta);
+    // The driver checks a reply to every response; the request rate limit
+    // (rule A1.14) would fold replies of a burst into one.
+    config.request_rate_limit = None;
     let client = XdsClient::start_with(
-        xds_script::config(1, Protocol::Delta),
+        config,
         store.clone(),
         ClientOptions {
             connector: Some(xds_script::connector(vec![Arc::clone(&server)])),
