@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Empty};
 use mesh_tower::{Mesh, MeshClient};
 use tower::ServiceExt;
 
+pub mod fault_proxy;
 pub mod peers;
 pub mod xds_script;
 
