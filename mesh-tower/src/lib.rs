@@ -98,5 +98,7 @@ pub use client::{Decision, InvalidTarget, MeshClient, ResponseFuture, Target};
 pub use endpoint::ConnectError;
 pub use error::{BoxError, Elapsed, Error, TimeoutReason};
 pub use mesh::{ClusterStats, EndpointStatus, Mesh, MeshBuilder, Node};
+#[cfg(feature = "xds")]
+pub use serve::xds::{ServingState, serve_xds};
 pub use serve::{ConnectionSecurity, SecurityMode, ServeConfig, TransportMode, serve};
 pub use server::{MeshServerLayer, ServerStats};

@@ -137,6 +137,26 @@ impl Mesh {
     }
 }
 
+/// Why the server listener `name` does not serve (gRFC A36), in the words
+/// of [`listener_message`]; a client listener under that name says so.
+pub(crate) fn not_serving_reason(mesh: &Mesh, name: &str) -> String {
+    let Some(client) = mesh.xds() else {
+        return "no xDS subscriber".to_owned();
+    };
+    if mesh
+        .store()
+        .load()
+        .listener(name)
+        .is_some_and(|l| !matches!(l.kind, mesh_core::model::ListenerKind::Server(_)))
+    {
+        return format!(
+            "xds: listener {name:?} is not a server listener (it has an api_listener; node {:?})",
+            client.node().id
+        );
+    }
+    listener_message(&client.status(), &client.node().id, name)
+}
+
 /// Why a listener is not routable, from the subscriber's status.
 fn listener_message(statuses: &[ResourceStatus], node: &str, listener: &str) -> String {
     let own = statuses

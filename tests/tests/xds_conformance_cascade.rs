@@ -856,3 +856,475 @@ async fn a8_7_a_cluster_change_is_used_only_after_its_new_eds_arrives() {
         ["a", "b", "c"]
     );
 }
+
+// === A.9 server-side xDS ===
+
+mod server_side {
+    use super::*;
+    use mesh_tower::{ServeConfig, ServingState, TransportMode};
+    use mesh_xds::pb::envoy::config::core::v3 as core;
+    use mesh_xds::pb::envoy::config::listener::v3 as lds;
+    use mesh_xds::pb::envoy::config::rbac::v3 as rbac;
+    use mesh_xds::pb::envoy::config::route::v3 as rds;
+    use mesh_xds::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;
+    use mesh_xds::pb::envoy::extensions::filters::http::router::v3::Router;
+    use mesh_xds::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::watch;
+
+    fn typed<M: Message>(type_url: &str, m: &M) -> Any {
+        Any {
+            type_url: type_url.into(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    /// What a server filter chain carries.
+    #[derive(Clone, Copy, Default)]
+    pub(super) struct Chain {
+        /// An RBAC filter (DENY requests with `x-deny: 1`).
+        pub(super) rbac: bool,
+        /// The routes by reference (RDS `srv-rt`) instead of inline.
+        pub(super) rds: bool,
+        /// A `filter_chain_match`.
+        pub(super) matching: Option<fn() -> lds::FilterChainMatch>,
+    }
+
+    // Istio still sends `exact_match` in RBAC header matchers.
+    #[allow(deprecated)]
+    fn chain(c: Chain) -> lds::FilterChain {
+        let mut filters = Vec::new();
+        if c.rbac {
+            let policy = rbac::Policy {
+                permissions: vec![rbac::Permission {
+                    rule: Some(rbac::permission::Rule::Header(
+                        mesh_xds::pb::envoy::config::route::v3::HeaderMatcher {
+                            name: "x-deny".into(),
+                            header_match_specifier: Some(
+                                mesh_xds::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier::ExactMatch(
+                                    "1".into(),
+                                ),
+                            ),
+                            ..Default::default()
+                        },
+                    )),
+                }],
+                principals: vec![rbac::Principal {
+                    identifier: Some(rbac::principal::Identifier::Any(true)),
+                }],
+                ..Default::default()
+            };
+            filters.push(hcm::HttpFilter {
+                name: "envoy.filters.http.rbac".into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(typed(
+                    "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                    &rbac_filter::Rbac {
+                        rules: Some(rbac::Rbac {
+                            action: rbac::rbac::Action::Deny as i32,
+                            policies: [("ns-deny-0".to_owned(), policy)].into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ))),
+                ..Default::default()
+            });
+        }
+        filters.push(hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(typed(
+                "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                &Router::default(),
+            ))),
+            ..Default::default()
+        });
+        let routes = if c.rds {
+            hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(core::ConfigSource {
+                    config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+                        core::AggregatedConfigSource {},
+                    )),
+                    resource_api_version: core::ApiVersion::V3 as i32,
+                    ..Default::default()
+                }),
+                route_config_name: "srv-rt".into(),
+            })
+        } else {
+            hcm::http_connection_manager::RouteSpecifier::RouteConfig(rds::RouteConfiguration {
+                name: "inbound".into(),
+                virtual_hosts: vec![rds::VirtualHost {
+                    name: "inbound".into(),
+                    domains: vec!["*".into()],
+                    routes: vec![rds::Route {
+                        r#match: Some(rds::RouteMatch {
+                            path_specifier: Some(rds::route_match::PathSpecifier::Prefix(
+                                "/".into(),
+                            )),
+                            ..Default::default()
+                        }),
+                        action: Some(rds::route::Action::NonForwardingAction(
+                            rds::NonForwardingAction {},
+                        )),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+        };
+        let manager = hcm::HttpConnectionManager {
+            stat_prefix: "inbound".into(),
+            route_specifier: Some(routes),
+            http_filters: filters,
+            ..Default::default()
+        };
+        lds::FilterChain {
+            filter_chain_match: c.matching.map(|f| f()),
+            filters: vec![lds::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(lds::filter::ConfigType::TypedConfig(typed(
+                    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    &manager,
+                ))),
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// A server listener `name` on `addr` with `chains`.
+    pub(super) fn server_listener(name: &str, addr: SocketAddr, chains: &[Chain]) -> Any {
+        let l = lds::Listener {
+            name: name.into(),
+            address: Some(core::Address {
+                address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                    address: addr.ip().to_string(),
+                    port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
+                        u32::from(addr.port()),
+                    )),
+                    ..Default::default()
+                })),
+            }),
+            filter_chains: chains.iter().map(|c| chain(*c)).collect(),
+            ..Default::default()
+        };
+        typed(L.as_str(), &l)
+    }
+
+    use std::net::SocketAddr;
+
+    struct Served {
+        env: Env,
+        addr: SocketAddr,
+        name: String,
+        state: watch::Receiver<ServingState>,
+        task: tokio::task::JoinHandle<()>,
+        s: SotwStream,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// A plaintext server following its xDS listener, on real time.
+    async fn serve(tweak: impl FnOnce(&mut ClientConfig)) -> Served {
+        let env = start_with(1, tweak);
+        let mesh = mesh_tower::Mesh::builder(env.store.clone())
+            .with_xds(env.client.clone())
+            .build();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let name = mesh_xds::client::server_listener_name(None, addr);
+        let app = axum::Router::new()
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    sleep(Duration::from_millis(300)).await;
+                    "slow"
+                }),
+            )
+            .fallback(|| async { "ok" });
+        let (tx, state) = watch::channel(ServingState::NotServing("starting".into()));
+        let config =
+            ServeConfig::new(TransportMode::Disable).with_drain_grace(Duration::from_secs(5));
+        let task = tokio::spawn(async move {
+            mesh_tower::serve_xds(tcp, mesh, config, app, tx)
+                .await
+                .unwrap();
+        });
+        let mut s = env.servers[0].sotw_stream().await;
+        let r = expect(&mut s, L).await;
+        assert_eq!(names(&r), [name.as_str()]);
+        Served {
+            env,
+            addr,
+            name,
+            state,
+            task,
+            s,
+        }
+    }
+
+    async fn wait_state(rx: &mut watch::Receiver<ServingState>, serving: bool) -> ServingState {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|s| {
+                s.is_serving() == serving && *s != ServingState::NotServing("starting".into())
+            }),
+        )
+        .await
+        .expect("serving state in time")
+        .unwrap()
+        .clone()
+    }
+
+    /// Connects, writes `hello` and returns the first bytes the server
+    /// answers (empty: it closed the connection without writing a byte).
+    async fn probe(addr: SocketAddr, hello: &[u8]) -> Vec<u8> {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(hello).await;
+        let mut buf = vec![0; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("the server answers or closes")
+            .unwrap_or(0);
+        buf.truncate(n);
+        buf
+    }
+
+    /// An HTTP/2 connection (prior knowledge).
+    async fn h2(
+        addr: SocketAddr,
+    ) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        send
+    }
+
+    async fn get(
+        send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        path: &str,
+    ) -> Result<String, hyper::Error> {
+        use http_body_util::BodyExt;
+        send.ready().await?;
+        let req = http::Request::get(format!("http://svc{path}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let res = send.send_request(req).await?;
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// A TLS ClientHello's first bytes (a handshake record).
+    const CLIENT_HELLO: &[u8] = &[
+        0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03,
+    ];
+    /// The HTTP/2 connection preface.
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// A9.1 (gRFC A36 "Serving and Not Serving"): with no server listener
+    /// yet, or after it is deleted, the port is bound but every connection
+    /// is closed at once, without a TLS ServerHello or HTTP/2 SETTINGS;
+    /// the serving state says why. Real sockets, real time.
+    #[tokio::test]
+    async fn a9_1_without_a_listener_the_server_accepts_and_closes_and_says_why() {
+        let mut sv = serve(|c| c.servers[0].features.fail_on_data_errors = true).await;
+        let why = wait_state(&mut sv.state, false).await;
+        let ServingState::NotServing(reason) = why else {
+            unreachable!()
+        };
+        assert!(
+            reason.contains(&sv.name) && reason.contains("REQUESTED") && reason.contains("node-1"),
+            "{reason}"
+        );
+        assert!(
+            probe(sv.addr, CLIENT_HELLO).await.is_empty(),
+            "no ServerHello"
+        );
+        assert!(probe(sv.addr, H2_PREFACE).await.is_empty(), "no SETTINGS");
+
+        // The listener arrives: serving.
+        let lis = server_listener(&sv.name, sv.addr, &[Chain::default()]);
+        sv.s.send(response(L, "1", "l1", vec![lis])).await;
+        expect(&mut sv.s, L).await;
+        assert_eq!(wait_state(&mut sv.state, true).await, ServingState::Serving);
+        let mut conn = h2(sv.addr).await;
+        assert_eq!(get(&mut conn, "/").await.unwrap(), "ok");
+        let answer = probe(sv.addr, H2_PREFACE).await;
+        assert!(!answer.is_empty(), "serving: the server speaks HTTP/2");
+
+        // Deleted (fail_on_data_errors: the cached one is dropped): not
+        // serving again, and the open connection is drained.
+        sv.s.send(response(L, "2", "l2", vec![])).await;
+        expect(&mut sv.s, L).await;
+        let ServingState::NotServing(reason) = wait_state(&mut sv.state, false).await else {
+            unreachable!()
+        };
+        assert!(reason.contains("does not exist"), "{reason}");
+        assert!(probe(sv.addr, H2_PREFACE).await.is_empty());
+        assert!(get(&mut conn, "/").await.is_err(), "drained");
+    }
+
+    /// A9.2 (gRFC A36): a Listener update drains the connections accepted
+    /// before it gracefully (requests in flight finish, new requests go to
+    /// new connections) and never closes the port; a store change that
+    /// does not touch the listener (a client route update, an RDS the
+    /// server listener names by reference) drains nothing. Real sockets.
+    #[tokio::test]
+    async fn a9_2_a_listener_update_drains_gracefully_and_an_rds_update_does_not() {
+        let mut sv = serve(|_| {}).await;
+        let _client_side = sv.env.client.watch_listener("svc:80");
+        // The LDS request now names both listeners.
+        expect(&mut sv.s, L).await;
+        let v1 = server_listener(
+            &sv.name,
+            sv.addr,
+            &[Chain {
+                rds: true,
+                ..Chain::default()
+            }],
+        );
+        sv.s.send(response(
+            L,
+            "1",
+            "l1",
+            vec![v1.clone(), listener("svc:80", "rt")],
+        ))
+        .await;
+        expect(&mut sv.s, L).await;
+        assert_eq!(
+            names(&expect(&mut sv.s, R).await),
+            ["rt"],
+            "srv-rt is not subscribed"
+        );
+        wait_state(&mut sv.state, true).await;
+        let mut old = h2(sv.addr).await;
+        assert_eq!(get(&mut old, "/").await.unwrap(), "ok");
+
+        // Store changes that leave the server listener alone.
+        sv.s.send(response(
+            R,
+            "1",
+            "r1",
+            vec![route("rt", &["c1"]), route("srv-rt", &["c9"])],
+        ))
+        .await;
+        expect(&mut sv.s, R).await;
+        expect(&mut sv.s, C).await;
+        sv.s.send(response(C, "1", "c1", vec![cluster("c1", "e1")]))
+            .await;
+        expect(&mut sv.s, C).await;
+        expect(&mut sv.s, E).await;
+        sv.s.send(response(
+            E,
+            "1",
+            "e1",
+            vec![endpoints("e1", &["10.0.0.1:80"])],
+        ))
+        .await;
+        expect(&mut sv.s, E).await;
+        assert!(sv.env.store.snapshot().listener("svc:80").is_some());
+        sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            get(&mut old, "/").await.unwrap(),
+            "ok",
+            "not drained by route, cluster or endpoint updates"
+        );
+
+        // The listener changes (an RBAC filter): old connections drain.
+        let in_flight = {
+            let mut c = old.clone();
+            tokio::spawn(async move { get(&mut c, "/slow").await })
+        };
+        sleep(Duration::from_millis(50)).await;
+        let v2 = server_listener(
+            &sv.name,
+            sv.addr,
+            &[Chain {
+                rds: true,
+                rbac: true,
+                ..Chain::default()
+            }],
+        );
+        sv.s.send(response(L, "2", "l2", vec![v2, listener("svc:80", "rt")]))
+            .await;
+        let ack = expect(&mut sv.s, L).await;
+        assert!(ack.error_detail.is_none(), "{ack:?}");
+        assert_eq!(
+            in_flight.await.unwrap().unwrap(),
+            "slow",
+            "the request in flight finishes"
+        );
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while get(&mut old, "/").await.is_ok() {
+                sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the old connection is drained (GOAWAY)");
+        assert!(sv.state.borrow().is_serving(), "the port stays open");
+        let mut new = h2(sv.addr).await;
+        assert_eq!(get(&mut new, "/").await.unwrap(), "ok");
+    }
+}
+
+/// A9.3 (gRFC A36 `FilterChainMatch`): proxyless servers do not sniff.
+/// Filter chains that match on `server_names`, `application_protocols` or
+/// a `transport_protocol` other than `raw_buffer` never match (they are
+/// dropped and recorded as ignored); `raw_buffer` matches; a listener
+/// with no chain that can match is rejected with the reason.
+#[test]
+fn a9_3_no_sniffing_only_raw_buffer_filter_chains_match() {
+    use mesh_xds::pb::envoy::config::listener::v3 as lds;
+    use server_side::{Chain, server_listener};
+    let addr: std::net::SocketAddr = "10.0.0.1:8080".parse().unwrap();
+    let ctx = mesh_xds::resource::DecodeContext::default();
+    let sni = || lds::FilterChainMatch {
+        server_names: vec!["svc.example".into()],
+        ..Default::default()
+    };
+    let alpn = || lds::FilterChainMatch {
+        application_protocols: vec!["h2".into()],
+        ..Default::default()
+    };
+    let tls = || lds::FilterChainMatch {
+        transport_protocol: "tls".into(),
+        ..Default::default()
+    };
+    let raw = || lds::FilterChainMatch {
+        transport_protocol: "raw_buffer".into(),
+        ..Default::default()
+    };
+    let with = |m: fn() -> lds::FilterChainMatch| Chain {
+        matching: Some(m),
+        ..Chain::default()
+    };
+    let any = server_listener(
+        "inbound",
+        addr,
+        &[with(sni), with(alpn), with(tls), with(raw)],
+    );
+    let d = mesh_xds::translate::decode(L, &any, &ctx).expect("the raw_buffer chain serves");
+    for i in 0..3 {
+        assert!(
+            d.ignored.contains(&format!("filter_chains[{i}]")),
+            "chain {i} never matches: {:?}",
+            d.ignored
+        );
+    }
+    assert!(!d.ignored.contains(&"filter_chains[3]".to_owned()));
+    let only_sniffing = server_listener("inbound", addr, &[with(sni), with(alpn), with(tls)]);
+    let e = mesh_xds::translate::decode(L, &only_sniffing, &ctx).unwrap_err();
+    assert!(
+        e.reason.contains("no filter chain can match"),
+        "{}",
+        e.reason
+    );
+}

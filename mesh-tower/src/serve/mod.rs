@@ -53,6 +53,8 @@
 pub mod detect;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -204,6 +206,7 @@ pub struct ServeConfig {
     handshake_timeout: Duration,
     max_connection_age: Option<MaxConnectionAge>,
     metrics: Option<Arc<crate::metrics::IstioMetrics>>,
+    drain_grace: Duration,
 }
 
 /// gRFC A9's `MAX_CONNECTION_AGE` and `MAX_CONNECTION_AGE_GRACE`.
@@ -227,6 +230,28 @@ impl MaxConnectionAge {
 /// Linkerd's `detect_protocol_timeout` default.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// gRFC A36's default drain grace period for a listener update.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(600);
+
+/// Tells a connection to drain once the server's drain generation passes
+/// the one it was accepted in (an xDS server listener update, A9.2).
+pub(crate) struct Drain {
+    pub(crate) rx: tokio::sync::watch::Receiver<u64>,
+    pub(crate) accepted: u64,
+    pub(crate) grace: Duration,
+}
+
+impl Drain {
+    /// Returns once the connection must drain; never if the server is
+    /// gone (its connections are aborted with it).
+    async fn wait(&mut self) {
+        let accepted = self.accepted;
+        if self.rx.wait_for(|g| *g > accepted).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 impl ServeConfig {
     /// Serves with `mode` and the default 10 s handshake timeout.
     pub fn new(mode: TransportMode) -> Self {
@@ -235,7 +260,21 @@ impl ServeConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_connection_age: None,
             metrics: None,
+            drain_grace: DEFAULT_DRAIN_GRACE,
         }
+    }
+
+    /// How long a connection drained by an xDS listener update may finish
+    /// its requests before it is closed (gRFC A36; default 10 minutes).
+    /// Used by `serve_xds` (feature `xds`).
+    pub fn with_drain_grace(mut self, grace: Duration) -> Self {
+        self.drain_grace = grace;
+        self
+    }
+
+    /// The drain grace period.
+    pub fn drain_grace(&self) -> Duration {
+        self.drain_grace
     }
 
     /// Counts every connection served (once its transport is set up: after
@@ -316,7 +355,7 @@ where
         let config = Arc::clone(&config);
         let service = service.clone();
         connections.spawn(async move {
-            if let Err(error) = connection(stream, &config, service).await {
+            if let Err(error) = connection(stream, &config, service, None).await {
                 debug!(%remote, %error, "connection ended with an error");
             }
         });
@@ -327,6 +366,7 @@ async fn connection<S, B>(
     stream: TcpStream,
     config: &ServeConfig,
     service: S,
+    drain: Option<Drain>,
 ) -> Result<(), BoxError>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -341,6 +381,7 @@ where
     let age = Served {
         age: config.max_connection_age,
         metrics: config.metrics.as_ref(),
+        drain,
     };
     let (mode, tls) = match &config.mode {
         TransportMode::Disable => (EffectiveMtlsMode::Disable, None),
@@ -375,10 +416,10 @@ where
 }
 
 /// What `http` needs of the config besides the transport.
-#[derive(Clone, Copy)]
 struct Served<'a> {
     age: Option<MaxConnectionAge>,
     metrics: Option<&'a Arc<crate::metrics::IstioMetrics>>,
+    drain: Option<Drain>,
 }
 
 fn plaintext((remote, local): (SocketAddr, SocketAddr)) -> ConnectionSecurity {
@@ -438,30 +479,49 @@ where
     // Counted closed when this function returns, however it ends.
     let _tcp = served.metrics.map(|m| m.accepted(m.peer(Some(&security))));
     let age = served.age;
+    let mut drain = served.drain;
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(security.clone());
         service.clone().oneshot(request)
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(io), service);
-    let Some(age) = age else {
+    if age.is_none() && drain.is_none() {
         return connection.await;
-    };
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => return result,
-        () = sleep(age.jittered()) => {}
     }
+    let mut connection = std::pin::pin!(connection);
+    let aged = async {
+        match age {
+            Some(age) => sleep(age.jittered()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let drained = async {
+        match drain.as_mut() {
+            Some(d) => d.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let grace = tokio::select! {
+        result = connection.as_mut() => return result,
+        () = aged => {
+            debug!("max connection age reached; draining the connection");
+            age.and_then(|a| a.grace)
+        }
+        () = drained => {
+            debug!("server listener updated; draining the connection");
+            drain.as_ref().map(|d| d.grace)
+        }
+    };
     // HTTP/2: GOAWAY, then the streams in flight finish; HTTP/1: the
     // request in flight finishes and the connection closes.
-    debug!("max connection age reached; draining the connection");
     connection.as_mut().graceful_shutdown();
-    match age.grace {
+    match grace {
         None => connection.await,
         Some(grace) => match timeout(grace, connection).await {
             Ok(result) => result,
             Err(_) => {
-                debug!("max connection age grace elapsed; closing the connection");
+                debug!("drain grace elapsed; closing the connection");
                 Ok(())
             }
         },

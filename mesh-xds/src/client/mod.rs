@@ -366,6 +366,16 @@ impl XdsClient {
             .collect()
     }
 
+    /// The value of one watched or cached resource as received (`None`
+    /// when it is not cached). Cheaper than
+    /// [`raw_resources`](Self::raw_resources) for one name.
+    pub fn raw_resource(&self, type_url: TypeUrl, name: &str) -> Option<Any> {
+        let raw = Arc::clone(&self.owner.shared.lock().raw);
+        raw.iter()
+            .find(|(t, n, _)| *t == type_url && n == name)
+            .and_then(|(_, _, a)| a.as_deref().cloned())
+    }
+
     /// The node the client identifies as.
     pub fn node(&self) -> &Node {
         &self.owner.shared.node
@@ -604,13 +614,16 @@ impl Task {
     /// Recomputes the cascade, republishes and refreshes the status view.
     fn settle(&mut self) {
         cascade::recompute_all(&mut self.state);
+        // The status view first: a store watcher woken by the publication
+        // (a server following its listener) reads a status and raw values
+        // that cover the new snapshot.
+        self.refresh_view();
         if let Some(resources) = self.published.update(&self.state)
             && let Err(e) = self.store.publish(SourceId::new(SOURCE), resources)
         {
             tracing::warn!(error = %e, "xDS config rejected by the store; the last good config stays");
         }
         sds::publish(&self.state, &mut self.identities);
-        self.refresh_view();
     }
 
     /// Refreshes the status view the handles read.
