@@ -319,7 +319,9 @@ struct Inner {
     snapshots: watch::Receiver<Arc<EncodedSnapshot>>,
     feed: Arc<Feed>,
     registry: Arc<Registry>,
-    encoder: tokio::task::JoinHandle<()>,
+    /// The task encoding the store's snapshots; `None` when the snapshots
+    /// come encoded ([`AdsServer::from_snapshots`]).
+    encoder: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Where the served snapshot comes from: the store's, encoded, with the
@@ -334,7 +336,9 @@ struct Feed {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.encoder.abort();
+        if let Some(encoder) = &self.encoder {
+            encoder.abort();
+        }
     }
 }
 
@@ -367,7 +371,23 @@ impl AdsServer {
                 snapshots,
                 feed,
                 registry: Arc::default(),
-                encoder,
+                encoder: Some(encoder),
+            }),
+        }
+    }
+
+    /// A server for snapshots encoded by the caller: every value `snapshots`
+    /// takes is pushed as [`new`](Self::new) pushes a store's. For tests
+    /// that shape what a control plane serves, such as a route naming a
+    /// cluster whose CDS and EDS are withheld for a while (gRFC A74). A
+    /// SotW client sees [`EncodedSnapshot::version`] as `version_info`, so
+    /// give every distinct value a new version.
+    pub fn from_snapshots(snapshots: watch::Receiver<Arc<EncodedSnapshot>>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                snapshots,
+                registry: Arc::default(),
+                encoder: None,
             }),
         }
     }
