@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 pub mod fault_proxy;
 pub mod peers;
+pub mod xds_harness;
 pub mod xds_script;
 
 pub use mesh_examples::mesh_from_yaml;
