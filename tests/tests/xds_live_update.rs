@@ -182,7 +182,9 @@ fn check(run: &Run, report: &LoadReport) -> BTreeMap<&'static str, BTreeMap<Stri
         // Routed by step i's version or a later one: step i or i + 1
         // (the load is stopped before anything later is pushed).
         let ok = steps[i].allowed.contains(backend)
-            || steps.get(i + 1).is_some_and(|n| n.allowed.contains(backend));
+            || steps
+                .get(i + 1)
+                .is_some_and(|n| n.allowed.contains(backend));
         assert!(
             ok,
             "{}: a request started at version {} (step {}, routes to {:?}) was answered by {backend}",
@@ -327,7 +329,9 @@ async fn live_update_under_load(protocol: Protocol, label: &'static str, late_cl
         .await;
     mesh_tests::xds_harness::eventually("the client to request the new cluster", || {
         run.client.xds().status().iter().any(|s| {
-            s.type_url == TypeUrl::Cluster && s.name == v4_cluster && s.state == ResourceState::Requested
+            s.type_url == TypeUrl::Cluster
+                && s.name == v4_cluster
+                && s.state == ResourceState::Requested
         })
     })
     .await;
@@ -367,7 +371,12 @@ async fn finish(run: Run, load: Load, removal: (Instant, Version), released: Opt
     if let Some(released) = released {
         // Until the missing cluster arrived, every request went by the
         // last complete config (the swapped-to cluster's d).
-        let cut = run.steps.iter().find(|s| s.name == "cluster-swap").unwrap().version;
+        let cut = run
+            .steps
+            .iter()
+            .find(|s| s.name == "cluster-swap")
+            .unwrap()
+            .version;
         for s in &report.samples {
             if s.version >= cut && s.started < released {
                 assert_eq!(s.result.as_deref(), Ok("d"), "{label}: {s:?}");
