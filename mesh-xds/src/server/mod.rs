@@ -320,7 +320,7 @@ struct Inner {
     feed: Arc<Feed>,
     registry: Arc<Registry>,
     /// The task encoding the store's snapshots; `None` when the snapshots
-    /// come encoded ([`AdsServer::from_snapshots`]).
+    /// come from the caller ([`AdsServer::from_snapshot`]).
     encoder: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -376,20 +376,36 @@ impl AdsServer {
         }
     }
 
-    /// A server for snapshots encoded by the caller: every value `snapshots`
-    /// takes is pushed as [`new`](Self::new) pushes a store's. For tests
-    /// that shape what a control plane serves, such as a route naming a
-    /// cluster whose CDS and EDS are withheld for a while (gRFC A74). A
-    /// SotW client sees [`EncodedSnapshot::version`] as `version_info`, so
-    /// give every distinct value a new version.
-    pub fn from_snapshots(snapshots: watch::Receiver<Arc<EncodedSnapshot>>) -> Self {
+    /// A server with no store: it serves `first`, then whatever
+    /// [`set_snapshot`](Self::set_snapshot) is given, pushed as
+    /// [`new`](Self::new) pushes a store's snapshots. For tests that shape
+    /// what a control plane serves, such as a route naming a cluster whose
+    /// CDS and EDS are withheld for a while (gRFC A74).
+    pub fn from_snapshot(first: EncodedSnapshot) -> Self {
+        let (tx, snapshots) = watch::channel(Arc::new(first));
         Self {
             inner: Arc::new(Inner {
                 snapshots,
+                feed: Arc::new(Feed {
+                    tx,
+                    secrets: Mutex::new(BTreeMap::new()),
+                }),
                 registry: Arc::default(),
                 encoder: None,
             }),
         }
+    }
+
+    /// Serves `snapshot` (with the secrets set by
+    /// [`set_secrets`](Self::set_secrets)) and pushes what changed. Meant
+    /// for a server made by [`from_snapshot`](Self::from_snapshot): on one
+    /// made by [`new`](Self::new) the store's next change replaces it. A
+    /// SotW client sees [`EncodedSnapshot::version`] as `version_info`, so
+    /// give every distinct snapshot a new version.
+    pub fn set_snapshot(&self, mut snapshot: EncodedSnapshot) {
+        let held = lock(&self.inner.feed.secrets);
+        snapshot.secrets = held.clone();
+        self.inner.feed.tx.send_replace(Arc::new(snapshot));
     }
 
     /// Serves `secrets` (SDS `Secret`s, by name) beside the store's
