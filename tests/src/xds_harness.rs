@@ -38,7 +38,7 @@ use mesh_xds::config::{ClientConfig, Protocol};
 use mesh_xds::encode::EncodedSnapshot;
 use mesh_xds::server::AdsServer;
 use mesh_xds::{TypeUrl, XdsClient};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::{Outcome, get};
@@ -91,7 +91,6 @@ pub struct ControlPlane {
     server: AdsServer,
     addr: SocketAddr,
     served: Mutex<Served>,
-    tx: watch::Sender<Arc<EncodedSnapshot>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -99,8 +98,7 @@ impl ControlPlane {
     /// Starts serving an empty config on `127.0.0.1:<free port>`.
     pub async fn start() -> Self {
         let store = ConfigStore::new();
-        let (tx, rx) = watch::channel(Arc::new(EncodedSnapshot::encode(&store.snapshot())));
-        let server = AdsServer::from_snapshots(rx);
+        let server = AdsServer::from_snapshot(EncodedSnapshot::encode(&store.snapshot()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
@@ -114,7 +112,6 @@ impl ControlPlane {
             server,
             addr,
             served: Mutex::new(Served::default()),
-            tx,
             shutdown: Some(shutdown),
         }
     }
@@ -219,7 +216,7 @@ impl ControlPlane {
             encoded.clusters.remove(c);
             encoded.endpoints.remove(c);
         }
-        self.tx.send_replace(Arc::new(encoded));
+        self.server.set_snapshot(encoded);
         served.version
     }
 
@@ -325,8 +322,11 @@ pub struct Sample {
     /// When its response was read (or it failed).
     pub finished: Instant,
     /// The store version the mesh routed by when it was sent; the request
-    /// is routed by this version or a later one.
+    /// is routed by this version or a later one, up to
+    /// [`finished_version`](Self::finished_version).
     pub version: Version,
+    /// The store version the mesh routed by when the response was read.
+    pub finished_version: Version,
     /// The backend that answered 200, or what went wrong.
     pub result: Result<String, String>,
 }
@@ -405,6 +405,7 @@ impl Load {
                             started,
                             finished: Instant::now(),
                             version,
+                            finished_version: mesh.applied_version(),
                             result,
                         });
                     } else {
